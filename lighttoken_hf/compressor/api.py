@@ -1,0 +1,390 @@
+"""The one verb: :func:`compress` a model's input embeddings (or a bare matrix) with LightToken."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.configuration_lighttoken import LightTokenConfig
+from ..core.lighttoken_codec import LightTokenEmbedding, pack_bits
+from ..core.modeling_lighttoken import LIGHTTOKEN_CLASSES, LightTokenPreTrainedModel
+from .frequencies import frequency_rank, general_text_frequencies
+from .hashing import StageSchedule, train_stage
+from .losses import get_loss
+from .planner import CompressionPlan, plan_for_ratio
+from .svd import low_rank_factors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CompressionSettings:
+    """Every choice :func:`compress` makes; defaults chosen by measurement (docs/method.md).
+
+    Attributes:
+        ratio: target compression ratio (fp32 bytes / stored bytes); the real ratio is at least this.
+        budget_bytes: a byte budget instead of ``ratio``.
+        svd_rank: rank of the low-rank part (``None``: planner default).
+        num_stages: hashing stages covering all rows (``None``: planner; 0: SVD-only ablation).
+        stage_bits: bits per stage (``None``: planner).
+        max_stage_bits: widest stage the planner builds.
+        loss: ``"cosine_bound"`` (default), ``"mse"`` or ``"cosine"``.
+        angle_weight: extra weight (>= 1) on the angular term of the cosine-bound loss.
+        frequency_aware: spend extra stages on frequent tokens (needs a tokenizer or frequencies).
+        frequency_share: share of the code bytes spent on the frequency tiers.
+        tier_decay: each frequency tier covers this fraction of the previous tier's rows.
+        frequency_power: rows are weighted by ``frequency ** frequency_power`` in the losses (0: uniform).
+        factor_dtype: storage dtype of the low-rank factors and decoders.
+        schedule: training schedule of each hashing stage.
+        seed: makes codes reproducible.
+    """
+
+    ratio: float | None = 25.0
+    budget_bytes: int | None = None
+    svd_rank: int | None = None
+    num_stages: int | None = None
+    stage_bits: int | None = None
+    max_stage_bits: int = 256
+    loss: str = "cosine_bound"
+    angle_weight: float = 1.0
+    frequency_aware: bool = True
+    frequency_share: float = 0.25
+    tier_decay: float = 0.5
+    frequency_power: float = 0.25
+    factor_dtype: str = "float16"
+    schedule: StageSchedule = field(default_factory=StageSchedule)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        get_loss(self.loss)
+        if self.angle_weight < 1:
+            raise ValueError(f"angle_weight must be >= 1, got {self.angle_weight}")
+        if not isinstance(getattr(torch, self.factor_dtype, None), torch.dtype):
+            raise ValueError(f"factor_dtype must name a torch dtype such as 'float16', got {self.factor_dtype!r}")
+        if isinstance(self.schedule, dict):
+            self.schedule = StageSchedule(**self.schedule)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class CompressionReport:
+    """What a compression produced: plan, real size, fidelity and per-stage training statistics."""
+
+    num_embeddings: int
+    embedding_dim: int
+    dense_nbytes: int
+    compressed_nbytes: int
+    plan: dict
+    settings: dict
+    fidelity: dict = field(default_factory=dict)
+    stages: list = field(default_factory=list)
+    seconds: float = 0.0
+    frequency_source: str = "none"
+    end_to_end: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.dense_nbytes / self.compressed_nbytes
+
+    def to_dict(self, with_history: bool = False) -> dict:
+        out = dataclasses.asdict(self)
+        out["ratio"] = self.ratio
+        if not with_history:
+            out["stages"] = [{k: v for k, v in s.items() if k not in ("history", "schedule")} for s in self.stages]
+        return out
+
+    def summary(self) -> str:
+        """Human-readable fidelity report."""
+        lines = [
+            f"LightToken: {self.num_embeddings} x {self.embedding_dim} embedding",
+            f"  {'real ratio':<27}{self.ratio:.2f}x ({self.compressed_nbytes:,} bytes vs {self.dense_nbytes:,} fp32)",
+            f"  {'svd rank':<27}{self.plan['svd_rank']}",
+            f"  {'hashing stages (bits)':<27}{self.plan['stage_bits']}",
+            f"  {'rows per stage':<27}{self.plan['stage_rows']}",
+        ]
+        names = {
+            "rel_error": "relative Frobenius error",
+            "mean_row_cosine": "mean row cosine",
+            "min_row_cosine": "min row cosine",
+            "nn_overlap": "top-10 NN overlap",
+        }
+        for key, label in names.items():
+            if key in self.fidelity:
+                lines.append(f"  {label:<27}{self.fidelity[key]:.4f}")
+        for key, value in self.end_to_end.items():
+            label = key.replace("_", " ")
+            lines.append(f"  {label:<27}{value:.4f}" if isinstance(value, float) else f"  {label:<27}{value}")
+        lines.append(f"  {'compression time':<27}{self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _check_matrix(matrix: Any) -> torch.Tensor:
+    if not isinstance(matrix, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor or a PreTrainedModel, got {type(matrix).__name__}")
+    if matrix.dim() != 2:
+        raise ValueError(f"the embedding matrix must be 2-D (vocab x dim), got shape {tuple(matrix.shape)}")
+    if matrix.numel() == 0:
+        raise ValueError(f"the embedding matrix is empty (shape {tuple(matrix.shape)})")
+    if not matrix.is_floating_point():
+        raise TypeError(f"the embedding matrix must be floating point, got {matrix.dtype}")
+    matrix = matrix.detach().float().cpu()
+    if not torch.isfinite(matrix).all():
+        bad = (~torch.isfinite(matrix)).nonzero()[0].tolist()
+        raise ValueError(
+            f"the embedding matrix contains NaN or Inf (first at row {bad[0]}, column {bad[1]}); fix the weights first"
+        )
+    return matrix
+
+
+def _row_weights(frequencies: torch.Tensor | None, power: float, n: int) -> torch.Tensor:
+    if frequencies is None or power == 0:
+        return torch.ones(n)
+    f = frequencies.double() / frequencies.sum()
+    w = (f + 1.0 / n) ** power  # smoothed: unseen tokens keep a floor weight
+    return (w / w.mean()).float()
+
+
+def compress_matrix(
+    matrix: torch.Tensor,
+    settings: CompressionSettings,
+    *,
+    frequencies: torch.Tensor | None = None,
+    padding_idx: int | None = None,
+    progress: bool = True,
+    frequency_source: str = "none",
+) -> tuple[LightTokenEmbedding, CompressionReport]:
+    """Compress a dense V x d matrix into a :class:`LightTokenEmbedding` and a report."""
+    start = time.perf_counter()
+    e = _check_matrix(matrix)
+    v, d = e.shape
+    if padding_idx is not None and not -v <= padding_idx < v:
+        raise ValueError(f"padding_idx {padding_idx} is outside the {v} rows")
+    padding_idx = padding_idx % v if padding_idx is not None else None
+    use_freq = settings.frequency_aware and frequencies is not None
+    if frequencies is not None and frequencies.numel() != v:
+        raise ValueError(f"token frequencies have {frequencies.numel()} entries but the matrix has {v} rows")
+    factor_dtype = getattr(torch, settings.factor_dtype)
+    fbytes = torch.empty((), dtype=factor_dtype).element_size()
+    plan: CompressionPlan = plan_for_ratio(
+        v, d, settings.ratio if settings.budget_bytes is None else None, budget_bytes=settings.budget_bytes,
+        svd_rank=settings.svd_rank, num_stages=settings.num_stages, stage_bits=settings.stage_bits,
+        max_stage_bits=settings.max_stage_bits, frequency_aware=use_freq, frequency_share=settings.frequency_share,
+        tier_decay=settings.tier_decay, factor_bytes=fbytes, has_padding_row=padding_idx is not None,
+    )
+    module = LightTokenEmbedding(
+        v, d, svd_rank=plan.svd_rank, stage_bits=plan.stage_bits, stage_rows=plan.stage_rows,
+        padding_idx=padding_idx, factor_dtype=factor_dtype,
+    )
+    loss_fn = get_loss(settings.loss)
+    if settings.loss == "cosine_bound" and settings.angle_weight != 1:
+        base = loss_fn
+        loss_fn = lambda x, y, w=None: base(x, y, w, angle_weight=settings.angle_weight)  # noqa: E731
+    # stage rows are stored in frequency order only when some stage skips rare rows
+    rank = frequency_rank(frequencies) if plan.uses_token_rank else torch.arange(v)
+    order = torch.argsort(rank)  # row ids, most frequent first
+    weights = _row_weights(frequencies if use_freq else None, settings.frequency_power, v)
+    bar = tqdm(total=len(plan.stage_bits) + 1, desc="LightToken", unit="stage", disable=not progress)
+    with torch.no_grad():
+        bar.set_description("LightToken: SVD")
+        left, right = low_rank_factors(e, plan.svd_rank, seed=settings.seed)
+        module.lowrank_left.copy_(left.to(factor_dtype))
+        module.lowrank_right.copy_(right.to(factor_dtype))
+        residual = e - module.lowrank_left.float() @ module.lowrank_right.float()
+        if padding_idx is not None:
+            module.padding_row.copy_(e[padding_idx].to(factor_dtype))
+        if plan.uses_token_rank:
+            module.token_rank.copy_(rank.to(module.token_rank.dtype))
+    bar.update(1)
+    stage_stats = []
+    for s, (bits, rows) in enumerate(zip(plan.stage_bits, plan.stage_rows)):
+        bar.set_description(f"LightToken: stage {s + 1}/{len(plan.stage_bits)} ({bits} bits x {rows} rows)")
+        ids = order[:rows]
+        result = train_stage(
+            residual[ids], bits, loss_fn=loss_fn, weights=weights[ids], schedule=settings.schedule,
+            storage_dtype=factor_dtype, seed=settings.seed * 1000 + s, progress=bar,
+        )
+        with torch.no_grad():
+            getattr(module, f"codes_{s}").copy_(pack_bits(result.bits))
+            getattr(module, f"decoder_{s}_weight").copy_(result.decoder_weight)
+            getattr(module, f"decoder_{s}_bias").copy_(result.decoder_bias)
+            residual[ids] -= result.decode()
+        stage_stats.append(result.stats)
+        bar.update(1)
+    bar.close()
+    if module.compressed_nbytes != plan.nbytes:  # the accounting and the module must agree exactly
+        raise AssertionError(f"planned {plan.nbytes} bytes but the module stores {module.compressed_nbytes}")
+    report = CompressionReport(
+        num_embeddings=v, embedding_dim=d, dense_nbytes=module.dense_nbytes,
+        compressed_nbytes=module.compressed_nbytes, plan=plan.to_dict(), settings=settings.to_dict(),
+        stages=stage_stats, frequency_source=frequency_source if use_freq else "none",
+    )
+    from ..fidelity import matrix_fidelity
+
+    with torch.no_grad():
+        report.fidelity = matrix_fidelity(e, module.weight, seed=settings.seed)
+    report.seconds = time.perf_counter() - start
+    module.compression_report = report
+    return module, report
+
+
+def _settings(ratio: float | None, options: dict) -> CompressionSettings:
+    names = {f.name for f in dataclasses.fields(CompressionSettings)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"unknown compress() option(s) {unknown}; valid options: {sorted(names)}")
+    if options.get("budget_bytes") is not None:
+        ratio = None
+    schedule_keys = {f.name for f in dataclasses.fields(StageSchedule)}
+    if isinstance(options.get("schedule"), dict):
+        bad = sorted(set(options["schedule"]) - schedule_keys)
+        if bad:
+            raise TypeError(f"unknown schedule option(s) {bad}; valid: {sorted(schedule_keys)}")
+    return CompressionSettings(ratio=ratio, **options)
+
+
+def _model_frequencies(model: Any, tokenizer: Any, vocab_size: int) -> tuple[torch.Tensor | None, str]:
+    if tokenizer is None:
+        path = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "")
+        if path:
+            try:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(path)
+            except Exception as err:  # noqa: BLE001 - any failure means: no tokenizer available
+                logger.warning("could not load a tokenizer from %r (%s)", path, err)
+    if tokenizer is None:
+        logger.warning(
+            "no tokenizer given or found: frequency-aware allocation is off (pass tokenizer= or token_frequencies=)"
+        )
+        return None, "none"
+    return general_text_frequencies(tokenizer, vocab_size), f"wordfreq via {type(tokenizer).__name__}"
+
+
+def compress(
+    model_or_matrix: Any,
+    ratio: float | None = 25.0,
+    *,
+    tokenizer: Any = None,
+    token_frequencies: torch.Tensor | None = None,
+    progress: bool = True,
+    inplace: bool = False,
+    **options: Any,
+) -> Any:
+    """Compress a model's input token embeddings (or a bare V x d tensor) with LightToken.
+
+    Args:
+        model_or_matrix: a ``transformers.PreTrainedModel`` or a 2-D float tensor.
+        ratio: target compression ratio; the real ratio (fp32 bytes / bytes of everything stored) is
+            at least this. Use ``budget_bytes=`` instead for a byte budget.
+        tokenizer: used to estimate token frequencies from general English text (wordfreq) for the
+            frequency-aware allocation; for a model it is loaded from ``model.name_or_path`` if omitted.
+        token_frequencies: your own per-token counts or frequencies (length V) instead.
+        progress: show progress bars.
+        inplace: for a model, swap the embedding in the given model object instead of a copy.
+        **options: any :class:`CompressionSettings` field (``svd_rank``, ``num_stages``, ``loss``...).
+
+    Returns:
+        For a tensor: a :class:`LightTokenEmbedding`. For a model: a LightToken model
+        (``LightTokenModel`` or the matching task class) wrapping the backbone, whose
+        ``get_input_embeddings()`` is the :class:`LightTokenEmbedding`. Either way the report is at
+        ``.compression_report`` (a :class:`CompressionReport`; ``print(report.summary())``).
+    """
+    settings = _settings(ratio, options)
+    if isinstance(model_or_matrix, torch.Tensor):
+        freqs = token_frequencies
+        source = "given" if freqs is not None else "none"
+        if freqs is None and tokenizer is not None and settings.frequency_aware:
+            freqs, source = general_text_frequencies(tokenizer, model_or_matrix.shape[0]), "wordfreq"
+        module, _ = compress_matrix(model_or_matrix, settings, frequencies=freqs, progress=progress,
+                                    frequency_source=source)
+        return module
+    return _compress_model(model_or_matrix, settings, tokenizer, token_frequencies, progress, inplace)
+
+
+def _compress_model(model: Any, settings: CompressionSettings, tokenizer: Any, token_frequencies: Any,
+                    progress: bool, inplace: bool) -> LightTokenPreTrainedModel:
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"expected a transformers PreTrainedModel or a 2-D tensor, got {type(model).__name__}")
+    if isinstance(model, LightTokenPreTrainedModel):
+        raise ValueError("this model is already LightToken-compressed")
+    try:
+        embedding = model.get_input_embeddings()
+    except (NotImplementedError, AttributeError):
+        embedding = None
+    if not isinstance(embedding, torch.nn.Embedding):
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Embedding input embeddings (get_input_embeddings() returned "
+            f"{type(embedding).__name__}); LightToken compresses token-embedding matrices only"
+        )
+    wrapper_cls = _wrapper_class(model)
+    v = embedding.num_embeddings
+    if token_frequencies is not None:
+        freqs, source = torch.as_tensor(token_frequencies, dtype=torch.float64), "given"
+    elif settings.frequency_aware:
+        freqs, source = _model_frequencies(model, tokenizer, v)
+    else:
+        freqs, source = None, "none"
+    module, report = compress_matrix(
+        embedding.weight, settings, frequencies=freqs, padding_idx=embedding.padding_idx, progress=progress,
+        frequency_source=source,
+    )
+    backbone = model if inplace else copy.deepcopy(model)
+    attn_implementation = backbone.config._attn_implementation
+    config = LightTokenConfig(
+        backbone=backbone.config,
+        num_embeddings=v,
+        embedding_dim=embedding.embedding_dim,
+        svd_rank=module.svd_rank,
+        stage_bits=module.stage_bits,
+        stage_rows=module.stage_rows,
+        padding_idx=module.padding_idx,
+        factor_dtype=settings.factor_dtype,
+        compression_stats=_jsonable(report.to_dict()),
+    )
+    wrapped = wrapper_cls(config, backbone=backbone)
+    # building the wrapper re-resolves attention on the nested config: keep the backbone's choice
+    wrapped.config._attn_implementation = attn_implementation
+    wrapped.backbone.config._attn_implementation = attn_implementation
+    module.output_dtype = embedding.weight.dtype
+    wrapped.set_input_embeddings(module.to(embedding.weight.device))
+    wrapped.compression_report = report
+    wrapped.name_or_path = getattr(model, "name_or_path", "")
+    return wrapped
+
+
+def _wrapper_class(model: Any) -> type[LightTokenPreTrainedModel]:
+    for auto_cls, wrapper in LIGHTTOKEN_CLASSES:
+        try:
+            found = auto_cls._model_mapping[type(model.config)]
+        except (KeyError, AttributeError):
+            continue
+        if type(model) in (found if isinstance(found, (list, tuple)) else (found,)):
+            return wrapper
+    raise ValueError(
+        f"{type(model).__name__} is not a model class that LightToken wraps; supported heads: "
+        + ", ".join(w.__name__ for _, w in LIGHTTOKEN_CLASSES)
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)

@@ -1,0 +1,264 @@
+"""Residual hashing: one binary-autoencoder stage, trained through a tempered sigmoid.
+
+A stage maps each residual row ``r`` (d) to ``B`` binary units and back:
+
+* encoder ``h = r @ W_e + b_e``; during training the units are ``u = sigmoid(h / tau)``, used as the
+  soft code ``2u - 1`` in ``[-1, 1]``; ``tau`` is annealed geometrically toward 0 (a step function);
+* decoder ``y = (2u - 1) @ W_d + b_d``.
+
+**Saturation criterion.** A unit value is *saturated* when ``|2u - 1| > saturation_level`` (0.98:
+the sigmoid is within 1% of 0 or 1 and passes almost no gradient). Training stops at the first epoch
+whose fraction of saturated unit values reaches ``stop_saturation`` (or after ``max_epochs``), i.e.
+before the units saturate fully. The codes are then fixed as hard bits ``h > 0``; the decoder is
+refitted to the hard codes (weighted least squares, then a few gradient steps on the chosen loss), and
+optionally each row's bits are refined by coordinate descent (flip a bit when it lowers that row's
+error). The encoder is a training device only: it is not stored, since codes are stored per row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .losses import LossFn
+
+
+@dataclass
+class StageSchedule:
+    """Training schedule of one hashing stage (defaults chosen by measurement, see docs/method.md)."""
+
+    max_epochs: int = 40
+    batch_size: int = 4096
+    lr: float = 3e-3
+    tau_start: float = 1.0
+    tau_decay: float = 0.9
+    saturation_level: float = 0.98
+    stop_saturation: float = 0.9
+    decoder_steps: int = 10
+    refine_sweeps: int = 2
+    ridge: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1 or self.batch_size < 1:
+            raise ValueError("max_epochs and batch_size must be >= 1")
+        if not 0 < self.tau_decay <= 1 or self.tau_start <= 0:
+            raise ValueError("need tau_start > 0 and 0 < tau_decay <= 1")
+        if not 0 < self.stop_saturation <= 1 or not 0 < self.saturation_level < 1:
+            raise ValueError("stop_saturation must be in (0, 1] and saturation_level in (0, 1)")
+
+
+@dataclass
+class StageResult:
+    """A trained, frozen stage: hard codes (n x B, {0,1} uint8) and its decoder (B x d, d)."""
+
+    bits: torch.Tensor
+    decoder_weight: torch.Tensor
+    decoder_bias: torch.Tensor
+    stats: dict = field(default_factory=dict)
+
+    def decode(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Decoder output for every row of this stage."""
+        signs = self.bits.to(dtype) * 2 - 1
+        return signs @ self.decoder_weight.to(dtype) + self.decoder_bias.to(dtype)
+
+
+class HashingStage(nn.Module):
+    """Encoder/decoder pair of one stage with tempered-sigmoid binary units."""
+
+    def __init__(self, dim: int, bits: int) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(dim, bits)
+        self.decoder = nn.Linear(bits, dim)
+
+    def soft_codes(self, residual: torch.Tensor, tau: float) -> torch.Tensor:
+        """``2 * sigmoid(h / tau) - 1`` (the tempered-sigmoid units mapped to [-1, 1])."""
+        return 2 * torch.sigmoid(self.encoder(residual) / tau) - 1
+
+    def forward(self, residual: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+        codes = self.soft_codes(residual, tau)
+        return self.decoder(codes), codes
+
+
+def _init_encoder(stage: HashingStage, residual: torch.Tensor, weights: torch.Tensor, gen: torch.Generator) -> None:
+    """PCA initialisation: units start as the top principal directions of the (weighted) residual.
+
+    With more units than dimensions the extra units are random unit directions. Each unit is scaled
+    to unit standard deviation so that ``tau = 1`` starts the sigmoid in its soft regime.
+    """
+    d = residual.shape[1]
+    bits = stage.encoder.out_features
+    w = (weights / weights.sum()).double()
+    x = residual.double()
+    mean = w @ x
+    centered = x - mean
+    cov = centered.T @ (centered * w.unsqueeze(1))
+    _, vecs = torch.linalg.eigh((cov / cov.diagonal().mean()).float())  # ascending eigenvalues
+    vecs = vecs.double()
+    k = min(bits, d)
+    dirs = torch.randn(bits, d, generator=gen, dtype=torch.float64)
+    dirs[:k] = vecs[:, -k:].flip(1).T
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    proj = centered @ dirs.T
+    scale = (w @ proj.pow(2)).sqrt().clamp_min(1e-8)
+    with torch.no_grad():
+        stage.encoder.weight.copy_((dirs / scale.unsqueeze(1)).float())
+        stage.encoder.bias.copy_((-(mean @ dirs.T) / scale).float())
+
+
+def _hard_signs(h: torch.Tensor) -> torch.Tensor:
+    """The step function the tempered sigmoid tends to, as {-1, +1}: bit = h > 0."""
+    return torch.where(h > 0, 1.0, -1.0)
+
+
+def fit_decoder(
+    signs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, ridge: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted ridge least squares ``target ~ signs @ W + b`` (signs in {-1, +1})."""
+    n, bits = signs.shape
+    x = torch.cat([signs.double(), torch.ones(n, 1, dtype=torch.float64)], dim=1)
+    xw = x * weights.double().unsqueeze(1)
+    gram = x.T @ xw
+    reg = ridge * gram.diagonal().mean() * torch.eye(bits + 1, dtype=torch.float64)
+    reg[-1, -1] = 0
+    theta = torch.linalg.solve(gram + reg, xw.T @ target.double())
+    return theta[:-1].float(), theta[-1].float()
+
+
+def refine_bits(
+    signs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sweeps: int
+) -> tuple[torch.Tensor, int]:
+    """Coordinate descent on each row's bits for the squared error; returns new signs and #flips.
+
+    Flipping bit ``j`` of a row changes its reconstruction by ``-2 s_j w_j``, so its squared error
+    changes by ``4 s_j (e . w_j) + 4 |w_j|^2`` with ``e`` the row's current error. The projections
+    ``P = E W^T`` are kept up to date through the Gram matrix ``G = W W^T``, so a sweep over all bits
+    costs O(n B) plus O(B) per flip instead of O(n B d).
+    """
+    signs_t = signs.T.contiguous()  # B x n: one contiguous row per bit
+    proj_t = (weight @ (target - (signs @ weight + bias)).T).contiguous()  # B x n
+    gram = weight @ weight.T  # B x B
+    flips = 0
+    for _ in range(sweeps):
+        changed = 0
+        for j in range(weight.shape[0]):
+            flip = signs_t[j] * proj_t[j] + gram[j, j] < 0
+            n_flip = int(flip.sum())
+            if n_flip:
+                proj_t.addr_(gram[j], torch.where(flip, signs_t[j], 0.0), alpha=2.0)
+                signs_t[j] = torch.where(flip, -signs_t[j], signs_t[j])
+                changed += n_flip
+        flips += changed
+        if changed == 0:
+            break
+    return signs_t.T.contiguous(), flips
+
+
+def train_stage(
+    residual: torch.Tensor,
+    bits: int,
+    *,
+    loss_fn: LossFn,
+    weights: torch.Tensor | None = None,
+    schedule: StageSchedule | None = None,
+    storage_dtype: torch.dtype = torch.float16,
+    seed: int = 0,
+    progress=None,
+) -> StageResult:
+    """Train one stage on ``residual`` (n x d) and return its frozen hard codes and decoder.
+
+    ``weights`` (n,) are per-row importance weights (e.g. token frequencies); ``storage_dtype`` is
+    the dtype the decoder is stored in, applied before returning so that the next stage trains on
+    what the stored stage really leaves over. ``progress`` is an optional tqdm-like bar (``update``).
+    """
+    if bits < 1:
+        raise ValueError(f"a hashing stage needs at least 1 bit, got {bits}")
+    schedule = schedule or StageSchedule()
+    n, d = residual.shape
+    weights = torch.ones(n) if weights is None else weights.float()
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    stage = HashingStage(d, bits)
+    _init_encoder(stage, residual, weights, gen)
+    with torch.no_grad():
+        w0, b0 = fit_decoder(_hard_signs(stage.encoder(residual)), residual, weights, schedule.ridge)
+        stage.decoder.weight.copy_(w0.T)
+        stage.decoder.bias.copy_(b0)
+    opt = torch.optim.Adam(stage.parameters(), lr=schedule.lr)
+    tau = schedule.tau_start
+    history: list[dict] = []
+    sampling = weights / weights.sum()
+    batch = min(schedule.batch_size, n)
+    steps = max(1, math.ceil(n / batch))
+    saturation = 0.0
+    for epoch in range(schedule.max_epochs):
+        order = torch.randperm(n, generator=gen)
+        total, saturated, count = 0.0, 0, 0
+        for i in range(steps):
+            idx = order[i * batch : (i + 1) * batch]
+            recon, codes = stage(residual[idx], tau)
+            # rows are weighted by frequency through the loss weights (normalised per batch)
+            loss = loss_fn(residual[idx], recon, sampling[idx] * n)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            saturated += int((codes.detach().abs() > schedule.saturation_level).sum())
+            count += codes.numel()
+        saturation = saturated / count
+        history.append({"epoch": epoch, "tau": tau, "loss": total / n, "saturation": saturation})
+        if progress is not None:
+            progress.set_postfix(stage_epoch=epoch, tau=f"{tau:.3f}", sat=f"{saturation:.2f}", refresh=False)
+        if saturation >= schedule.stop_saturation:
+            break
+        tau *= schedule.tau_decay
+    with torch.no_grad():
+        signs = _hard_signs(stage.encoder(residual))
+        soft_loss = float(loss_fn(residual, stage(residual, tau)[0], weights))
+        weight, bias = fit_decoder(signs, residual, weights, schedule.ridge)
+        flips = 0
+        if schedule.refine_sweeps:
+            signs, flips = refine_bits(signs, residual, weight, bias, schedule.refine_sweeps)
+            weight, bias = fit_decoder(signs, residual, weights, schedule.ridge)
+    weight, bias = _tune_decoder(signs, residual, weights, weight, bias, loss_fn, schedule.decoder_steps)
+    weight, bias = weight.to(storage_dtype), bias.to(storage_dtype)
+    result = StageResult(bits=(signs > 0).to(torch.uint8), decoder_weight=weight, decoder_bias=bias)
+    with torch.no_grad():
+        hard_loss = float(loss_fn(residual, result.decode(), weights))
+    result.stats = {
+        "bits": bits,
+        "rows": n,
+        "epochs": len(history),
+        "final_tau": tau,
+        "saturation": saturation,
+        "stopped_on_saturation": saturation >= schedule.stop_saturation,
+        "soft_loss": soft_loss,
+        "hard_loss": hard_loss,
+        "refine_flips": flips,
+        "schedule": asdict(schedule),
+        "history": history,
+    }
+    return result
+
+
+def _tune_decoder(
+    signs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+    loss_fn: LossFn, steps: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A few full-batch Adam steps on the chosen loss, starting from the least-squares decoder."""
+    if steps <= 0:
+        return weight, bias
+    w = weight.clone().requires_grad_(True)
+    b = bias.clone().requires_grad_(True)
+    opt = torch.optim.Adam([w, b], lr=1e-3 * float(target.std()))
+    best = (float("inf"), weight, bias)
+    for _ in range(steps):
+        loss = loss_fn(target, signs @ w + b, weights)
+        if float(loss.detach()) < best[0]:
+            best = (float(loss.detach()), w.detach().clone(), b.detach().clone())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return best[1], best[2]

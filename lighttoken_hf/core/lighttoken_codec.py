@@ -1,0 +1,212 @@
+"""Decode side of LightToken: bit packing and the compressed embedding module.
+
+This file ships with every compressed checkpoint as remote code. It imports only torch and
+must stay small enough to audit in one sitting: it never trains and never reads pickles.
+
+Storage layout of a :class:`LightTokenEmbedding` (all tensors are buffers or parameters, so
+they round-trip through ``state_dict`` / safetensors):
+
+* ``lowrank_left`` (V x k) and ``lowrank_right`` (k x d): the rank-k SVD part ``U_k S_k @ V_k^T``,
+  stored in ``factor_dtype`` (fp16 by default). ``k`` may be 0.
+* ``padding_row`` (d,): the padding token's row, stored exactly, when ``padding_idx`` is set.
+* ``token_rank`` (V,) int16 (int32 when V > 32767), optional: each token's position in the frequency order used to
+  allocate hashing stages. Stage ``s`` stores codes only for the ``stage_rows[s]`` most frequent
+  tokens; rarer tokens skip that stage. Absent when every stage covers every row.
+* ``codes_{s}`` (stage_rows[s] x ceil(B_s / 8)) uint8: stage ``s``'s binary codes, bit-packed
+  (1 bit per code bit, little-endian bit order inside a byte).
+* ``decoder_{s}_weight`` (B_s x d) and ``decoder_{s}_bias`` (d,): stage ``s``'s linear decoder,
+  applied to the code mapped to {-1, +1}.
+
+A row is rebuilt as ``lowrank_left[i] @ lowrank_right + sum_s [rank(i) < rows_s] * (b_s(i) @ W_s + c_s)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+_BIT_WEIGHTS = tuple(1 << i for i in range(8))
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Pack a (N, B) tensor of {0, 1} (or bool) into (N, ceil(B / 8)) uint8, little-endian per byte."""
+    if bits.dim() != 2:
+        raise ValueError(f"pack_bits expects a 2-D (rows x bits) tensor, got shape {tuple(bits.shape)}")
+    n, b = bits.shape
+    padded = torch.zeros(n, (b + 7) // 8 * 8, dtype=torch.uint8, device=bits.device)
+    padded[:, :b] = bits.to(torch.uint8)
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=bits.device)
+    return (padded.view(n, -1, 8) * weights).sum(dim=-1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, num_bits: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: (..., ceil(B / 8)) uint8 -> (..., num_bits) uint8 of {0, 1}."""
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) & weights).ne(0)
+    return bits.flatten(-2)[..., :num_bits].to(torch.uint8)
+
+
+class LightTokenEmbedding(nn.Module):
+    """Drop-in replacement for :class:`torch.nn.Embedding` backed by LightToken codes.
+
+    ``forward(input_ids)`` returns the same shape and dtype an ``nn.Embedding`` would, decoding only
+    the looked-up rows, so memory stays about 1/ratio of the dense matrix. Call
+    :meth:`materialize` to cache the dense matrix for faster lookups at the cost of memory.
+    ``weight`` returns the reconstructed matrix for code that needs it (e.g. tied output layers).
+
+    Args:
+        num_embeddings: vocabulary size V.
+        embedding_dim: embedding width d.
+        svd_rank: rank k of the low-rank part (0 disables it).
+        stage_bits: code bits B_s of each hashing stage.
+        stage_rows: rows covered by each stage (the ``stage_rows[s]`` most frequent tokens);
+            ``None`` means every stage covers all V rows.
+        padding_idx: like ``nn.Embedding``: that row is stored exactly (``padding_row``).
+        factor_dtype: storage dtype of the low-rank factors and decoders.
+        dtype: dtype of the vectors returned by ``forward``.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        svd_rank: int = 0,
+        stage_bits: Sequence[int] = (),
+        stage_rows: Sequence[int] | None = None,
+        padding_idx: int | None = None,
+        factor_dtype: torch.dtype = torch.float16,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if num_embeddings <= 0 or embedding_dim <= 0:
+            raise ValueError(f"num_embeddings and embedding_dim must be positive, got {num_embeddings}, {embedding_dim}")
+        stage_bits = [int(b) for b in stage_bits]
+        if any(b <= 0 for b in stage_bits):
+            raise ValueError(f"every hashing stage needs at least one code bit, got stage_bits={stage_bits}")
+        if stage_rows is None:
+            stage_rows = [num_embeddings] * len(stage_bits)
+        stage_rows = [int(r) for r in stage_rows]
+        if len(stage_rows) != len(stage_bits) or any(not 0 < r <= num_embeddings for r in stage_rows):
+            raise ValueError(
+                f"stage_rows must give 1..{num_embeddings} rows for each of the {len(stage_bits)} stages, "
+                f"got {stage_rows}"
+            )
+        if padding_idx is not None and padding_idx < 0:
+            padding_idx += num_embeddings
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.padding_idx = padding_idx
+        self.svd_rank = int(svd_rank)
+        self.stage_bits = stage_bits
+        self.stage_rows = stage_rows
+        self.output_dtype = dtype
+        self.lowrank_left = nn.Parameter(torch.zeros(num_embeddings, self.svd_rank, dtype=factor_dtype))
+        self.lowrank_right = nn.Parameter(torch.zeros(self.svd_rank, embedding_dim, dtype=factor_dtype))
+        if padding_idx is not None:
+            # The padding row is kept exactly (an nn.Embedding returns weight[padding_idx] there).
+            self.register_buffer("padding_row", torch.zeros(embedding_dim, dtype=factor_dtype))
+        self.uses_token_rank = any(r < num_embeddings for r in stage_rows)
+        if self.uses_token_rank:
+            rank_dtype = torch.int16 if num_embeddings <= torch.iinfo(torch.int16).max else torch.int32
+            self.register_buffer("token_rank", torch.arange(num_embeddings, dtype=rank_dtype))
+        for s, (bits, rows) in enumerate(zip(stage_bits, stage_rows)):
+            self.register_buffer(f"codes_{s}", torch.zeros(rows, (bits + 7) // 8, dtype=torch.uint8))
+            self.register_parameter(f"decoder_{s}_weight", nn.Parameter(torch.zeros(bits, embedding_dim, dtype=factor_dtype)))
+            self.register_parameter(f"decoder_{s}_bias", nn.Parameter(torch.zeros(embedding_dim, dtype=factor_dtype)))
+        self._cache: torch.Tensor | None = None
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch's own signature
+        """Follow ``.to(device)`` moves; a dtype cast changes only the output dtype, never the storage."""
+        probe = fn(torch.zeros(1, dtype=self.output_dtype, device=self.lowrank_right.device))
+        if probe.is_floating_point():
+            self.output_dtype = probe.dtype
+        had_cache, self._cache = self._cache is not None, None
+        out = super()._apply(lambda t: t.to(probe.device), recurse)
+        return self.materialize() if had_cache else out
+
+    # ------------------------------------------------------------------ accounting
+    @property
+    def compressed_nbytes(self) -> int:
+        """Bytes of everything needed to rebuild the matrix (codes, factors, decoders, token ranks)."""
+        return sum(t.numel() * t.element_size() for t in self._stored_tensors())
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Bytes of the uncompressed fp32 V x d matrix."""
+        return self.num_embeddings * self.embedding_dim * 4
+
+    @property
+    def compression_ratio(self) -> float:
+        """``dense_nbytes / compressed_nbytes``."""
+        return self.dense_nbytes / self.compressed_nbytes
+
+    def _stored_tensors(self) -> list[torch.Tensor]:
+        return [t for _, t in self.named_parameters()] + [t for _, t in self.named_buffers()]
+
+    # ------------------------------------------------------------------ decoding
+    def _stage(self, s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return getattr(self, f"codes_{s}"), getattr(self, f"decoder_{s}_weight"), getattr(self, f"decoder_{s}_bias")
+
+    def decode_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rebuild the rows ``ids`` (1-D int tensor) as an (N, d) tensor of ``output_dtype``."""
+        dtype = self.output_dtype if self.output_dtype.is_floating_point else torch.float32
+        compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) and ids.device.type == "cpu" else dtype
+        out = torch.zeros(ids.shape[0], self.embedding_dim, dtype=compute, device=ids.device)
+        if self.svd_rank:
+            out += self.lowrank_left[ids].to(compute) @ self.lowrank_right.to(compute)
+        if self.stage_bits:
+            rank = self.token_rank[ids].long() if self.uses_token_rank else ids
+            signs, weights, biases, covered = [], [], [], []
+            for s, (bits, rows) in enumerate(zip(self.stage_bits, self.stage_rows)):
+                codes, weight, bias = self._stage(s)
+                inside = rank < rows
+                bits01 = unpack_bits(codes[rank.clamp(max=rows - 1)], bits).to(compute)
+                signs.append((bits01 * 2 - 1) * inside.unsqueeze(1).to(compute))
+                weights.append(weight.to(compute))
+                biases.append(bias.to(compute))
+                covered.append(inside.to(compute))
+            out += torch.cat(signs, dim=1) @ torch.cat(weights, dim=0)
+            out += torch.stack(covered, dim=1) @ torch.stack(biases, dim=0)
+        if self.padding_idx is not None:
+            out = torch.where((ids == self.padding_idx).unsqueeze(1), self.padding_row.to(compute), out)
+        return out.to(dtype)
+
+    def materialize(self, enable: bool = True) -> LightTokenEmbedding:
+        """Cache (or drop, with ``enable=False``) the dense reconstructed matrix for faster lookups."""
+        self._cache = None
+        if enable:
+            with torch.no_grad():
+                self._cache = self._decode_all()
+        return self
+
+    def _decode_all(self) -> torch.Tensor:
+        ids = torch.arange(self.num_embeddings, device=self.lowrank_left.device)
+        return torch.cat([self.decode_rows(chunk) for chunk in ids.split(8192)])
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The reconstructed V x d matrix (decoded on every access unless :meth:`materialize` was called)."""
+        return self._cache if self._cache is not None else self._decode_all()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Look up ``input_ids`` (any shape, integer dtype) -> ``input_ids.shape + (d,)``."""
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise TypeError(f"LightTokenEmbedding expects integer token ids, got dtype {input_ids.dtype}")
+        flat = input_ids.reshape(-1)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
+            bad = flat[(flat < 0) | (flat >= self.num_embeddings)][0].item()
+            raise IndexError(
+                f"token id {bad} is out of range for a LightTokenEmbedding with {self.num_embeddings} rows "
+                "(valid ids: 0..{}); check that the tokenizer matches the model".format(self.num_embeddings - 1)
+            )
+        rows = self._cache[flat] if self._cache is not None else self.decode_rows(flat)
+        return rows.view(*input_ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, svd_rank={self.svd_rank}, stage_bits={self.stage_bits}, "
+            f"stage_rows={self.stage_rows}, padding_idx={self.padding_idx}, ratio={self.compression_ratio:.1f}x"
+        )

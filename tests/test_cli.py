@@ -1,0 +1,83 @@
+"""The ``lighttoken`` command line, on a tiny random BERT saved with a tiny WordPiece tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lighttoken_hf import LightTokenEmbedding
+from lighttoken_hf.cli import main
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tiny_bert, tiny_tokenizer):
+    path = tmp_path / "tiny-bert"
+    tiny_bert.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_compress_writes_a_loadable_checkpoint(tiny_model_dir, tiny_bert, tmp_path, capsys):
+    from transformers import AutoModel, AutoTokenizer
+
+    out = tmp_path / "out"
+    code = main(["compress", str(tiny_model_dir), "--out", str(out), "--ratio", "4", "--epochs", "1",
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert (out / "lighttoken_report.json").is_file()
+    report = json.loads((out / "lighttoken_report.json").read_text())
+    assert report["compressed_nbytes"] * 4 <= report["dense_nbytes"]
+    assert report["settings"]["schedule"]["max_epochs"] == 1
+
+    model = AutoModel.from_pretrained(out)
+    emb = model.get_input_embeddings()
+    assert isinstance(emb, LightTokenEmbedding)
+    assert emb.compression_ratio >= 4
+    assert emb.compressed_nbytes == report["compressed_nbytes"]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    batch = tokenizer(["the man read a long sentence"], return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+        reference = tiny_bert(**batch).last_hidden_state
+    assert hidden.shape == reference.shape
+    assert torch.isfinite(hidden).all()
+
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["plan"]["stage_bits"] == emb.stage_bits
+    assert facts["report"]["compressed_nbytes"] == emb.compressed_nbytes
+
+
+def test_existing_non_empty_out_dir_is_refused_and_untouched(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    (out / "sub").mkdir()
+    (out / "sub" / "data.bin").write_bytes(b"\x00\x01\x02")
+    before = _snapshot(out)
+    code = main(["compress", str(tiny_model_dir), "--out", str(out), "--ratio", "4", "--epochs", "1",
+                 "--no-progress"])
+    assert code != 0
+    assert "not empty" in capsys.readouterr().err
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".taken")) == []
+
+
+@pytest.mark.parametrize("ratio", ["1", "0.5", "abc", "nan"])
+def test_bad_ratio_is_a_usage_error(tiny_model_dir, tmp_path, ratio):
+    out = tmp_path / "out"
+    assert main(["compress", str(tiny_model_dir), "--out", str(out), "--ratio", ratio]) == 2
+    assert not out.exists()
+
+
+def test_missing_model_folder_is_a_usage_error(tmp_path):
+    out = tmp_path / "out"
+    assert main(["compress", str(tmp_path / "nowhere" / "model"), "--out", str(out)]) == 2
+    assert not out.exists()

@@ -1,0 +1,292 @@
+"""LightTokenEmbedding: lookups match the reconstructed matrix, errors, serialisation and dtype handling."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+from lighttoken_hf import LightTokenEmbedding
+
+#: (V, d, svd_rank, stage_bits, stage_rows, padding_idx): SVD only, hashing only, mixed with
+#: frequency tiers (token-rank table) and a padding row, and a padding index given from the end.
+LAYOUTS = {
+    "svd_only": (40, 6, 3, (), None, None),
+    "hashing_only": (40, 6, 0, (5, 16), None, None),
+    "tiers_padding": (50, 12, 3, (9, 16, 8), (50, 20, 7), 0),
+    "negative_padding": (30, 4, 2, (1, 12), (30, 11), -1),
+}
+
+
+def random_embedding(layout: str, seed: int = 0, factor_dtype=torch.float16) -> LightTokenEmbedding:
+    """A LightTokenEmbedding with random stored tensors (random code bytes, token ranks a permutation)."""
+    v, d, rank, bits, rows, padding_idx = LAYOUTS[layout]
+    m = LightTokenEmbedding(
+        v, d, svd_rank=rank, stage_bits=bits, stage_rows=rows, padding_idx=padding_idx,
+        factor_dtype=factor_dtype,
+    )
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in itertools.chain(m.named_parameters(), m.named_buffers()):
+            if name == "token_rank":
+                t.copy_(torch.randperm(v, generator=g).to(t.dtype))
+            elif t.dtype == torch.uint8:
+                t.copy_(torch.randint(0, 256, t.shape, generator=g, dtype=torch.uint8))
+            else:
+                t.copy_(torch.randn(t.shape, generator=g).to(t.dtype))
+    return m
+
+
+def reference_matrix(m: LightTokenEmbedding) -> torch.Tensor:
+    """The documented reconstruction, computed independently in float64 from the stored tensors.
+
+    row i = lowrank_left[i] @ lowrank_right + sum_s [rank(i) < rows_s] (b_s(i) @ W_s + c_s), with b_s
+    the stage's little-endian packed bits mapped to {-1, +1}; the padding row is stored exactly.
+    """
+    state = m.state_dict()
+    v = m.num_embeddings
+    out = state["lowrank_left"].double() @ state["lowrank_right"].double()
+    rank = state["token_rank"].long() if "token_rank" in state else torch.arange(v)
+    for s, (bits, rows) in enumerate(zip(m.stage_bits, m.stage_rows, strict=True)):
+        codes = state[f"codes_{s}"]
+        assert codes.shape == (rows, (bits + 7) // 8)
+        b01 = np.unpackbits(codes.numpy(), axis=1, bitorder="little")[:, :bits]
+        signs = torch.from_numpy(b01).double() * 2 - 1
+        decoded = signs @ state[f"decoder_{s}_weight"].double() + state[f"decoder_{s}_bias"].double()
+        covered = rank < rows
+        out[covered] += decoded[rank[covered]]
+    if m.padding_idx is not None:
+        out[m.padding_idx] = state["padding_row"].double()
+    return out
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_weight_matches_documented_reconstruction(layout):
+    m = random_embedding(layout)
+    w = m.weight
+    assert w.shape == (m.num_embeddings, m.embedding_dim)
+    assert w.dtype == torch.float32
+    close(w.double(), reference_matrix(m))
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@given(
+    shape=st.lists(st.integers(0, 4), min_size=0, max_size=3),
+    seed=st.integers(0, 2**31 - 1),
+    id_dtype=st.sampled_from([torch.int64, torch.int32]),
+)
+def test_forward_is_a_gather_from_weight(layout, shape, seed, id_dtype):
+    m = random_embedding(layout)
+    ids = torch.randint(0, m.num_embeddings, tuple(shape), generator=torch.Generator().manual_seed(seed))
+    ids = ids.to(id_dtype)
+    out = m(ids)
+    assert out.shape == (*shape, m.embedding_dim)
+    assert out.dtype == torch.float32
+    w = m.weight
+    close(out, w[ids.long()])
+    close(out, F.embedding(ids, w))
+    close(out, F.embedding(ids, w, padding_idx=m.padding_idx))
+
+
+@pytest.mark.parametrize("layout", ["tiers_padding", "negative_padding"])
+def test_padding_row_is_exact(layout):
+    m = random_embedding(layout)
+    pad = m.padding_idx
+    assert 0 <= pad < m.num_embeddings
+    stored = m.state_dict()["padding_row"].float()
+    assert torch.equal(m(torch.tensor([pad, pad]))[1], stored)
+    assert torch.equal(m.weight[pad], stored)
+    # other rows are decoded, not the padding row
+    assert not torch.equal(m(torch.tensor([(pad + 1) % m.num_embeddings]))[0], stored)
+
+
+def test_negative_padding_idx_counts_from_the_end():
+    m = LightTokenEmbedding(30, 4, svd_rank=1, padding_idx=-1)
+    assert m.padding_idx == 29
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_materialize_gives_the_same_output(layout, gen):
+    m = random_embedding(layout)
+    ids = torch.randint(0, m.num_embeddings, (3, 7), generator=gen)
+    before = m(ids)
+    assert m.materialize() is m
+    after = m(ids)
+    close(after, before)
+    assert torch.equal(after, m.weight[ids])
+    m.materialize(False)
+    close(m(ids), before)
+
+
+def test_materialized_cache_follows_dtype_casts(gen):
+    m = random_embedding("tiers_padding").materialize()
+    ids = torch.randint(0, m.num_embeddings, (5,), generator=gen)
+    ref = m(ids)
+    m.to(torch.bfloat16)
+    assert m(ids).dtype == torch.bfloat16
+    assert m.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(m(ids).float(), ref, rtol=1e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("bad", [40, 41, 1000, -1, -40])
+def test_out_of_range_ids_raise(bad):
+    m = random_embedding("hashing_only")  # 40 rows
+    with pytest.raises(IndexError, match=str(bad)) as err:
+        m(torch.tensor([[0, 3], [bad, 5]]))
+    assert "39" in str(err.value)  # the message tells the valid range
+
+
+def test_out_of_range_raises_even_when_materialized():
+    m = random_embedding("hashing_only").materialize()
+    with pytest.raises(IndexError):
+        m(torch.tensor([40]))
+    with pytest.raises(IndexError):
+        m(torch.tensor([-1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64, torch.bool])
+def test_non_integer_ids_raise(dtype):
+    m = random_embedding("svd_only")
+    with pytest.raises(TypeError, match="integer"):
+        m(torch.zeros(2, 3, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_every_integer_id_dtype_is_looked_up_or_refused_clearly(dtype):
+    # Integer ids of any dtype must give the right rows or a clear TypeError/ValueError. uint8 is
+    # the dangerous one: as an index, torch treats a uint8 tensor as a boolean mask.
+    m = random_embedding("tiers_padding")
+    ids = torch.tensor([[1, 1, 3], [7, 1, 0]])
+    expected = m.weight[ids]
+    try:
+        out = m(ids.to(dtype))
+    except (TypeError, ValueError) as err:
+        assert str(dtype).replace("torch.", "") in str(err)
+        return
+    close(out, expected)
+
+
+def test_uint8_ids_select_rows_not_a_mask():
+    # 3 rows and 3 uint8 ids [1, 1, 1]: as a mask this would select rows 0, 1, 2
+    m = LightTokenEmbedding(3, 4, svd_rank=2)
+    with torch.no_grad():
+        m.lowrank_left.copy_(torch.arange(6.0).view(3, 2))
+        m.lowrank_right.copy_(torch.ones(2, 4))
+    ids = torch.tensor([1, 1, 1], dtype=torch.uint8)
+    try:
+        out = m(ids)
+    except (TypeError, ValueError):
+        return
+    assert torch.equal(out, m.weight[[1, 1, 1]])
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_safetensors_round_trip(layout, tmp_path, gen):
+    m = random_embedding(layout)
+    path = tmp_path / "emb.safetensors"
+    save_file(m.state_dict(), str(path))
+    loaded = load_file(str(path))
+    assert sum(t.numel() * t.element_size() for t in loaded.values()) == m.compressed_nbytes
+    v, d, rank, bits, rows, padding_idx = LAYOUTS[layout]
+    fresh = LightTokenEmbedding(
+        v, d, svd_rank=rank, stage_bits=bits, stage_rows=rows, padding_idx=padding_idx
+    )
+    fresh.load_state_dict(loaded)
+    ids = torch.randint(0, v, (4, 9), generator=gen)
+    assert torch.equal(fresh(ids), m(ids))
+    assert torch.equal(fresh.weight, m.weight)
+
+
+def test_compressed_nbytes_counts_every_stored_tensor():
+    m = random_embedding("tiers_padding")
+    v, d = m.num_embeddings, m.embedding_dim
+    expected = (v + d) * 3 * 2  # factors, fp16
+    expected += d * 2  # padding row
+    expected += v * 2  # int16 token ranks
+    for b, r in zip(m.stage_bits, m.stage_rows, strict=True):
+        expected += r * ((b + 7) // 8) + (b + 1) * d * 2  # codes, decoder weight and bias
+    assert m.compressed_nbytes == expected
+    assert m.dense_nbytes == v * d * 4
+    assert m.compression_ratio == pytest.approx(v * d * 4 / expected)
+
+
+def test_large_vocab_uses_int32_token_ranks():
+    m = LightTokenEmbedding(40000, 2, stage_bits=[8], stage_rows=[100])
+    assert m.state_dict()["token_rank"].dtype == torch.int32
+    small = LightTokenEmbedding(1000, 2, stage_bits=[8], stage_rows=[100])
+    assert small.state_dict()["token_rank"].dtype == torch.int16
+
+
+@pytest.mark.parametrize("target", [torch.bfloat16, torch.float16, torch.float64])
+def test_dtype_cast_changes_output_not_storage(target, gen):
+    m = random_embedding("tiers_padding")
+    before = {k: t.clone() for k, t in m.state_dict().items()}
+    nbytes = m.compressed_nbytes
+    ids = torch.randint(0, m.num_embeddings, (2, 5), generator=gen)
+    ref = m(ids)
+    m.to(target)
+    out = m(ids)
+    assert out.dtype == target
+    assert m.weight.dtype == target
+    after = m.state_dict()
+    assert after.keys() == before.keys()
+    for k, t in before.items():
+        assert after[k].dtype == t.dtype, k
+        assert torch.equal(after[k], t), k
+    assert m.compressed_nbytes == nbytes
+    torch.testing.assert_close(out.double(), ref.double(), rtol=1e-2, atol=5e-2)
+    # casting back restores exactly the original outputs: nothing was lost in storage
+    m.float()
+    assert torch.equal(m(ids), ref)
+
+
+def test_half_and_bfloat16_methods():
+    m = random_embedding("svd_only")
+    assert m.half()(torch.tensor([1])).dtype == torch.float16
+    assert m.bfloat16()(torch.tensor([1])).dtype == torch.bfloat16
+    assert m.state_dict()["lowrank_left"].dtype == torch.float16
+
+
+def test_fp32_factor_storage():
+    m = random_embedding("tiers_padding", factor_dtype=torch.float32)
+    assert m.state_dict()["lowrank_left"].dtype == torch.float32
+    close(m.weight.double(), reference_matrix(m))
+
+
+def test_gradients_reach_the_stored_factors():
+    # fine-tuning through the compressed embedding is possible (factors and decoders are parameters)
+    m = random_embedding("tiers_padding", factor_dtype=torch.float32)
+    m(torch.tensor([[1, 2, 3]])).sum().backward()
+    assert m.lowrank_left.grad is not None and m.lowrank_left.grad.abs().sum() > 0
+    assert m.decoder_0_weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"stage_bits": [0]},
+        {"stage_bits": [8, -1]},
+        {"stage_bits": [8], "stage_rows": [0]},
+        {"stage_bits": [8], "stage_rows": [11]},
+        {"stage_bits": [8, 8], "stage_rows": [10]},
+    ],
+)
+def test_constructor_rejects_bad_shapes(kwargs):
+    with pytest.raises(ValueError):
+        LightTokenEmbedding(10, 4, **kwargs)
+
+
+@pytest.mark.parametrize(("v", "d"), [(0, 4), (4, 0), (-1, 4)])
+def test_constructor_rejects_empty(v, d):
+    with pytest.raises(ValueError, match="positive"):
+        LightTokenEmbedding(v, d, svd_rank=0)
