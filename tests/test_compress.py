@@ -109,7 +109,7 @@ def test_does_not_modify_the_input():
     assert torch.equal(e, before)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
 def test_other_float_dtypes(dtype):
     e = make_planted_matrix(vocab=128, dim=16).to(dtype)
     m = fast(e, 4)

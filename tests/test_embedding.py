@@ -154,14 +154,14 @@ def test_out_of_range_raises_even_when_materialized():
         m(torch.tensor([-1]))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64, torch.bool])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64, torch.bool], ids=str)
 def test_non_integer_ids_raise(dtype):
     m = random_embedding("svd_only")
     with pytest.raises(TypeError, match="integer"):
         m(torch.zeros(2, 3, dtype=dtype))
 
 
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64], ids=str)
 def test_every_integer_id_dtype_is_looked_up_or_refused_clearly(dtype):
     # Integer ids of any dtype must give the right rows or a clear TypeError/ValueError. uint8 is
     # the dangerous one: as an index, torch treats a uint8 tensor as a boolean mask.
@@ -227,7 +227,7 @@ def test_large_vocab_uses_int32_token_ranks():
     assert small.state_dict()["token_rank"].dtype == torch.int16
 
 
-@pytest.mark.parametrize("target", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("target", [torch.bfloat16, torch.float16, torch.float64], ids=str)
 def test_dtype_cast_changes_output_not_storage(target, gen):
     m = random_embedding("tiers_padding")
     before = {k: t.clone() for k, t in m.state_dict().items()}

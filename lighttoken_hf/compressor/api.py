@@ -68,7 +68,9 @@ class CompressionSettings:
         if self.angle_weight < 1:
             raise ValueError(f"angle_weight must be >= 1, got {self.angle_weight}")
         if not isinstance(getattr(torch, self.factor_dtype, None), torch.dtype):
-            raise ValueError(f"factor_dtype must name a torch dtype such as 'float16', got {self.factor_dtype!r}")
+            raise ValueError(
+                f"factor_dtype must name a torch dtype such as 'float16', got {self.factor_dtype!r}"
+            )
         if isinstance(self.schedule, dict):
             self.schedule = StageSchedule(**self.schedule)
 
@@ -100,7 +102,9 @@ class CompressionReport:
         out = dataclasses.asdict(self)
         out["ratio"] = self.ratio
         if not with_history:
-            out["stages"] = [{k: v for k, v in s.items() if k not in ("history", "schedule")} for s in self.stages]
+            out["stages"] = [
+                {k: v for k, v in s.items() if k not in ("history", "schedule")} for s in self.stages
+            ]
         return out
 
     def summary(self) -> str:
@@ -176,14 +180,28 @@ def compress_matrix(
     factor_dtype = getattr(torch, settings.factor_dtype)
     fbytes = torch.empty((), dtype=factor_dtype).element_size()
     plan: CompressionPlan = plan_for_ratio(
-        v, d, settings.ratio if settings.budget_bytes is None else None, budget_bytes=settings.budget_bytes,
-        svd_rank=settings.svd_rank, num_stages=settings.num_stages, stage_bits=settings.stage_bits,
-        max_stage_bits=settings.max_stage_bits, frequency_aware=use_freq, frequency_share=settings.frequency_share,
-        tier_decay=settings.tier_decay, factor_bytes=fbytes, has_padding_row=padding_idx is not None,
+        v,
+        d,
+        settings.ratio if settings.budget_bytes is None else None,
+        budget_bytes=settings.budget_bytes,
+        svd_rank=settings.svd_rank,
+        num_stages=settings.num_stages,
+        stage_bits=settings.stage_bits,
+        max_stage_bits=settings.max_stage_bits,
+        frequency_aware=use_freq,
+        frequency_share=settings.frequency_share,
+        tier_decay=settings.tier_decay,
+        factor_bytes=fbytes,
+        has_padding_row=padding_idx is not None,
     )
     module = LightTokenEmbedding(
-        v, d, svd_rank=plan.svd_rank, stage_bits=plan.stage_bits, stage_rows=plan.stage_rows,
-        padding_idx=padding_idx, factor_dtype=factor_dtype,
+        v,
+        d,
+        svd_rank=plan.svd_rank,
+        stage_bits=plan.stage_bits,
+        stage_rows=plan.stage_rows,
+        padding_idx=padding_idx,
+        factor_dtype=factor_dtype,
     )
     loss_fn = get_loss(settings.loss)
     if settings.loss == "cosine_bound" and settings.angle_weight != 1:
@@ -210,8 +228,14 @@ def compress_matrix(
         bar.set_description(f"LightToken: stage {s + 1}/{len(plan.stage_bits)} ({bits} bits x {rows} rows)")
         ids = order[:rows]
         result = train_stage(
-            residual[ids], bits, loss_fn=loss_fn, weights=weights[ids], schedule=settings.schedule,
-            storage_dtype=factor_dtype, seed=settings.seed * 1000 + s, progress=bar,
+            residual[ids],
+            bits,
+            loss_fn=loss_fn,
+            weights=weights[ids],
+            schedule=settings.schedule,
+            storage_dtype=factor_dtype,
+            seed=settings.seed * 1000 + s,
+            progress=bar,
         )
         with torch.no_grad():
             getattr(module, f"codes_{s}").copy_(pack_bits(result.bits))
@@ -224,9 +248,14 @@ def compress_matrix(
     if module.compressed_nbytes != plan.nbytes:  # the accounting and the module must agree exactly
         raise AssertionError(f"planned {plan.nbytes} bytes but the module stores {module.compressed_nbytes}")
     report = CompressionReport(
-        num_embeddings=v, embedding_dim=d, dense_nbytes=module.dense_nbytes,
-        compressed_nbytes=module.compressed_nbytes, plan=plan.to_dict(), settings=settings.to_dict(),
-        stages=stage_stats, frequency_source=frequency_source if use_freq else "none",
+        num_embeddings=v,
+        embedding_dim=d,
+        dense_nbytes=module.dense_nbytes,
+        compressed_nbytes=module.compressed_nbytes,
+        plan=plan.to_dict(),
+        settings=settings.to_dict(),
+        stages=stage_stats,
+        frequency_source=frequency_source if use_freq else "none",
     )
     from ..fidelity import matrix_fidelity
 
@@ -254,7 +283,9 @@ def _settings(ratio: float | None, options: dict) -> CompressionSettings:
 
 def _model_frequencies(model: Any, tokenizer: Any, vocab_size: int) -> tuple[torch.Tensor | None, str]:
     if tokenizer is None:
-        path = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "")
+        path = getattr(model, "name_or_path", "") or getattr(
+            getattr(model, "config", None), "_name_or_path", ""
+        )
         if path:
             try:
                 from transformers import AutoTokenizer
@@ -305,18 +336,27 @@ def compress(
         source = "given" if freqs is not None else "none"
         if freqs is None and tokenizer is not None and settings.frequency_aware:
             freqs, source = general_text_frequencies(tokenizer, model_or_matrix.shape[0]), "wordfreq"
-        module, _ = compress_matrix(model_or_matrix, settings, frequencies=freqs, progress=progress,
-                                    frequency_source=source)
+        module, _ = compress_matrix(
+            model_or_matrix, settings, frequencies=freqs, progress=progress, frequency_source=source
+        )
         return module
     return _compress_model(model_or_matrix, settings, tokenizer, token_frequencies, progress, inplace)
 
 
-def _compress_model(model: Any, settings: CompressionSettings, tokenizer: Any, token_frequencies: Any,
-                    progress: bool, inplace: bool) -> LightTokenPreTrainedModel:
+def _compress_model(
+    model: Any,
+    settings: CompressionSettings,
+    tokenizer: Any,
+    token_frequencies: Any,
+    progress: bool,
+    inplace: bool,
+) -> LightTokenPreTrainedModel:
     from transformers import PreTrainedModel
 
     if not isinstance(model, PreTrainedModel):
-        raise TypeError(f"expected a transformers PreTrainedModel or a 2-D tensor, got {type(model).__name__}")
+        raise TypeError(
+            f"expected a transformers PreTrainedModel or a 2-D tensor, got {type(model).__name__}"
+        )
     if isinstance(model, LightTokenPreTrainedModel):
         raise ValueError("this model is already LightToken-compressed")
     try:
@@ -337,7 +377,11 @@ def _compress_model(model: Any, settings: CompressionSettings, tokenizer: Any, t
     else:
         freqs, source = None, "none"
     module, report = compress_matrix(
-        embedding.weight, settings, frequencies=freqs, padding_idx=embedding.padding_idx, progress=progress,
+        embedding.weight,
+        settings,
+        frequencies=freqs,
+        padding_idx=embedding.padding_idx,
+        progress=progress,
         frequency_source=source,
     )
     backbone = model if inplace else copy.deepcopy(model)

@@ -82,7 +82,9 @@ class HashingStage(nn.Module):
         return self.decoder(codes), codes
 
 
-def _init_encoder(stage: HashingStage, residual: torch.Tensor, weights: torch.Tensor, gen: torch.Generator) -> None:
+def _init_encoder(
+    stage: HashingStage, residual: torch.Tensor, weights: torch.Tensor, gen: torch.Generator
+) -> None:
     """PCA initialisation: units start as the top principal directions of the (weighted) residual.
 
     With more units than dimensions the extra units are random unit directions. Each unit is scaled
@@ -244,8 +246,13 @@ def train_stage(
 
 
 def _tune_decoder(
-    signs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-    loss_fn: LossFn, steps: int,
+    signs: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    loss_fn: LossFn,
+    steps: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A few full-batch Adam steps on the chosen loss, starting from the least-squares decoder."""
     if steps <= 0:

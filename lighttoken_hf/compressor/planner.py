@@ -73,11 +73,10 @@ def plan_nbytes(plan: CompressionPlan) -> int:
 
 def _split_bits(total_bits: int, max_stage_bits: int) -> list[int]:
     """Split ``total_bits`` (a multiple of 8) into near-equal stages of at most ``max_stage_bits``."""
+    max_stage_bits = max(8, max_stage_bits // 8 * 8)
     stages = max(1, math.ceil(total_bits / max_stage_bits))
-    per = total_bits // stages // 8 * 8
-    out = [per] * stages
-    out[-1] += total_bits - per * stages
-    return [b for b in out if b > 0]
+    per, extra = divmod(total_bits // 8, stages)  # in bytes: spread the remainder over the first stages
+    return [8 * (per + (1 if s < extra else 0)) for s in range(stages) if per + (1 if s < extra else 0) > 0]
 
 
 def plan_for_ratio(
@@ -111,6 +110,8 @@ def plan_for_ratio(
         if not ratio > 1:
             raise ValueError(f"ratio must be > 1 (the fp32 matrix is {dense} bytes), got {ratio}")
         budget = int(dense // ratio)
+        if budget <= 0:
+            raise ValueError(f"ratio {ratio} leaves no byte of the {dense}-byte matrix; choose a lower ratio")
     else:
         budget = int(budget_bytes)
         if budget <= 0:
@@ -126,22 +127,83 @@ def plan_for_ratio(
         return CompressionPlan(v, d, rank, bits, rows, factor_bytes, has_padding_row)
 
     if num_stages == 0:  # SVD-only ablation: the largest rank within budget
-        rank = svd_rank if svd_rank is not None else int((budget - (d * factor_bytes if has_padding_row else 0))
-                                                        // ((v + d) * factor_bytes))
+        rank = (
+            svd_rank
+            if svd_rank is not None
+            else int((budget - (d * factor_bytes if has_padding_row else 0)) // ((v + d) * factor_bytes))
+        )
         rank = min(rank, min(v, d))
         plan = build(rank, [], [])
         if rank < 1 or plan.nbytes > budget:
-            raise ValueError(_impossible(budget, dense, f"even a rank-1 SVD needs {build(1, [], []).nbytes} bytes"))
+            raise ValueError(
+                _impossible(budget, dense, f"even a rank-1 SVD needs {build(1, [], []).nbytes} bytes")
+            )
         return plan
+
+    if frequency_aware:
+        try:
+            return _plan_stages(
+                v,
+                d,
+                budget,
+                svd_rank,
+                num_stages,
+                stage_bits,
+                max_stage_bits,
+                frequency_share,
+                tier_decay,
+                min_tier_rows,
+                factor_bytes,
+                has_padding_row,
+            )
+        except ValueError:
+            pass  # the tiers do not fit: a uniform plan may still
+    return _plan_stages(
+        v,
+        d,
+        budget,
+        svd_rank,
+        num_stages,
+        stage_bits,
+        max_stage_bits,
+        0.0,
+        tier_decay,
+        min_tier_rows,
+        factor_bytes,
+        has_padding_row,
+        tiers=False,
+    )
+
+
+def _plan_stages(
+    v: int,
+    d: int,
+    budget: int,
+    svd_rank: int | None,
+    num_stages: int | None,
+    stage_bits: int | None,
+    max_stage_bits: int,
+    frequency_share: float,
+    tier_decay: float,
+    min_tier_rows: int,
+    factor_bytes: int,
+    has_padding_row: bool,
+    tiers: bool = True,
+) -> CompressionPlan:
+    """Base stages for all rows plus (``tiers``) frequency tiers; raises ValueError if nothing fits."""
+    dense = v * d * _FP32
+
+    def build(rank: int, bits: list[int], rows: list[int]) -> CompressionPlan:
+        return CompressionPlan(v, d, rank, bits, rows, factor_bytes, has_padding_row)
 
     rank = default_svd_rank(v, d, budget) if svd_rank is None else svd_rank
     if rank < 0 or rank > min(v, d):
         raise ValueError(f"svd_rank must be in 0..{min(v, d)}, got {rank}")
-    fixed = build(rank, [], []).nbytes + (token_rank_bytes(v) if frequency_aware else 0)
+    fixed = build(rank, [], []).nbytes + (token_rank_bytes(v) if tiers else 0)
     avail = budget - fixed
     # bytes per base bit: a code bit for every row plus one decoder row (fp16) per bit
     per_bit = v / 8 + d * factor_bytes
-    share = frequency_share if frequency_aware else 0.0
+    share = frequency_share if tiers else 0.0
     if stage_bits is not None:
         stages = num_stages or max(1, int((avail * (1 - share)) // (stage_bits * per_bit + d * factor_bytes)))
         base = [stage_bits] * stages
@@ -151,19 +213,29 @@ def plan_for_ratio(
             total_bits = int((avail * (1 - share) - est_stages * d * factor_bytes) // per_bit) // 8 * 8
             if total_bits < 8:
                 break
-            base = _split_bits(total_bits, max_stage_bits) if num_stages is None else _split_even(total_bits, num_stages)
+            base = (
+                _split_bits(total_bits, max_stage_bits)
+                if num_stages is None
+                else _split_even(total_bits, num_stages)
+            )
             if len(base) == est_stages:
                 break
             est_stages = len(base)
         if total_bits < 8:
-            minimal = build(rank, [8], [v]).nbytes + (token_rank_bytes(v) if frequency_aware else 0)
-            raise ValueError(_impossible(budget, dense, f"one 8-bit stage for all {v} rows needs {minimal} bytes"))
+            minimal = build(rank, [8], [v]).nbytes + (token_rank_bytes(v) if tiers else 0)
+            raise ValueError(
+                _impossible(budget, dense, f"one 8-bit stage for all {v} rows needs {minimal} bytes")
+            )
     bits = list(base)
     rows = [v] * len(bits)
     plan = build(rank, bits, rows)
     if plan.nbytes > budget:
-        raise ValueError(_impossible(budget, dense, f"the requested {len(bits)} stage(s) of {bits} bits need {plan.nbytes} bytes"))
-    if frequency_aware:
+        raise ValueError(
+            _impossible(
+                budget, dense, f"the requested {len(bits)} stage(s) of {bits} bits need {plan.nbytes} bytes"
+            )
+        )
+    if tiers:
         tier_bits = min(max(bits), max_stage_bits)
         tier = 1
         while True:
@@ -182,11 +254,12 @@ def plan_for_ratio(
             bits, rows, plan = trial.stage_bits, trial.stage_rows, trial
             tier += 1
         if not plan.uses_token_rank:
-            # no tier fitted: drop the unused token-rank budget back into a uniform plan
-            return plan_for_ratio(v, d, budget_bytes=budget, svd_rank=rank, num_stages=num_stages,
-                                  stage_bits=stage_bits, max_stage_bits=max_stage_bits, frequency_aware=False,
-                                  factor_bytes=factor_bytes, has_padding_row=has_padding_row)
-    plan.notes = {"budget_bytes": budget, "target_ratio": dense / budget, "frequency_aware": plan.uses_token_rank}
+            raise ValueError("no frequency tier fits")  # the caller falls back to a uniform plan
+    plan.notes = {
+        "budget_bytes": budget,
+        "target_ratio": dense / budget,
+        "frequency_aware": plan.uses_token_rank,
+    }
     return plan
 
 
@@ -207,6 +280,8 @@ def default_svd_rank(num_embeddings: int, embedding_dim: int, budget_bytes: int)
 
 
 def _impossible(budget: int, dense: int, why: str) -> str:
+    if budget <= 0:
+        return f"cannot compress into {budget} bytes: {why}. Choose a lower ratio."
     return (
         f"cannot compress into {budget} bytes (ratio {dense / budget:.1f}): {why}. "
         f"Choose a lower ratio or fewer/smaller stages."

@@ -9,7 +9,12 @@ EXACT_SVD_MAX_ELEMENTS = 4_000_000
 
 
 def low_rank_factors(
-    matrix: torch.Tensor, rank: int, *, seed: int = 0, exact: bool | None = None, oversample: int = 16,
+    matrix: torch.Tensor,
+    rank: int,
+    *,
+    seed: int = 0,
+    exact: bool | None = None,
+    oversample: int = 16,
     power_iterations: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return fp32 factors ``(left, right)`` with ``left @ right`` the best rank-``rank`` approximation.

@@ -38,7 +38,7 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     padded = torch.zeros(n, (b + 7) // 8 * 8, dtype=torch.uint8, device=bits.device)
     padded[:, :b] = bits.to(torch.uint8)
     weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=bits.device)
-    return (padded.view(n, -1, 8) * weights).sum(dim=-1, dtype=torch.uint8)
+    return (padded.view(n, (b + 7) // 8, 8) * weights).sum(dim=-1, dtype=torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -82,7 +82,9 @@ class LightTokenEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         if num_embeddings <= 0 or embedding_dim <= 0:
-            raise ValueError(f"num_embeddings and embedding_dim must be positive, got {num_embeddings}, {embedding_dim}")
+            raise ValueError(
+                f"num_embeddings and embedding_dim must be positive, got {num_embeddings}, {embedding_dim}"
+            )
         stage_bits = [int(b) for b in stage_bits]
         if any(b <= 0 for b in stage_bits):
             raise ValueError(f"every hashing stage needs at least one code bit, got stage_bits={stage_bits}")
@@ -114,8 +116,12 @@ class LightTokenEmbedding(nn.Module):
             self.register_buffer("token_rank", torch.arange(num_embeddings, dtype=rank_dtype))
         for s, (bits, rows) in enumerate(zip(stage_bits, stage_rows)):
             self.register_buffer(f"codes_{s}", torch.zeros(rows, (bits + 7) // 8, dtype=torch.uint8))
-            self.register_parameter(f"decoder_{s}_weight", nn.Parameter(torch.zeros(bits, embedding_dim, dtype=factor_dtype)))
-            self.register_parameter(f"decoder_{s}_bias", nn.Parameter(torch.zeros(embedding_dim, dtype=factor_dtype)))
+            self.register_parameter(
+                f"decoder_{s}_weight", nn.Parameter(torch.zeros(bits, embedding_dim, dtype=factor_dtype))
+            )
+            self.register_parameter(
+                f"decoder_{s}_bias", nn.Parameter(torch.zeros(embedding_dim, dtype=factor_dtype))
+            )
         self._cache: torch.Tensor | None = None
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch's own signature
@@ -148,12 +154,18 @@ class LightTokenEmbedding(nn.Module):
 
     # ------------------------------------------------------------------ decoding
     def _stage(self, s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return getattr(self, f"codes_{s}"), getattr(self, f"decoder_{s}_weight"), getattr(self, f"decoder_{s}_bias")
+        return (
+            getattr(self, f"codes_{s}"),
+            getattr(self, f"decoder_{s}_weight"),
+            getattr(self, f"decoder_{s}_bias"),
+        )
 
     def decode_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rebuild the rows ``ids`` (1-D int tensor) as an (N, d) tensor of ``output_dtype``."""
         dtype = self.output_dtype if self.output_dtype.is_floating_point else torch.float32
-        compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) and ids.device.type == "cpu" else dtype
+        compute = (
+            torch.float32 if dtype in (torch.float16, torch.bfloat16) and ids.device.type == "cpu" else dtype
+        )
         out = torch.zeros(ids.shape[0], self.embedding_dim, dtype=compute, device=ids.device)
         if self.svd_rank:
             out += self.lowrank_left[ids].to(compute) @ self.lowrank_right.to(compute)
@@ -195,12 +207,14 @@ class LightTokenEmbedding(nn.Module):
         """Look up ``input_ids`` (any shape, integer dtype) -> ``input_ids.shape + (d,)``."""
         if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
             raise TypeError(f"LightTokenEmbedding expects integer token ids, got dtype {input_ids.dtype}")
-        flat = input_ids.reshape(-1)
+        flat = input_ids.reshape(-1).long()  # uint8 ids would otherwise index as a boolean mask
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
             bad = flat[(flat < 0) | (flat >= self.num_embeddings)][0].item()
             raise IndexError(
                 f"token id {bad} is out of range for a LightTokenEmbedding with {self.num_embeddings} rows "
-                "(valid ids: 0..{}); check that the tokenizer matches the model".format(self.num_embeddings - 1)
+                "(valid ids: 0..{}); check that the tokenizer matches the model".format(
+                    self.num_embeddings - 1
+                )
             )
         rows = self._cache[flat] if self._cache is not None else self.decode_rows(flat)
         return rows.view(*input_ids.shape, self.embedding_dim)
