@@ -57,8 +57,8 @@ class CompressionSettings:
     angle_weight: float = 1.0
     frequency_aware: bool = True
     frequency_share: float = 0.25
-    tier_decay: float = 0.5
-    frequency_power: float = 0.25
+    tier_decay: float = 0.35
+    frequency_power: float = 0.5
     factor_dtype: str = "float16"
     schedule: StageSchedule = field(default_factory=StageSchedule)
     seed: int = 0

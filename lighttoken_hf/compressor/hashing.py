@@ -30,11 +30,11 @@ from .losses import LossFn
 class StageSchedule:
     """Training schedule of one hashing stage (defaults chosen by measurement, see docs/method.md)."""
 
-    max_epochs: int = 40
+    max_epochs: int = 12
     batch_size: int = 4096
     lr: float = 3e-3
     tau_start: float = 1.0
-    tau_decay: float = 0.9
+    tau_decay: float = 0.75
     saturation_level: float = 0.98
     stop_saturation: float = 0.9
     decoder_steps: int = 10
@@ -181,8 +181,8 @@ def train_stage(
     n, d = residual.shape
     weights = torch.ones(n) if weights is None else weights.float()
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    stage = HashingStage(d, bits)
+    with torch.random.fork_rng(devices=[]):  # every weight is re-initialised below: leave the global RNG alone
+        stage = HashingStage(d, bits)
     _init_encoder(stage, residual, weights, gen)
     with torch.no_grad():
         w0, b0 = fit_decoder(_hard_signs(stage.encoder(residual)), residual, weights, schedule.ridge)

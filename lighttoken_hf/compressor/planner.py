@@ -91,7 +91,7 @@ def plan_for_ratio(
     max_stage_bits: int = 256,
     frequency_aware: bool = True,
     frequency_share: float = 0.25,
-    tier_decay: float = 0.5,
+    tier_decay: float = 0.35,
     min_tier_rows: int = 256,
     factor_bytes: int = 2,
     has_padding_row: bool = False,
