@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..core.configuration_lighttoken import LightTokenConfig
 from ..core.lighttoken_codec import LightTokenEmbedding, pack_bits
 from ..core.modeling_lighttoken import LIGHTTOKEN_CLASSES, LightTokenPreTrainedModel
+from ..fidelity import matrix_fidelity
 from .frequencies import frequency_rank, general_text_frequencies
 from .hashing import StageSchedule, train_stage
 from .losses import get_loss
@@ -257,8 +258,6 @@ def compress_matrix(
         stages=stage_stats,
         frequency_source=frequency_source if use_freq else "none",
     )
-    from ..fidelity import matrix_fidelity
-
     with torch.no_grad():
         report.fidelity = matrix_fidelity(e, module.weight, seed=settings.seed)
     report.seconds = time.perf_counter() - start
