@@ -58,7 +58,7 @@ LIGHTTOKEN_VARIANTS: dict[str, dict[str, Any]] = {
     "lighttoken-default": {},
     "lighttoken-svd-only": {"num_stages": 0},
     "lighttoken-1stage": {"num_stages": 1},
-    "lighttoken-mse": {"loss": "mse"},
+    "lighttoken-cosine-bound": {"loss": "cosine_bound"},
     "lighttoken-no-freq": {"frequency_aware": False},
 }
 QUANT_BITS = (8, 4, 2)
@@ -94,7 +94,7 @@ def own_module(name: str):
 class Job:
     """One (method, target ratio) cell of the benchmark."""
 
-    method: str  # e.g. "svd-fp16", "int4-g32", "pq", "lighttoken-mse"
+    method: str  # e.g. "svd-fp16", "int4-g32", "pq", "lighttoken-no-freq"
     family: str  # "svd", "quant", "pq" or "lighttoken"
     kind: str  # "baseline" or "lighttoken"
     target_ratio: float | None  # None: the method's natural ratio (scalar quantization)
@@ -744,7 +744,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--methods",
         nargs="+",
         default=None,
-        help="keep only these methods: names (svd-fp16, int4-g32, pq, lighttoken-mse, ...), "
+        help="keep only these methods: names (svd-fp16, int4-g32, pq, lighttoken-no-freq, ...), "
         "families (svd, quant, int8, int4, int2, pq, lighttoken), 'baselines', or globs",
     )
     parser.add_argument(

@@ -1,7 +1,8 @@
-"""The ``lighttoken`` command line: ``lighttoken compress`` a model, ``lighttoken info`` a saved checkpoint.
+"""The ``lighttoken`` command line: ``compress`` a model, ``info`` a saved checkpoint, ``push`` it to the Hub.
 
 A thin layer: argument parsing, checks of the arguments and printing. The work is done by
-:func:`lighttoken_hf.compress`, :mod:`lighttoken_hf.fidelity` and :mod:`lighttoken_hf.saving`.
+:func:`lighttoken_hf.compress`, :mod:`lighttoken_hf.fidelity`, :mod:`lighttoken_hf.saving`,
+:mod:`lighttoken_hf.cards` and :mod:`lighttoken_hf.hub`.
 Exit codes: 0 success, 1 a failure while loading, compressing or saving, 2 bad arguments (checked
 before any slow work), 130 interrupted.
 """
@@ -55,7 +56,7 @@ def _int_at_least(minimum: int) -> Any:
 
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    """The ``lighttoken`` argument parser (subcommands ``compress`` and ``info``)."""
+    """The ``lighttoken`` argument parser (subcommands ``compress``, ``info`` and ``push``)."""
     from . import __version__
     from .compressor.hashing import StageSchedule
 
@@ -112,12 +113,36 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser(
         "info",
         help="show the facts of a saved compressed checkpoint",
-        description="Show base model, plan, real ratio and fidelity of a saved LightToken checkpoint "
-        "(read from config.json and lighttoken_report.json; no weights are loaded).",
+        description="Show the facts the model card shows (base model, method and settings, real ratio "
+        "and bytes, fidelity, end-to-end metrics) of a saved LightToken checkpoint, read from config.json "
+        "and lighttoken_report.json (no weights are loaded).",
     )
     info.add_argument("dir", metavar="DIR", help="folder written by `lighttoken compress`")
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
     info.set_defaults(handler=_cmd_info)
+
+    push = commands.add_parser(
+        "push",
+        help="upload a saved checkpoint to the Hugging Face Hub",
+        description=(
+            "Upload the checkpoint in DIR (weights, config, remote code, tokenizer, lighttoken_report.json "
+            "and the model card README.md) to the Hub model repo REPO_ID in one commit, creating the repo if "
+            "needed. Anyone can then load it with AutoModel.from_pretrained(REPO_ID, trust_remote_code=True). "
+            "The card lighttoken wrote is refreshed to name REPO_ID; a README.md edited by hand is uploaded "
+            "as is. The endpoint is HF_ENDPOINT (default https://huggingface.co)."
+        ),
+    )
+    push.add_argument("dir", metavar="DIR", help="folder written by `lighttoken compress`")
+    push.add_argument("repo_id", metavar="REPO_ID", help="Hub model repo, namespace/name")
+    push.add_argument("--private", action="store_const", const=True, default=None,
+                      help="create the repo as private (no effect on an existing repo)")
+    push.add_argument("--token", metavar="T",
+                      help="Hub token (default: HF_TOKEN or the token saved by `hf auth login`)")
+    push.add_argument("--base-model", metavar="ID",
+                      help="Hub id of the uncompressed model, for the card (default: the recorded one if it "
+                      "is a Hub id)")
+    push.add_argument("--message", metavar="TEXT", help="commit message")
+    push.set_defaults(handler=_cmd_push)
     return parser
 
 
@@ -161,7 +186,8 @@ def _resolve_model(name: str | None) -> tuple[str, Path | None]:
             model_type = None  # let from_pretrained report what is wrong with it
         if model_type == "lighttoken":
             raise _UsageError(f"MODEL {name} is already LightToken-compressed; pass the uncompressed model")
-        return str(folder), folder
+        # an absolute path, so the saved config never records a relative path that looks like a Hub id
+        return str(folder.absolute()), folder
     if _looks_like_path(name):
         raise _UsageError(f"MODEL {name}: no such folder (and not a Hugging Face Hub id)")
     return name, None
@@ -245,76 +271,71 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ info
-_FIDELITY_LABELS = {
-    "rel_error": "relative Frobenius error",
-    "mean_row_cosine": "mean row cosine",
-    "min_row_cosine": "min row cosine",
-    "nn_overlap": "top-10 NN overlap",
-}
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _fmt_size(nbytes: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if nbytes < 1024 or unit == "GB":
-            return f"{nbytes:,} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return str(nbytes)
-
-
 def _row(label: str, value: Any) -> str:
-    return f"  {label:<27}{_fmt(value)}"
+    return f"  {label:<27}{value}"
 
 
 def _info_lines(facts: dict) -> list[str]:
-    base, plan, report = facts["base_model"], facts["plan"], facts["report"]
-    arch = ", ".join(base["architectures"]) or "?"
-    source = f" from {base['name_or_path']}" if base["name_or_path"] else ""
-    lines = [
-        f"LightToken checkpoint {facts['path']}",
-        _row("model class", ", ".join(facts["architectures"]) or "?"),
-        _row("base model", f"{base['model_type']} ({arch}){source}"),
-        _row("embedding", f"{plan['num_embeddings']} x {plan['embedding_dim']}"),
-        _row("plan", f"svd rank {plan['svd_rank']}; stages {plan['stage_bits']} bits over rows "
-             f"{plan['stage_rows']}; factors {plan['factor_dtype']}"),
-    ]
-    if "dense_nbytes" in report and "compressed_nbytes" in report:
-        dense, stored = report["dense_nbytes"], report["compressed_nbytes"]
-        ratio = report.get("ratio") or (dense / stored if stored else float("nan"))
-        lines.append(_row("real ratio", f"{ratio:.2f}x  ({stored:,} bytes vs {dense:,} fp32)"))
-    else:
-        lines.append(_row("real ratio", "unknown (no compression report found)"))
-    for key, value in (report.get("fidelity") or {}).items():
-        lines.append(_row(_FIDELITY_LABELS.get(key, key), value))
-    for key, value in (report.get("end_to_end") or {}).items():
-        lines.append(_row(key, value))
-    settings = report.get("settings") or {}
-    if settings:
-        epochs = (settings.get("schedule") or {}).get("max_epochs")
-        lines.append(_row("settings", f"loss {settings.get('loss')}, seed {settings.get('seed')}, "
-                          f"max epochs {epochs}, frequencies {report.get('frequency_source', 'none')}"))
-    if isinstance(report.get("seconds"), (int, float)):
-        lines.append(_row("compression time", f"{report['seconds']:.1f} s"))
+    """The card's rows (:func:`lighttoken_hf.cards.card_facts`), then where they came from and the files."""
+    from .cards import fmt_size
+
+    lines = [f"LightToken checkpoint {facts['path']}"]
+    for section in ("model", "size", "method", "fidelity", "end_to_end"):  # the order of the card
+        lines += [_row(label, value) for label, value in facts["sections"][section]]
+    seconds = facts["report"].get("seconds")
+    if isinstance(seconds, (int, float)):
+        lines.append(_row("compression time", f"{seconds:.1f} s"))
     lines.append(_row("report from", facts["report_source"]))
-    files = ", ".join(f"{name} {_fmt_size(size)}" for name, size in facts["files"].items())
+    files = ", ".join(f"{name} {fmt_size(size)}" for name, size in facts["files"].items())
     lines.append(_row("files", files))
     return lines
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .cards import card_facts
     from .saving import checkpoint_info
 
     try:
-        facts = checkpoint_info(args.dir)
+        if args.json:
+            print(json.dumps(checkpoint_info(args.dir), indent=2))
+        else:
+            print("\n".join(_info_lines(card_facts(args.dir))))
     except (FileNotFoundError, ValueError) as err:
         raise _UsageError(str(err)) from None
-    if args.json:
-        print(json.dumps(facts, indent=2))
-    else:
-        print("\n".join(_info_lines(facts)))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ push
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .cards import hub_model_id
+    from .hub import DEFAULT_COMMIT_MESSAGE, _check_checkpoint, push_to_hub
+
+    try:
+        _check_checkpoint(Path(args.dir).expanduser())
+    except (FileNotFoundError, ValueError) as err:
+        raise _UsageError(str(err)) from None
+    if args.repo_id.count("/") > 1 or not args.repo_id.strip("/"):
+        raise _UsageError(f"REPO_ID must be namespace/name, got {args.repo_id!r}")
+    if args.base_model is not None and hub_model_id(args.base_model) is None:
+        raise _UsageError(f"--base-model must be a Hub model id such as org/name, got {args.base_model!r}")
+    _log(f"Uploading {args.dir} to {args.repo_id}")
+    try:
+        commit = push_to_hub(
+            args.dir,
+            args.repo_id,
+            token=args.token,
+            private=args.private,
+            base_model=args.base_model,
+            commit_message=args.message or DEFAULT_COMMIT_MESSAGE,
+        )
+    except OSError:
+        raise
+    except Exception as err:  # network failures of the HTTP client (httpx) are not OSErrors
+        if type(err).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore"):
+            raise OSError(f"cannot reach the Hub: {err}") from err
+        raise
+    print(f"Uploaded to {commit.repo_url}")
+    print(f"Commit {commit.commit_url}")
     return 0
 
 

@@ -1,9 +1,10 @@
 """Save a LightToken-compressed model atomically, and read back the facts of a saved checkpoint.
 
-:func:`save_compressed` writes the weights (safetensors), the tokenizer and the compression report
-(``lighttoken_report.json``) into a hidden temporary folder beside the destination, then renames it
-into place. An interrupted or failed save (exception, Ctrl-C) leaves no half-written output behind:
-either the complete checkpoint is there, or the destination is as it was before.
+:func:`save_compressed` writes the weights (safetensors), the tokenizer, the compression report
+(``lighttoken_report.json``) and the model card (``README.md``, see :mod:`lighttoken_hf.cards`) into a
+hidden temporary folder beside the destination, then renames it into place. An interrupted or failed
+save (exception, Ctrl-C) leaves no half-written output behind: either the complete checkpoint is there,
+or the destination is as it was before.
 
 :func:`check_output_dir` runs the same checks on the destination up front, so a command line can
 refuse a bad ``--out`` before spending minutes compressing; :func:`checkpoint_info` reads the facts of a
@@ -22,9 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPORT_FILENAME", "check_output_dir", "checkpoint_info", "save_compressed"]
+__all__ = ["CARD_FILENAME", "REPORT_FILENAME", "check_output_dir", "checkpoint_info", "save_compressed"]
 
 REPORT_FILENAME = "lighttoken_report.json"
+CARD_FILENAME = "README.md"
 _MODEL_TYPE = "lighttoken"
 
 
@@ -113,8 +115,9 @@ def save_compressed(
     tokenizer: Any = None,
     report: Any = None,
     overwrite: bool = False,
+    card: Any = True,
 ) -> Path:
-    """Save a compressed model (and its tokenizer and report) to ``out_dir``, atomically.
+    """Save a compressed model (and its tokenizer, report and model card) to ``out_dir``, atomically.
 
     Everything is written into a temporary sibling folder ``.{name}.tmp-<random>`` (same parent, so the
     final rename is atomic), which is then renamed to ``out_dir``. With ``overwrite=True`` an existing
@@ -129,6 +132,11 @@ def save_compressed(
         report: a :class:`~lighttoken_hf.CompressionReport` (or a plain dict) written as
             ``lighttoken_report.json``; defaults to ``model.compression_report`` when the model has one.
         overwrite: replace ``out_dir`` if it exists and is not empty.
+        card: the model card written as ``README.md``. ``True`` (default): built by
+            :func:`lighttoken_hf.cards.model_card` from the saved checkpoint itself, so it shows exactly
+            what was saved; a mapping: the same, with these keyword arguments for ``model_card``
+            (``base_model``, ``eval_results``, ``repo_id``, ``model_name``); a ``huggingface_hub.ModelCard``:
+            written as is; ``False``: no card.
 
     Returns:
         The absolute path of the saved checkpoint.
@@ -154,6 +162,8 @@ def save_compressed(
         if report_data is not None:
             text = json.dumps(report_data, indent=2, allow_nan=False) + "\n"
             (staging / REPORT_FILENAME).write_text(text, encoding="utf-8")
+        if card is not False and card is not None:
+            _write_card(staging, card)
         stray = sorted(p.name for p in staging.glob("*.bin"))
         if stray:
             raise RuntimeError(f"save_pretrained wrote non-safetensors weight files {stray}")
@@ -196,6 +206,23 @@ def save_compressed(
                 with contextlib.suppress(OSError):
                     folder.rmdir()
     return target
+
+
+def _write_card(folder: Path, card: Any) -> None:
+    """Write the model card of the checkpoint staged in ``folder`` as ``README.md``.
+
+    A generated card is built from the staged files (not from the model object), so it is exactly the
+    card :func:`lighttoken_hf.cards.model_card` builds later from the saved folder.
+    """
+    if card is True or isinstance(card, Mapping):
+        from .cards import model_card
+
+        card = model_card(folder, **(dict(card) if isinstance(card, Mapping) else {}))
+    if not hasattr(card, "save"):
+        raise TypeError(
+            f"card must be True, False, a mapping or a huggingface_hub.ModelCard, got {type(card).__name__}"
+        )
+    card.save(folder / CARD_FILENAME)
 
 
 def _read_json(path: Path) -> dict:

@@ -37,7 +37,7 @@ class CompressionSettings:
         num_stages: hashing stages covering all rows (``None``: planner; 0: SVD-only ablation).
         stage_bits: bits per stage (``None``: planner).
         max_stage_bits: widest stage the planner builds.
-        loss: ``"cosine_bound"`` (default), ``"mse"`` or ``"cosine"``.
+        loss: ``"mse"`` (default, see docs/method.md), ``"cosine_bound"`` (the paper's) or ``"cosine"``.
         angle_weight: extra weight (>= 1) on the angular term of the cosine-bound loss.
         frequency_aware: spend extra stages on frequent tokens (needs a tokenizer or frequencies).
         frequency_share: share of the code bytes spent on the frequency tiers.
@@ -54,7 +54,7 @@ class CompressionSettings:
     num_stages: int | None = None
     stage_bits: int | None = None
     max_stage_bits: int = 256
-    loss: str = "cosine_bound"
+    loss: str = "mse"
     angle_weight: float = 1.0
     frequency_aware: bool = True
     frequency_share: float = 0.25

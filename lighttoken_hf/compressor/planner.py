@@ -244,12 +244,14 @@ def _plan_stages(
                 break
             trial = build(rank, bits + [tier_bits], rows + [n_rows])
             if trial.nbytes > budget:
-                # spend what is left on as many of the most frequent rows as fit in this tier
+                # spend what is left on one more tier for the most frequent rows, as wide as fits
                 spare = budget - plan.nbytes - (0 if plan.uses_token_rank else token_rank_bytes(v))
-                n_rows = min(n_rows, (spare - (tier_bits + 1) * d * factor_bytes) // ((tier_bits + 7) // 8))
-                if n_rows >= min_tier_rows:
-                    trial = build(rank, bits + [tier_bits], rows + [int(n_rows)])
-                    bits, rows, plan = trial.stage_bits, trial.stage_rows, trial
+                for width in sorted({tier_bits, *(w for w in (128, 64, 32) if w < tier_bits)}, reverse=True):
+                    fit = (spare - (width + 1) * d * factor_bytes) // ((width + 7) // 8)
+                    if min(n_rows, fit) >= min_tier_rows:
+                        trial = build(rank, bits + [width], rows + [int(min(n_rows, fit))])
+                        bits, rows, plan = trial.stage_bits, trial.stage_rows, trial
+                        break
                 break
             bits, rows, plan = trial.stage_bits, trial.stage_rows, trial
             tier += 1

@@ -1,0 +1,465 @@
+"""Model cards for LightToken checkpoints.
+
+:func:`model_card` renders ``lighttoken_hf/templates/lighttoken_model_card.md.jinja`` (a copy of the
+canonical ``model_cards/lighttoken_model_card.md.jinja``) through huggingface_hub's
+``ModelCard.from_template``: base model, method and settings, real ratio and bytes, fidelity and
+end-to-end metrics, ``model-index`` evaluation results when given, usage, fine-tuning, limitations and
+citation. :func:`card_facts` computes the facts the card shows; ``lighttoken info`` prints the same rows
+(``facts["sections"]``), so the card and the command line never disagree.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CARD_TAGS",
+    "FIDELITY_LABELS",
+    "TEMPLATE_NAME",
+    "card_facts",
+    "default_model_name",
+    "fmt_size",
+    "hub_model_id",
+    "model_card",
+    "template_text",
+]
+
+TEMPLATE_NAME = "lighttoken_model_card.md.jinja"
+#: Tags every LightToken card carries in its metadata.
+CARD_TAGS = ("lighttoken", "embedding-compression")
+
+# LightToken class -> (Auto class to load it with, Hub pipeline tag)
+_CLASS_INFO = {
+    "LightTokenModel": ("AutoModel", "feature-extraction"),
+    "LightTokenForSequenceClassification": ("AutoModelForSequenceClassification", "text-classification"),
+    "LightTokenForTokenClassification": ("AutoModelForTokenClassification", "token-classification"),
+    "LightTokenForQuestionAnswering": ("AutoModelForQuestionAnswering", "question-answering"),
+    "LightTokenForMultipleChoice": ("AutoModelForMultipleChoice", None),
+}
+FIDELITY_LABELS = {
+    "rel_error": "relative Frobenius error",
+    "mean_row_cosine": "mean row cosine",
+    "min_row_cosine": "min row cosine",
+    "nn_overlap": "top-10 NN overlap",
+}
+_END_TO_END_LABELS = {"sentence_embedding_cosine": "sentence-embedding cosine", "sentences": "sentences"}
+_LOSS_DESCRIPTIONS = {
+    "cosine_bound": "an upper bound of the squared Euclidean error that weights the angle between a row "
+    "and its reconstruction more than MSE does",
+    "mse": "mean squared error",
+    "cosine": "cosine distance only",
+}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_PLACEHOLDER_REPO = "path/to/this-checkpoint"
+
+
+# ------------------------------------------------------------------------------------------ formatting
+def fmt_size(nbytes: float) -> str:
+    """``1,234 B`` / ``1.2 KB`` / ``3.4 MB`` / ``1.0 GB``."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{int(nbytes):,} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return str(nbytes)
+
+
+def _fmt_value(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _fmt_bytes(nbytes: int) -> str:
+    return f"{nbytes:,} bytes ({fmt_size(nbytes)})"
+
+
+def _fmt_ratio(ratio: float) -> str:
+    return f"{ratio:.2f}x"
+
+
+def _fmt_target(value: float) -> str:
+    return f"{value:g}x"
+
+
+# ------------------------------------------------------------------------------------------ sources
+def hub_model_id(name: Any) -> str | None:
+    """``name`` if it looks like a Hugging Face Hub model id (``org/name`` or ``name``), else ``None``.
+
+    Local paths are skipped: absolute or home-relative paths, Windows paths, anything that exists on
+    disk (relative to the current folder) and anything with more than one ``/``.
+    """
+    if not isinstance(name, str) or not name or not _HUB_ID.match(name):
+        return None
+    if "--" in name or ".." in name or name.endswith((".git", ".")):
+        return None
+    try:
+        if Path(name).expanduser().exists():
+            return None
+    except OSError:
+        return None
+    return name
+
+
+def _is_lighttoken_model(obj: Any) -> bool:
+    from .core.modeling_lighttoken import LightTokenPreTrainedModel
+
+    return isinstance(obj, LightTokenPreTrainedModel)
+
+
+def _info_from_model(model: Any, report: Any = None) -> dict:
+    """The facts of an in-memory LightToken model, shaped like :func:`lighttoken_hf.saving.checkpoint_info`."""
+    from .saving import _jsonable, _report_dict
+
+    config = model.config
+    backbone = config.backbone
+    backbone = backbone.to_dict() if hasattr(backbone, "to_dict") else dict(backbone or {})
+    if report is None:
+        report = getattr(model, "compression_report", None)
+    if report is not None:
+        report, source = _jsonable(_report_dict(report)), "compression report"
+    else:
+        report, source = _jsonable(dict(config.compression_stats or {})), "config compression_stats"
+    return {
+        "path": None,
+        "architectures": [type(model).__name__],
+        "base_model": {
+            "model_type": backbone.get("model_type"),
+            "architectures": backbone.get("architectures") or [],
+            "name_or_path": backbone.get("_name_or_path") or None,
+        },
+        "plan": {
+            "num_embeddings": config.num_embeddings,
+            "embedding_dim": config.embedding_dim,
+            "svd_rank": config.svd_rank,
+            "stage_bits": list(config.stage_bits or []),
+            "stage_rows": list(config.stage_rows or []),
+            "factor_dtype": config.factor_dtype,
+        },
+        "report": report,
+        "report_source": source,
+        "files": {},
+    }
+
+
+def _checkpoint(model_or_dir: Any, report: Any = None) -> dict:
+    if isinstance(model_or_dir, (str, os.PathLike)):
+        from .saving import checkpoint_info
+
+        info = checkpoint_info(model_or_dir)
+        if report is not None:
+            from .saving import _jsonable, _report_dict
+
+            info["report"], info["report_source"] = _jsonable(_report_dict(report)), "given report"
+        return info
+    if _is_lighttoken_model(model_or_dir):
+        return _info_from_model(model_or_dir, report)
+    raise TypeError(
+        "expected a LightToken-compressed model (from lighttoken_hf.compress) or the folder of a saved "
+        f"LightToken checkpoint, got {type(model_or_dir).__name__}"
+    )
+
+
+# ------------------------------------------------------------------------------------------ facts
+def _bits_per_token(
+    stage_bits: Sequence[int], stage_rows: Sequence[int], vocab: int
+) -> list[tuple[int, int]]:
+    """(number of tokens, code bits each) tiers, most frequent tokens first."""
+    bounds = sorted({int(r) for r in stage_rows} | {int(vocab)})
+    tiers, start = [], 0
+    for bound in bounds:
+        if bound <= start:
+            continue
+        bits = sum(int(b) for b, rows in zip(stage_bits, stage_rows) if start < int(rows))
+        if tiers and tiers[-1][1] == bits:
+            tiers[-1] = (tiers[-1][0] + bound - start, bits)
+        else:
+            tiers.append((bound - start, bits))
+        start = bound
+    return tiers
+
+
+def _bits_text(tiers: list[tuple[int, int]]) -> str:
+    if not tiers:
+        return "n/a"
+    if len(tiers) == 1:
+        return f"{tiers[0][1]} for every token"
+    parts = [f"{tiers[0][1]} for the {tiers[0][0]:,} most frequent tokens"]
+    parts += [f"{bits} for the next {count:,}" for count, bits in tiers[1:-1]]
+    parts.append(f"{tiers[-1][1]} for the other {tiers[-1][0]:,}")
+    return ", ".join(parts)
+
+
+def _frequency_text(settings: Mapping, plan_notes: Mapping, source: str | None) -> tuple[bool, str]:
+    applied = plan_notes.get("frequency_aware")
+    if applied is None:
+        applied = bool(source) and source != "none"
+    if applied:
+        share = settings.get("frequency_share")
+        decay = settings.get("tier_decay")
+        text = "on: extra hashing stages cover only the most frequent tokens"
+        if isinstance(share, (int, float)):
+            text += f" ({share:.0%} of the code bytes"
+            text += f", each tier covering {decay:g} of the previous tier's rows)" if decay else ")"
+        if source and source != "none":
+            text += f"; token frequencies: {source}"
+        return True, text
+    if settings.get("frequency_aware"):
+        return False, "off (requested, but no token frequencies were available)"
+    if not settings:
+        return False, "unknown (no compression report found)"
+    return False, "off: every token gets the same code bits"
+
+
+def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any = None) -> dict:
+    """The facts a LightToken card shows, for a compressed model or a saved checkpoint folder.
+
+    Args:
+        model_or_dir: a LightToken model (from :func:`lighttoken_hf.compress` or ``from_pretrained``) or
+            the folder of a saved checkpoint (read with :func:`lighttoken_hf.saving.checkpoint_info`, no
+            weights are loaded).
+        base_model: Hub id of the uncompressed model (default: the recorded ``name_or_path`` of the
+            backbone when it is a Hub id; local paths are left out).
+        report: use this compression report (a ``CompressionReport`` or dict) instead of the recorded one.
+
+    Raises:
+        ValueError: ``base_model`` is not a Hub model id.
+
+    Returns:
+        A dict of raw values (``ratio``, ``compressed_nbytes``, ``stage_bits``, ...) plus ``sections``:
+        ``{"model" | "size" | "method" | "fidelity" | "end_to_end": [(label, text), ...]}``, the rows of the
+        card's tables, which ``lighttoken info`` prints too.
+    """
+    info = _checkpoint(model_or_dir, report)
+    base, plan, report_data = info["base_model"], info["plan"], info["report"] or {}
+    settings = report_data.get("settings") or {}
+    plan_notes = (report_data.get("plan") or {}).get("notes") or {}
+    model_class = (info["architectures"] or ["LightTokenModel"])[0]
+    auto_class, pipeline_tag = _CLASS_INFO.get(model_class, ("AutoModel", None))
+    vocab, dim = plan["num_embeddings"], plan["embedding_dim"]
+    stage_bits = [int(b) for b in plan["stage_bits"] or []]
+    stage_rows = [int(r) for r in plan["stage_rows"] or []]
+    svd_rank = plan["svd_rank"] or 0
+    factor_dtype = plan["factor_dtype"] or "float16"
+    if base_model is not None and hub_model_id(base_model) is None:
+        raise ValueError(
+            f"base_model must be a Hugging Face Hub model id such as 'org/name', got {base_model!r}"
+        )
+    base_id = base_model or hub_model_id(base["name_or_path"])
+
+    dense, stored = report_data.get("dense_nbytes"), report_data.get("compressed_nbytes")
+    ratio = report_data.get("ratio") or (dense / stored if dense and stored else None)
+    target = plan_notes.get("target_ratio") or settings.get("ratio")
+    budget = plan_notes.get("budget_bytes") if settings.get("budget_bytes") is not None else None
+    frequency_aware, frequency_text = _frequency_text(
+        settings, plan_notes, report_data.get("frequency_source")
+    )
+    tiers = _bits_per_token(stage_bits, stage_rows, vocab) if stage_bits and vocab else []
+    schedule = settings.get("schedule") or {}
+
+    embedding_text = f"{vocab:,} x {dim:,}" if vocab and dim else "?"
+    arch = ", ".join(base["architectures"]) or "?"
+    if base_id:
+        base_text = f"{base_id} ({base['model_type']}, {arch})"
+    elif base["name_or_path"]:
+        base_text = f"{base['model_type']} ({arch}) from {base['name_or_path']}"
+    else:
+        base_text = f"{base['model_type']} ({arch})"
+
+    model_rows = [("base model", base_text), ("model class", model_class), ("embedding", embedding_text)]
+    if ratio:
+        ratio_text = _fmt_ratio(ratio)
+        if budget:
+            ratio_text += f" (budget {budget:,} bytes)"
+        elif target:
+            ratio_text += f" (target {_fmt_target(target)})"
+        size_rows = [
+            ("real ratio", ratio_text),
+            ("compressed embedding", _fmt_bytes(stored)),
+            ("fp32 dense embedding", _fmt_bytes(dense)),
+        ]
+    else:
+        size_rows = [("real ratio", "unknown (no compression report found)")]
+
+    if stage_bits:
+        plural = "s" if len(stage_bits) != 1 else ""
+        stages_text = f"{len(stage_bits)} stage{plural}: " + " + ".join(str(b) for b in stage_bits) + " bits"
+        rows_text = " / ".join(f"{r:,}" for r in stage_rows) + " (most frequent tokens first)"
+    else:
+        stages_text, rows_text = "0 (low-rank part only)", "n/a"
+    method_rows = [
+        ("SVD rank", f"{svd_rank} ({factor_dtype} factors)" if svd_rank else "0 (no low-rank part)"),
+        ("hashing stages", stages_text),
+        ("rows per stage", rows_text),
+        ("code bits per token", _bits_text(tiers)),
+        ("loss", settings.get("loss") or "unknown"),
+        ("frequency-aware allocation", frequency_text),
+        ("storage", f"bit-packed codes, {factor_dtype} factors and decoders"),
+    ]
+    if settings:
+        training = f"seed {settings.get('seed')}"
+        if schedule.get("max_epochs") is not None:
+            training += f", up to {schedule['max_epochs']} epochs per stage"
+        if schedule.get("refine_sweeps") is not None:
+            training += f", {schedule['refine_sweeps']} bit-refinement sweeps"
+        method_rows.append(("training", training))
+
+    fidelity = report_data.get("fidelity") or {}
+    fidelity_rows = [
+        (FIDELITY_LABELS.get(k, k.replace("_", " ")), _fmt_value(v)) for k, v in fidelity.items()
+    ]
+    end_to_end = report_data.get("end_to_end") or {}
+    e2e_rows = [
+        (_END_TO_END_LABELS.get(k, k.replace("_", " ")), _fmt_value(v)) for k, v in end_to_end.items()
+    ]
+
+    summary = [
+        f"{FIDELITY_LABELS[k]} {_fmt_value(fidelity[k])}"
+        for k in ("mean_row_cosine", "rel_error")
+        if k in fidelity
+    ]
+    return {
+        "path": info["path"],
+        "model_class": model_class,
+        "auto_class": auto_class,
+        "pipeline_tag": pipeline_tag,
+        "base": base,
+        "base_model_id": base_id,
+        "num_embeddings": vocab,
+        "embedding_dim": dim,
+        "embedding_text": embedding_text,
+        "svd_rank": svd_rank,
+        "factor_dtype": factor_dtype,
+        "stage_bits": stage_bits,
+        "stage_rows": stage_rows,
+        "stages": [
+            {"index": i + 1, "bits": b, "rows": r, "rows_text": f"{r:,}"}
+            for i, (b, r) in enumerate(zip(stage_bits, stage_rows))
+        ],
+        "bits_per_token": tiers,
+        "loss": settings.get("loss"),
+        "loss_description": _LOSS_DESCRIPTIONS.get(settings.get("loss")),
+        "frequency_aware": frequency_aware,
+        "frequency_text": frequency_text,
+        "ratio": ratio,
+        "ratio_text": _fmt_ratio(ratio) if ratio else "by an unknown ratio",
+        "target_ratio": target,
+        "compressed_nbytes": stored,
+        "dense_nbytes": dense,
+        "fidelity": fidelity,
+        "fidelity_summary": ", ".join(summary) or "no fidelity recorded",
+        "end_to_end": end_to_end,
+        "sentences": end_to_end.get("sentences"),
+        "has_tokenizer": any(name in info["files"] for name in _TOKENIZER_FILES),
+        "report": report_data,
+        "report_source": info["report_source"],
+        "files": info["files"],
+        "sections": {
+            "model": model_rows,
+            "size": size_rows,
+            "method": method_rows,
+            "fidelity": fidelity_rows,
+            "end_to_end": e2e_rows,
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------ card
+def template_text() -> str:
+    """The card template shipped in the package (``lighttoken_hf/templates/``)."""
+    resource = importlib.resources.files("lighttoken_hf").joinpath("templates", TEMPLATE_NAME)
+    return resource.read_text(encoding="utf-8")
+
+
+def default_model_name(facts: Mapping, repo_id: str | None = None) -> str:
+    """The card title: the repo name if known, else ``<base>-lighttoken-<ratio>x``."""
+    if repo_id:
+        return repo_id.rstrip("/").split("/")[-1]
+    base = facts["base_model_id"] or facts["base"]["model_type"] or "model"
+    base = base.split("/")[-1]
+    return f"{base}-lighttoken-{facts['ratio']:.0f}x" if facts["ratio"] else f"{base}-lighttoken"
+
+
+def _eval_rows(eval_results: Sequence[Any]) -> list[dict]:
+    rows = []
+    for result in eval_results:
+        rows.append(
+            {
+                "task": result.task_name or result.task_type,
+                "dataset": result.dataset_name or result.dataset_type,
+                "split": result.dataset_split or "",
+                "metric": result.metric_name or result.metric_type,
+                "value": str(result.metric_value),
+            }
+        )
+    return rows
+
+
+def model_card(
+    model_or_dir: Any,
+    *,
+    base_model: str | None = None,
+    eval_results: Any = None,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    report: Any = None,
+):
+    """Build the model card (a ``huggingface_hub.ModelCard``) of a LightToken model or saved checkpoint.
+
+    Args:
+        model_or_dir: a LightToken model or the folder of a saved checkpoint.
+        base_model: Hub id of the uncompressed model, for the card metadata (``base_model``) and links.
+            Default: the backbone's recorded ``name_or_path`` when it is a Hub id (local paths are left out).
+        eval_results: a ``huggingface_hub.EvalResult`` or a list of them, written to the ``model-index``
+            metadata and as a table.
+        repo_id: the Hub repo the card is for; used in the code snippets (default: a placeholder).
+        model_name: card title and ``model-index`` name (default: the repo name, else
+            ``<base>-lighttoken-<ratio>x``).
+        report: a compression report to show instead of the recorded one.
+
+    Returns:
+        A ``huggingface_hub.ModelCard``; ``card.save(path)`` writes it, ``card.push_to_hub(repo_id)``
+        uploads it.
+
+    Raises:
+        ValueError: ``base_model`` is not a Hub model id.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from . import __version__
+
+    facts = card_facts(model_or_dir, base_model=base_model, report=report)
+    if isinstance(eval_results, EvalResult):
+        eval_results = [eval_results]
+    eval_results = list(eval_results or [])
+    name = model_name or default_model_name(facts, repo_id)
+    card_data = ModelCardData(
+        base_model=facts["base_model_id"],
+        library_name="transformers",
+        pipeline_tag=facts["pipeline_tag"],
+        tags=list(CARD_TAGS),
+        model_name=name,
+        eval_results=eval_results or None,
+    )
+    variables = {key: value for key, value in facts.items() if key != "report"}
+    return ModelCard.from_template(
+        card_data,
+        template_str=template_text(),
+        **variables,
+        model_name=name,
+        repo_id=repo_id,
+        repo_ref=repo_id or _PLACEHOLDER_REPO,
+        eval_rows=_eval_rows(eval_results),
+        version=__version__,
+    )
