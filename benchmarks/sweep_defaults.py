@@ -50,7 +50,7 @@ PRESETS: dict[str, list[dict]] = {
         {"schedule": {"max_epochs": 24, "tau_decay": 0.87}},
         {"schedule": {"refine_sweeps": 0}},
         {"schedule": {"refine_sweeps": 5}},
-        {"loss": "mse"},
+        {"loss": "cosine_bound"},
     ],
 }
 

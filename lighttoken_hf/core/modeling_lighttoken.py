@@ -9,6 +9,8 @@ checkpoint stores no dense V x d word-embedding tensor, only the compressed tens
 
 from __future__ import annotations
 
+import inspect
+import types
 from typing import Any
 
 import torch
@@ -38,6 +40,10 @@ def embedding_from_config(config: LightTokenConfig) -> LightTokenEmbedding:
     )
 
 
+def _run_backbone(self: LightTokenPreTrainedModel, *args: Any, **kwargs: Any) -> Any:
+    return self.backbone(*args, **kwargs)
+
+
 class LightTokenPreTrainedModel(PreTrainedModel):
     """Shared machinery: build the backbone for ``backbone_auto_class`` and swap in the compressed embedding."""
 
@@ -60,7 +66,21 @@ class LightTokenPreTrainedModel(PreTrainedModel):
         # from_pretrained(dtype=...) sets the default dtype while building: follow it
         embedding.output_dtype = torch.get_default_dtype()
         self.backbone.set_input_embeddings(embedding)
+        self._expose_backbone_signature()
         self.post_init()
+
+    def _expose_backbone_signature(self) -> None:
+        """Give ``forward`` the backbone's own signature.
+
+        ``Trainer`` (``remove_unused_columns``), pipelines and PEFT inspect ``model.forward`` to decide
+        which inputs to pass; a bare ``*args, **kwargs`` would make them drop every column.
+        """
+        signature = inspect.signature(self.backbone.forward)
+        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        fn = types.FunctionType(_run_backbone.__code__, _run_backbone.__globals__, "forward")
+        fn.__signature__ = signature.replace(parameters=[self_param, *signature.parameters.values()])
+        fn.__doc__ = type(self).forward.__doc__
+        self.forward = types.MethodType(fn, self)
 
     @property
     def dtype(self) -> torch.dtype:
