@@ -7,6 +7,8 @@
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
     AutoModelForMultipleChoice,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
@@ -19,10 +21,13 @@ from .compressor.planner import CompressionPlan, plan_for_ratio
 from .core.configuration_lighttoken import LightTokenConfig
 from .core.lighttoken_codec import LightTokenEmbedding, pack_bits, unpack_bits
 from .core.modeling_lighttoken import (
+    LightTokenForCausalLM,
+    LightTokenForMaskedLM,
     LightTokenForMultipleChoice,
     LightTokenForQuestionAnswering,
     LightTokenForSequenceClassification,
     LightTokenForTokenClassification,
+    LightTokenLMHead,
     LightTokenModel,
     LightTokenPreTrainedModel,
 )
@@ -35,6 +40,8 @@ _AUTO_PAIRS = (
     (AutoModelForTokenClassification, LightTokenForTokenClassification),
     (AutoModelForQuestionAnswering, LightTokenForQuestionAnswering),
     (AutoModelForMultipleChoice, LightTokenForMultipleChoice),
+    (AutoModelForMaskedLM, LightTokenForMaskedLM),
+    (AutoModelForCausalLM, LightTokenForCausalLM),
 )
 
 
@@ -54,10 +61,13 @@ __all__ = [
     "CompressionSettings",
     "LightTokenConfig",
     "LightTokenEmbedding",
+    "LightTokenForCausalLM",
+    "LightTokenForMaskedLM",
     "LightTokenForMultipleChoice",
     "LightTokenForQuestionAnswering",
     "LightTokenForSequenceClassification",
     "LightTokenForTokenClassification",
+    "LightTokenLMHead",
     "LightTokenModel",
     "LightTokenPreTrainedModel",
     "StageSchedule",

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Compress MODEL's input token embeddings, measure how close its sentence embeddings stay to "
             "the original's, and save the compressed model, its tokenizer and lighttoken_report.json to "
-            "--out (atomically: an interrupted run leaves nothing behind)."
+            "--out (atomically: an interrupted run leaves nothing behind). A sentence-transformers MODEL "
+            "folder (with modules.json) keeps its pooling / normalization modules: load the output with "
+            "SentenceTransformer(DIR, trust_remote_code=True)."
         ),
     )
     comp.add_argument(
@@ -204,6 +206,28 @@ def _check_out_vs_model(out: Path, model_dir: Path | None) -> None:
         )
 
 
+def _sentence_transformers_source(model_id: str, model_dir: Path | None) -> Path | None:
+    """The folder with MODEL's sentence-transformers files (None: not a sentence-transformers model).
+
+    A local MODEL is its own folder; for a Hub id the files are fetched (no weights) into the HF cache.
+    """
+    from .sentence_transformers_support import (
+        download_sentence_transformers_files,
+        sentence_transformers_layout,
+    )
+
+    try:
+        folder = model_dir if model_dir is not None else download_sentence_transformers_files(model_id)
+        layout = sentence_transformers_layout(folder) if folder is not None else None
+    except ValueError as err:
+        raise _UsageError(f"MODEL {model_id}: {err}") from None
+    if layout is None:
+        return None
+    kept = ", ".join(t.rsplit(".", 1)[-1] for t in layout.module_types)
+    _log(f"{model_id} is a sentence-transformers model: its modules ({kept}) are kept")
+    return folder
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     from .saving import check_output_dir
 
@@ -214,6 +238,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         raise _UsageError(str(err)) from None
     model_id, model_dir = _resolve_model(args.model)
     _check_out_vs_model(out, model_dir)
+    st_source = _sentence_transformers_source(model_id, model_dir)
     if args.sentences is not None:
         sentences = _read_sentences(args.sentences)
     else:
@@ -255,7 +280,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         )
         report.end_to_end["sentences"] = len(sentences)
         compressed.config.compression_stats["end_to_end"] = dict(report.end_to_end)
-        path = save_compressed(compressed, out, tokenizer=tokenizer, report=report, overwrite=args.overwrite)
+        path = save_compressed(
+            compressed, out, tokenizer=tokenizer, report=report, overwrite=args.overwrite, source_dir=st_source
+        )
     except KeyboardInterrupt:
         _log(f"interrupted: nothing was written to {out}")
         return 130
@@ -286,6 +313,12 @@ def _info_lines(facts: dict) -> list[str]:
     if isinstance(seconds, (int, float)):
         lines.append(_row("compression time", f"{seconds:.1f} s"))
     lines.append(_row("report from", facts["report_source"]))
+    from .saving import _st_module_types
+
+    st_modules = _st_module_types(Path(facts["path"])) if facts.get("path") else None
+    if st_modules:
+        lines.append(_row("sentence-transformers", f"{' -> '.join(st_modules)} (load with "
+                          "SentenceTransformer(DIR, trust_remote_code=True))"))
     files = ", ".join(f"{name} {fmt_size(size)}" for name, size in facts["files"].items())
     lines.append(_row("files", files))
     return lines

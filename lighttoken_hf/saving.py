@@ -2,7 +2,10 @@
 
 :func:`save_compressed` writes the weights (safetensors), the tokenizer, the compression report
 (``lighttoken_report.json``) and the model card (``README.md``, see :mod:`lighttoken_hf.cards`) into a
-hidden temporary folder beside the destination, then renames it into place. An interrupted or failed
+hidden temporary folder beside the destination, then renames it into place. Given the folder of a
+sentence-transformers source model (``source_dir=``), its ``modules.json``, module folders and configs are
+staged too (:mod:`lighttoken_hf.sentence_transformers_support`), so the checkpoint loads with
+``SentenceTransformer(path, trust_remote_code=True)``. An interrupted or failed
 save (exception, Ctrl-C) leaves no half-written output behind: either the complete checkpoint is there,
 or the destination is as it was before.
 
@@ -116,6 +119,7 @@ def save_compressed(
     report: Any = None,
     overwrite: bool = False,
     card: Any = True,
+    source_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Save a compressed model (and its tokenizer, report and model card) to ``out_dir``, atomically.
 
@@ -137,6 +141,13 @@ def save_compressed(
             what was saved; a mapping: the same, with these keyword arguments for ``model_card``
             (``base_model``, ``eval_results``, ``repo_id``, ``model_name``); a ``huggingface_hub.ModelCard``:
             written as is; ``False``: no card.
+        source_dir: the local folder of the uncompressed model. When it is a sentence-transformers model
+            (it has ``modules.json``), its sentence-transformers files are saved too (``modules.json``,
+            ``sentence_bert_config.json``, ``config_sentence_transformers.json`` and the folders of its
+            Pooling / Normalize / ... modules, see :mod:`lighttoken_hf.sentence_transformers_support`), so
+            ``SentenceTransformer(out_dir, trust_remote_code=True)`` loads the compressed model with the
+            source's pooling. Without ``tokenizer``, the source's tokenizer is saved then. Any other folder
+            (or ``None``): nothing more is saved.
 
     Returns:
         The absolute path of the saved checkpoint.
@@ -144,8 +155,20 @@ def save_compressed(
     Raises:
         FileExistsError: ``out_dir`` exists and is not empty and ``overwrite`` is false (or another
             process created it meanwhile), or ``out_dir`` is a file.
+        FileNotFoundError: ``source_dir`` is not a folder.
+        ValueError: ``source_dir`` is a sentence-transformers model whose modules cannot be kept (broken
+            ``modules.json``, or no single Transformer module first).
     """
     target = check_output_dir(out_dir, overwrite=overwrite)
+    st_layout = None
+    if source_dir is not None:
+        from .sentence_transformers_support import sentence_transformers_layout
+
+        st_layout = sentence_transformers_layout(source_dir)
+        if st_layout is not None and tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(st_layout.transformer_dir)
     if report is None:
         report = getattr(model, "compression_report", None)
     report_data = _jsonable(_report_dict(report)) if report is not None else None
@@ -159,6 +182,10 @@ def save_compressed(
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        if st_layout is not None:
+            from .sentence_transformers_support import copy_sentence_transformers_files
+
+            copy_sentence_transformers_files(st_layout, staging)
         if report_data is not None:
             text = json.dumps(report_data, indent=2, allow_nan=False) + "\n"
             (staging / REPORT_FILENAME).write_text(text, encoding="utf-8")
@@ -235,6 +262,18 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _st_module_types(folder: Path) -> list[str] | None:
+    """Short type names of the sentence-transformers modules saved in ``folder`` (``None``: none saved)."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return None
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        return [str(m["type"]).rsplit(".", 1)[-1] for m in modules]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        return None
+
+
 def checkpoint_info(path: str | os.PathLike[str]) -> dict:
     """Facts of a saved LightToken checkpoint, read from its JSON files (no weights are loaded).
 
@@ -243,7 +282,9 @@ def checkpoint_info(path: str | os.PathLike[str]) -> dict:
         uncompressed backbone), ``plan`` (``svd_rank``, ``stage_bits``, ``stage_rows``, ``factor_dtype``,
         ``num_embeddings``, ``embedding_dim``), ``architectures`` of the compressed model, ``report`` (the
         contents of ``lighttoken_report.json``, else the ``compression_stats`` recorded in
-        ``config.json``), ``report_source`` and ``files`` (name -> size in bytes).
+        ``config.json``), ``report_source``, ``sentence_transformers_modules`` (the module types of
+        ``modules.json``, e.g. ``["Transformer", "Pooling", "Normalize"]``, or ``None`` when the checkpoint is
+        not a sentence-transformers model) and ``files`` (name -> size in bytes).
 
     Raises:
         FileNotFoundError: ``path`` is not a folder or has no ``config.json``.
@@ -286,5 +327,6 @@ def checkpoint_info(path: str | os.PathLike[str]) -> dict:
         },
         "report": report,
         "report_source": source,
+        "sentence_transformers_modules": _st_module_types(folder),
         "files": {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()},
     }

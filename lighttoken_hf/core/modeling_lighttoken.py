@@ -5,6 +5,10 @@ Each class builds the backbone's *own* model class for its task from the nested 
 :class:`~.lighttoken_codec.LightTokenEmbedding`. Forward calls go straight to the backbone, so the
 outputs are the backbone's own output types and any backbone with input embeddings works. The
 checkpoint stores no dense V x d word-embedding tensor, only the compressed tensors.
+
+The language-modelling classes (``LightTokenForMaskedLM``, ``LightTokenForCausalLM``) also replace an
+output layer that was tied to the input embedding by a :class:`LightTokenLMHead`, which computes the
+logits from the compressed factors; an untied (separate) output layer is kept dense as it is.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ import types
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import (
     AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
     AutoModelForMultipleChoice,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
@@ -24,7 +31,7 @@ from transformers import (
 )
 
 from .configuration_lighttoken import LightTokenConfig
-from .lighttoken_codec import LightTokenEmbedding
+from .lighttoken_codec import LightTokenEmbedding, unpack_bits
 
 
 def embedding_from_config(config: LightTokenConfig) -> LightTokenEmbedding:
@@ -38,6 +45,92 @@ def embedding_from_config(config: LightTokenConfig) -> LightTokenEmbedding:
         padding_idx=config.padding_idx,
         factor_dtype=getattr(torch, config.factor_dtype),
     )
+
+
+class LightTokenLMHead(nn.Module):
+    """Output layer ``hidden @ W_hat^T (+ bias)`` computed from a :class:`LightTokenEmbedding`'s factors.
+
+    Replaces a backbone output layer (``nn.Linear``, V x d) that was tied to the input embedding. With
+    ``W_hat = L @ R + A @ D`` (see ``lighttoken_codec``) the logits are
+    ``(hidden @ R^T) @ L^T + (hidden @ D^T) @ A^T``, where ``D`` stacks every stage's decoder weight and
+    bias (``(sum B_s + S) x d``) and ``A`` (``V x (sum B_s + S)``) holds each token's code signs (+-1) and
+    its stage-coverage flags (1), zero where a stage skips the token; the padding row is exact. No V x d
+    matrix is ever built, and gradients reach the hidden states and the embedding's factors.
+
+    Memory trade-off: ``A`` is unpacked from the bit-packed codes on first use and cached as a float
+    matrix in the non-persistent buffer ``signs`` (never saved), i.e. ``4 * V * (sum B_s + S)`` bytes
+    in fp32 -- 32x the packed codes, and as large as the dense matrix when ``sum B_s + S`` nears ``d``.
+    Call :meth:`clear_cache` to free it (it is rebuilt on the next call) or after changing the codes.
+
+    Args:
+        embedding: the compressed input embedding (kept as a plain reference, not a submodule, so its
+            tensors are stored once, under the input embedding).
+        bias: the output layer's bias (V,), stored as a parameter, or ``None``.
+    """
+
+    def __init__(self, embedding: LightTokenEmbedding, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.in_features = embedding.embedding_dim
+        self.out_features = embedding.num_embeddings
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.register_buffer("signs", None, persistent=False)
+        self.set_embedding(embedding)
+
+    def set_embedding(self, embedding: LightTokenEmbedding) -> None:
+        """Point the head at ``embedding`` (and drop the sign cache built from the previous one)."""
+        self.__dict__["embedding"] = embedding  # not registered: its tensors belong to the input embedding
+        self.clear_cache()
+
+    def clear_cache(self) -> None:
+        self.signs = None
+
+    def _signs(self, compute: torch.dtype) -> torch.Tensor:
+        emb = self.embedding
+        if self.signs is None:
+            with torch.no_grad():
+                ids = torch.arange(emb.num_embeddings, device=emb.lowrank_left.device)
+                rank = emb.token_rank.long() if emb.uses_token_rank else ids
+                inside = [(rank < rows).unsqueeze(1).float() for rows in emb.stage_rows]
+                cols = []
+                for s, (bits, rows) in enumerate(zip(emb.stage_bits, emb.stage_rows)):
+                    codes = getattr(emb, f"codes_{s}")[rank.clamp(max=rows - 1)]
+                    cols.append((unpack_bits(codes, bits).float() * 2 - 1) * inside[s])
+                signs = torch.cat(cols + inside, dim=1)
+                if emb.padding_idx is not None:
+                    signs[emb.padding_idx] = 0
+            self.signs = signs
+        return self.signs.to(compute)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        emb = self.embedding
+        dtype = hidden.dtype
+        compute = (
+            torch.float32
+            if dtype in (torch.float16, torch.bfloat16) and hidden.device.type == "cpu"
+            else dtype
+        )
+        h = hidden.to(compute)
+        logits = h.new_zeros(*h.shape[:-1], emb.num_embeddings)
+        if emb.svd_rank:
+            lowrank = (h @ emb.lowrank_right.to(compute).T) @ emb.lowrank_left.to(compute).T
+            if emb.padding_idx is not None:  # the padding row is stored exactly, not in the factors
+                lowrank = lowrank.index_fill(-1, torch.tensor([emb.padding_idx], device=h.device), 0)
+            logits = logits + lowrank
+        if emb.stage_bits:
+            decoders = [getattr(emb, f"decoder_{s}_weight") for s in range(len(emb.stage_bits))]
+            decoders += [getattr(emb, f"decoder_{s}_bias").unsqueeze(0) for s in range(len(emb.stage_bits))]
+            logits = logits + (h @ torch.cat(decoders).to(compute).T) @ self._signs(compute).T
+        if emb.padding_idx is not None:
+            pad = (h @ emb.padding_row.to(compute)).unsqueeze(-1)
+            logits = logits.index_add(-1, torch.tensor([emb.padding_idx], device=h.device), pad)
+        if self.bias is not None:
+            logits = logits + self.bias.to(compute)
+        return logits.to(dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
 
 
 def _run_backbone(self: LightTokenPreTrainedModel, *args: Any, **kwargs: Any) -> Any:
@@ -59,15 +152,22 @@ class LightTokenPreTrainedModel(PreTrainedModel):
 
     def __init__(self, config: LightTokenConfig, backbone: PreTrainedModel | None = None) -> None:
         super().__init__(config)
+        from_backbone = backbone is not None
         if backbone is None:
             backbone = self.backbone_auto_class.from_config(config.backbone)
         self.backbone = backbone
         embedding = embedding_from_config(config)
         # from_pretrained(dtype=...) sets the default dtype while building: follow it
         embedding.output_dtype = torch.get_default_dtype()
-        self.backbone.set_input_embeddings(embedding)
+        self._setup_output_layer(config, from_backbone, embedding)
+        self.set_input_embeddings(embedding)
         self._expose_backbone_signature()
         self.post_init()
+
+    def _setup_output_layer(
+        self, config: LightTokenConfig, from_backbone: bool, embedding: LightTokenEmbedding
+    ) -> None:
+        """Hook for the LM classes, called before ``embedding`` replaces the backbone's input embedding."""
 
     def _expose_backbone_signature(self) -> None:
         """Give ``forward`` the backbone's own signature.
@@ -98,6 +198,9 @@ class LightTokenPreTrainedModel(PreTrainedModel):
 
     def set_input_embeddings(self, value: torch.nn.Module) -> None:
         self.backbone.set_input_embeddings(value)
+        head = self.backbone.get_output_embeddings()
+        if isinstance(head, LightTokenLMHead):
+            head.set_embedding(value)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the backbone (same arguments and outputs as the uncompressed model)."""
@@ -140,11 +243,59 @@ class LightTokenForMultipleChoice(LightTokenPreTrainedModel):
     backbone_auto_class = AutoModelForMultipleChoice
 
 
+class _LightTokenLMModel(LightTokenPreTrainedModel):
+    """Language-modelling head: a tied output layer computes its logits from the compressed embedding.
+
+    ``config.compressed_lm_head`` records the choice: ``True`` when the uncompressed model's output
+    layer was tied to its input embedding (it becomes a :class:`LightTokenLMHead`, keeping its bias),
+    ``False`` when it had separate weights (kept dense). Either way the backbone's
+    ``tie_word_embeddings`` is switched off, so ``tie_weights`` never ties to the compressed embedding
+    (whose ``weight`` is a decoded tensor, not a parameter).
+    """
+
+    def _setup_output_layer(
+        self, config: LightTokenConfig, from_backbone: bool, embedding: LightTokenEmbedding
+    ) -> None:
+        output = self.backbone.get_output_embeddings()
+        if from_backbone:  # compressing: is the dense output layer tied to the input embedding?
+            weight = getattr(output, "weight", None)
+            config.compressed_lm_head = (
+                weight is not None and weight is self.backbone.get_input_embeddings().weight
+            )
+        config.backbone.tie_word_embeddings = False
+        self.backbone.all_tied_weights_keys = self.backbone.get_expanded_tied_weights_keys(all_submodels=True)
+        if not getattr(config, "compressed_lm_head", False):
+            return
+        if not isinstance(output, nn.Linear):
+            raise ValueError(f"expected an nn.Linear output layer, got {type(output).__name__}")
+        name = next(n for n, m in self.backbone.named_modules() if m is output)
+        parent, _, attr = name.rpartition(".")
+        head = LightTokenLMHead(embedding, output.bias)
+        setattr(self.backbone.get_submodule(parent), attr, head)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.backbone.get_output_embeddings()
+
+
+class LightTokenForMaskedLM(_LightTokenLMModel):
+    """Masked language modelling head, like ``AutoModelForMaskedLM``."""
+
+    backbone_auto_class = AutoModelForMaskedLM
+
+
+class LightTokenForCausalLM(_LightTokenLMModel):
+    """Causal language modelling head, like ``AutoModelForCausalLM``."""
+
+    backbone_auto_class = AutoModelForCausalLM
+
+
 #: (backbone Auto class, LightToken class) pairs, most specific first.
 LIGHTTOKEN_CLASSES: tuple[tuple[Any, type[LightTokenPreTrainedModel]], ...] = (
     (AutoModelForSequenceClassification, LightTokenForSequenceClassification),
     (AutoModelForTokenClassification, LightTokenForTokenClassification),
     (AutoModelForQuestionAnswering, LightTokenForQuestionAnswering),
     (AutoModelForMultipleChoice, LightTokenForMultipleChoice),
+    (AutoModelForMaskedLM, LightTokenForMaskedLM),
+    (AutoModelForCausalLM, LightTokenForCausalLM),
     (AutoModel, LightTokenModel),
 )
