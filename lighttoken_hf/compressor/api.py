@@ -151,6 +151,16 @@ def _check_matrix(matrix: Any) -> torch.Tensor:
     return matrix
 
 
+def _check_tokenizer(tokenizer: Any, rows: int) -> None:
+    """A tokenizer with more tokens than embedding rows produces ids the model cannot embed."""
+    if tokenizer is not None and len(tokenizer) > rows:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the embedding matrix has only {rows} rows, so ids "
+            f">= {rows} have no embedding: pass the tokenizer that belongs to this model, or call "
+            "model.resize_token_embeddings(len(tokenizer)) (and train the new rows) before compressing"
+        )
+
+
 def _row_weights(frequencies: torch.Tensor | None, power: float, n: int) -> torch.Tensor:
     if frequencies is None or power == 0:
         return torch.ones(n)
@@ -331,6 +341,7 @@ def compress(
     """
     settings = _settings(ratio, options)
     if isinstance(model_or_matrix, torch.Tensor):
+        _check_tokenizer(tokenizer, _check_matrix(model_or_matrix).shape[0])
         freqs = token_frequencies
         source = "given" if freqs is not None else "none"
         if freqs is None and tokenizer is not None and settings.frequency_aware:
@@ -369,6 +380,7 @@ def _compress_model(
         )
     wrapper_cls = _wrapper_class(model)
     v = embedding.num_embeddings
+    _check_tokenizer(tokenizer, v)
     if token_frequencies is not None:
         freqs, source = torch.as_tensor(token_frequencies, dtype=torch.float64), "given"
     elif settings.frequency_aware:

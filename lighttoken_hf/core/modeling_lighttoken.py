@@ -14,6 +14,7 @@ logits from the compressed factors; an untied (separate) output layer is kept de
 from __future__ import annotations
 
 import inspect
+import os
 import types
 from typing import Any
 
@@ -133,8 +134,17 @@ class LightTokenLMHead(nn.Module):
         )
 
 
+def _weights_files(path: Any) -> str:
+    """The weight file(s) of checkpoint ``path``, for error messages."""
+    path = str(path)
+    if os.path.isdir(path):
+        names = sorted(n for n in os.listdir(path) if n.endswith((".safetensors", ".safetensors.index.json")))
+        return ", ".join(os.path.join(path, n) for n in names) or path
+    return f"model.safetensors of {path!r}"
+
+
 def _run_backbone(self: LightTokenPreTrainedModel, *args: Any, **kwargs: Any) -> Any:
-    return self.backbone(*args, **kwargs)
+    return self._call_backbone(*args, **kwargs)
 
 
 class LightTokenPreTrainedModel(PreTrainedModel):
@@ -149,9 +159,15 @@ class LightTokenPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     backbone_auto_class: Any = AutoModel
+    #: Trainer passes ``num_items_in_batch`` only if this is True. The backbones' classification, QA and
+    #: masked-LM heads ignore it and average each micro-batch, so Trainer must divide by the accumulation
+    #: steps itself; the causal-LM losses (``self.loss_function``) use it (``LightTokenForCausalLM``).
+    accepts_loss_kwargs = False
 
     def __init__(self, config: LightTokenConfig, backbone: PreTrainedModel | None = None) -> None:
         super().__init__(config)
+        # pipelines read the labels from the outer config
+        self.config.id2label, self.config.label2id = config.backbone.id2label, config.backbone.label2id
         from_backbone = backbone is not None
         if backbone is None:
             backbone = self.backbone_auto_class.from_config(config.backbone)
@@ -193,6 +209,52 @@ class LightTokenPreTrainedModel(PreTrainedModel):
                     return param.dtype
         return self.get_input_embeddings().output_dtype
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained``, but a missing, misshapen or unreadable compressed tensor is an error.
+
+        transformers only warns about missing tensors (leaving them uninitialised) and reports a size
+        mismatch without naming it; a compressed embedding with either is garbage, so this raises an
+        ``OSError`` (missing, unreadable) or ``ValueError`` (wrong shape) naming the tensor and the file.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        ignore_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        files = _weights_files(pretrained_model_name_or_path)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path,
+                *args,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                **kwargs,
+            )
+        except Exception as err:
+            if type(err).__name__ != "SafetensorError":
+                raise
+            raise OSError(
+                f"cannot read the LightToken checkpoint weights in {files}: {err}. The file is truncated or "
+                "corrupted (e.g. an interrupted download or copy): download or save the checkpoint again."
+            ) from err
+        prefix = next(n for n, m in model.named_modules() if m is model.get_input_embeddings()) + "."
+        for key in sorted(info["missing_keys"]):
+            if key.startswith(prefix):
+                raise OSError(
+                    f"the LightToken checkpoint {files} has no tensor {key!r}, which the compressed embedding "
+                    "needs: the file is incomplete or was not saved from this model; save it again."
+                )
+        for key, ckpt_shape, model_shape in info["mismatched_keys"]:
+            where = f"tensor {key!r} in {files} has shape {tuple(ckpt_shape)}, config.json says {tuple(model_shape)}"
+            if key.startswith(prefix):
+                raise ValueError(
+                    f"LightToken checkpoint: {where}; the weights and config.json come from different "
+                    "compressions (or the file was edited): save the checkpoint again."
+                )
+            if not ignore_sizes:
+                raise RuntimeError(
+                    f"size mismatch: {where}; pass ignore_mismatched_sizes=True to re-initialise it."
+                )
+        return (model, info) if want_info else model
+
     def get_input_embeddings(self) -> LightTokenEmbedding:
         return self.backbone.get_input_embeddings()
 
@@ -204,6 +266,9 @@ class LightTokenPreTrainedModel(PreTrainedModel):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the backbone (same arguments and outputs as the uncompressed model)."""
+        return self._call_backbone(*args, **kwargs)
+
+    def _call_backbone(self, *args: Any, **kwargs: Any) -> Any:
         return self.backbone(*args, **kwargs)
 
     def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> Any:
@@ -226,9 +291,31 @@ class LightTokenForSequenceClassification(LightTokenPreTrainedModel):
 
 
 class LightTokenForTokenClassification(LightTokenPreTrainedModel):
-    """Token classification head, like ``AutoModelForTokenClassification``."""
+    """Token classification head, like ``AutoModelForTokenClassification``.
+
+    With gradient accumulation ``Trainer`` passes ``num_items_in_batch`` (the labelled tokens of all
+    micro-batches); the backbones' own token-classification loss ignores it and averages each
+    micro-batch, so the loss is computed here as the sum over labelled tokens / ``num_items_in_batch``.
+    """
 
     backbone_auto_class = AutoModelForTokenClassification
+    accepts_loss_kwargs = True
+
+    def _call_backbone(self, *args: Any, num_items_in_batch: Any = None, **kwargs: Any) -> Any:
+        labels = kwargs.get("labels")
+        if num_items_in_batch is None or labels is None:
+            return self.backbone(*args, **kwargs)
+        kwargs["labels"] = None
+        out = self.backbone(*args, **kwargs)
+        logits = out[0]
+        loss = nn.functional.cross_entropy(
+            logits.flatten(0, -2).float(),
+            labels.flatten().to(logits.device),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        loss = loss / num_items_in_batch
+        return (loss, *out) if isinstance(out, tuple) else type(out)(loss=loss, **out)
 
 
 class LightTokenForQuestionAnswering(LightTokenPreTrainedModel):
@@ -287,6 +374,7 @@ class LightTokenForCausalLM(_LightTokenLMModel):
     """Causal language modelling head, like ``AutoModelForCausalLM``."""
 
     backbone_auto_class = AutoModelForCausalLM
+    accepts_loss_kwargs = True  # transformers' causal-LM losses divide by ``num_items_in_batch``
 
 
 #: (backbone Auto class, LightToken class) pairs, most specific first.
