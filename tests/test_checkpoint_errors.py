@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -62,14 +65,46 @@ def test_intact_checkpoint_loads_and_keeps_output_loading_info(saved):
 
 
 @pytest.mark.parametrize("name", ["codes_0", "decoder_0_weight", "padding_row"])
-@pytest.mark.parametrize("remote", [False, True])
-def test_missing_compressed_tensor_names_tensor_and_file(saved, tmp_path, name, remote):
+def test_missing_compressed_tensor_names_tensor_and_file(saved, tmp_path, name):
     folder = shutil.copytree(saved, tmp_path / "ckpt")
     path = _edit(folder, lambda t: t.pop(EMB + name))
     # transformers alone would only warn and leave the tensor uninitialised
-    with pytest.raises(OSError, match=rf"{EMB + name}'.*") as err:
-        AutoModel.from_pretrained(folder, trust_remote_code=remote)
+    with pytest.raises(OSError, match=f"{EMB + name}'") as err:
+        AutoModel.from_pretrained(folder, trust_remote_code=True)
     assert path in str(err.value)
+
+
+def test_the_check_ships_with_the_remote_code(saved, tmp_path):
+    """Without lighttoken_hf installed, the checkpoint's own modeling_lighttoken.py raises the error."""
+    folder = shutil.copytree(saved, tmp_path / "ckpt")
+    path = _edit(folder, lambda t: t.pop(EMB + "codes_0"))
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["lighttoken_hf"] = None  # not importable: the remote code must do the work
+        from transformers import AutoModel
+        try:
+            AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+        except OSError as err:
+            tb = err.__traceback__
+            while tb.tb_next:
+                tb = tb.tb_next
+            print(tb.tb_frame.f_code.co_filename, err)
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{EMB}codes_0" in result.stdout and path in result.stdout
+    raised_in = result.stdout.split()[0]  # the checkpoint's copy of the code, in HF_MODULES_CACHE
+    assert raised_in.startswith(str(tmp_path / "modules")) and raised_in.endswith("modeling_lighttoken.py")
 
 
 def test_wrong_shape_names_tensor_file_and_shapes(saved, tmp_path):
