@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="rank of the low-rank part (default: chosen by the planner)")
     comp.add_argument("--stages", type=_int_at_least(0), metavar="S",
                       help="hashing stages covering all rows (default: planner; 0: SVD only)")
-    comp.add_argument("--loss", choices=_LOSSES, default="cosine_bound",
-                      help="hashing training loss (default: %(default)s)")
+    comp.add_argument("--loss", choices=_LOSSES, default=None,
+                      help="hashing training loss (default: the library's, mse)")
     comp.add_argument("--no-frequency-aware", dest="frequency_aware", action="store_false",
                       help="do not spend extra stages on frequent tokens")
     comp.add_argument("--sentences", metavar="FILE",
@@ -248,11 +248,12 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     options: dict[str, Any] = {
         "seed": args.seed,
-        "loss": args.loss,
         "frequency_aware": args.frequency_aware,
         "svd_rank": args.svd_rank,
         "num_stages": args.stages,
     }
+    if args.loss is not None:
+        options["loss"] = args.loss
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
     if args.epochs is not None:
