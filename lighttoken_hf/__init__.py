@@ -4,16 +4,7 @@
 ``AutoModel.from_pretrained(path)`` loads compressed checkpoints.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForMultipleChoice,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+from transformers import AutoConfig
 
 from .compressor.api import CompressionReport, CompressionSettings, compress
 from .compressor.hashing import StageSchedule
@@ -21,6 +12,7 @@ from .compressor.planner import CompressionPlan, plan_for_ratio
 from .core.configuration_lighttoken import LightTokenConfig
 from .core.lighttoken_codec import LightTokenEmbedding, pack_bits, unpack_bits
 from .core.modeling_lighttoken import (
+    LIGHTTOKEN_CLASSES,
     LightTokenForCausalLM,
     LightTokenForMaskedLM,
     LightTokenForMultipleChoice,
@@ -34,21 +26,10 @@ from .core.modeling_lighttoken import (
 
 __version__ = "0.1.0"
 
-_AUTO_PAIRS = (
-    (AutoModel, LightTokenModel),
-    (AutoModelForSequenceClassification, LightTokenForSequenceClassification),
-    (AutoModelForTokenClassification, LightTokenForTokenClassification),
-    (AutoModelForQuestionAnswering, LightTokenForQuestionAnswering),
-    (AutoModelForMultipleChoice, LightTokenForMultipleChoice),
-    (AutoModelForMaskedLM, LightTokenForMaskedLM),
-    (AutoModelForCausalLM, LightTokenForCausalLM),
-)
-
-
 def _register() -> None:
     AutoConfig.register(LightTokenConfig.model_type, LightTokenConfig, exist_ok=True)
     LightTokenConfig.register_for_auto_class()
-    for auto_cls, model_cls in _AUTO_PAIRS:
+    for auto_cls, model_cls in LIGHTTOKEN_CLASSES:  # one (Auto class, LightToken class) list, in the core
         auto_cls.register(LightTokenConfig, model_cls, exist_ok=True)
         model_cls.register_for_auto_class(auto_cls.__name__)
 
