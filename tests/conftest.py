@@ -68,6 +68,15 @@ def planted_matrix() -> torch.Tensor:
     return make_planted_matrix()
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for tiny models: faster, and keeps the shared 2-core machine free."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_bert_config():
     from transformers import BertConfig

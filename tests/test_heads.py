@@ -54,13 +54,7 @@ HEADS = {
 LM_HEADS = ("masked-lm", "causal-lm")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: a single intra-op thread is faster and keeps the shared 2-core machine free."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _config(name: str, head: str):

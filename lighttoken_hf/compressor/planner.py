@@ -20,6 +20,8 @@ real ratio of the module it builds.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -140,39 +142,14 @@ def plan_for_ratio(
             )
         return plan
 
+    plan_stages = functools.partial(
+        _plan_stages, v, d, budget, svd_rank, num_stages, stage_bits, max_stage_bits, frequency_share,
+        tier_decay, min_tier_rows, factor_bytes, has_padding_row,
+    )  # fmt: skip
     if frequency_aware:
-        try:
-            return _plan_stages(
-                v,
-                d,
-                budget,
-                svd_rank,
-                num_stages,
-                stage_bits,
-                max_stage_bits,
-                frequency_share,
-                tier_decay,
-                min_tier_rows,
-                factor_bytes,
-                has_padding_row,
-            )
-        except ValueError:
-            pass  # the tiers do not fit: a uniform plan may still
-    return _plan_stages(
-        v,
-        d,
-        budget,
-        svd_rank,
-        num_stages,
-        stage_bits,
-        max_stage_bits,
-        0.0,
-        tier_decay,
-        min_tier_rows,
-        factor_bytes,
-        has_padding_row,
-        tiers=False,
-    )
+        with contextlib.suppress(ValueError):  # the tiers do not fit: a uniform plan may still
+            return plan_stages(tiers=True)
+    return plan_stages(tiers=False)
 
 
 def _plan_stages(
