@@ -864,10 +864,42 @@ def main(argv: list[str] | None = None) -> int:
         args,
     )
 
+    def build_payload(complete: bool) -> dict[str, Any]:
+        with contextlib.suppress(OSError):
+            info["load_average_at_end"] = list(os.getloadavg())
+        return _clean(
+            {
+                "benchmark": "fidelity",
+                "date": started.isoformat(timespec="seconds"),
+                "duration_seconds": (dt.datetime.now(dt.timezone.utc) - started).total_seconds(),
+                "git": git_info(),
+                "machine": info,
+                "args": {**vars(args), "argv": sys.argv[1:] if argv is None else argv},
+                "model": {
+                    "label": label,
+                    "path": model_path,
+                    "class": type(model).__name__,
+                    "vocab_size": vocab,
+                    "embedding_dim": dim,
+                    "dense_nbytes": vocab * dim * 4,
+                },
+                "settings": {
+                    "lookup_batch": list(LOOKUP_SHAPE),
+                    "forward_batch": list(FORWARD_SHAPE),
+                    "lighttoken_variants": LIGHTTOKEN_VARIANTS,
+                    "compression_isolation": "in-process" if args.in_process else "spawned child process",
+                },
+                "reference": reference,
+                "results": results,
+                "complete": complete,
+            }
+        )
+
     jobs = select_jobs(build_jobs(vocab, dim, args.ratios, args.group_sizes), args.methods)
     if not jobs:
         raise SystemExit(f"--methods {args.methods} matches no method")
     results: list[dict[str, Any]] = []
+    partial_path = out_dir / f"{stem}.partial.json"
     workdir = Path(tempfile.mkdtemp(prefix="tmp-fidelity-", dir=out_dir))
     try:
         e_path = workdir / "E.pt"
@@ -909,37 +941,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
             del compressed
             gc.collect()
+            # a long run leaves its finished rows on disk even if it is stopped later
+            partial_path.write_text(json.dumps(build_payload(complete=False), indent=2) + "\n")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    with contextlib.suppress(OSError):
-        info["load_average_at_end"] = list(os.getloadavg())
-    payload = _clean(
-        {
-            "benchmark": "fidelity",
-            "date": started.isoformat(timespec="seconds"),
-            "duration_seconds": (dt.datetime.now(dt.timezone.utc) - started).total_seconds(),
-            "git": git_info(),
-            "machine": info,
-            "args": {**vars(args), "argv": sys.argv[1:] if argv is None else argv},
-            "model": {
-                "label": label,
-                "path": model_path,
-                "class": type(model).__name__,
-                "vocab_size": vocab,
-                "embedding_dim": dim,
-                "dense_nbytes": vocab * dim * 4,
-            },
-            "settings": {
-                "lookup_batch": list(LOOKUP_SHAPE),
-                "forward_batch": list(FORWARD_SHAPE),
-                "lighttoken_variants": LIGHTTOKEN_VARIANTS,
-                "compression_isolation": "in-process" if args.in_process else "spawned child process",
-            },
-            "reference": reference,
-            "results": results,
-        }
-    )
+    payload = build_payload(complete=True)
     json_path, md_path, png_path = (out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png"))
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
     table = markdown_report(payload)
@@ -949,6 +956,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the numbers matter more than the picture
         log(f"plot failed: {type(exc).__name__}: {exc}")
     print(table)
+    partial_path.unlink(missing_ok=True)
     log(f"wrote {json_path}, {md_path}, {png_path}")
     return 0
 
