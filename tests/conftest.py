@@ -114,9 +114,17 @@ def tiny_vocab_file(tmp_path_factory) -> str:
 
 @pytest.fixture
 def tiny_tokenizer(tiny_vocab_file):
-    from transformers import BertTokenizerFast
+    """A lower-casing BERT WordPiece tokenizer over the 200 tokens of ``tiny_vocab_file``.
 
-    return BertTokenizerFast(vocab_file=tiny_vocab_file, do_lower_case=True)
+    transformers 5's ``BertTokenizer`` (= ``BertTokenizerFast``) builds its WordPiece model from
+    ``vocab=`` (a token -> id dict) and ignores ``vocab_file=``: passed only the file, it would fall back
+    to a 5-token vocabulary of special tokens. So the file is read into the dict here.
+    """
+    from transformers import BertTokenizer
+
+    with open(tiny_vocab_file, encoding="utf-8") as f:
+        vocab = {token: i for i, token in enumerate(f.read().splitlines())}
+    return BertTokenizer(vocab=vocab, do_lower_case=True)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from transformers import (
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
-    BertTokenizer,
     Trainer,
     TrainingArguments,
     pipeline,
@@ -24,9 +23,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture
-def tokenizer(tiny_vocab_file):
-    # transformers 5 ignores the ``vocab_file=`` of conftest's tiny_tokenizer (it has 5 tokens): pass vocab=
-    return BertTokenizer(vocab=tiny_vocab_file, do_lower_case=True)
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 def _save(model_cls, config, tokenizer, folder):
