@@ -12,6 +12,9 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+#: Label settings that ``from_pretrained`` keyword arguments pass on to the backbone config (in this order).
+_LABEL_KEYS = ("num_labels", "id2label", "label2id", "problem_type")
+
 
 class LightTokenConfig(PretrainedConfig):
     """Config of a model whose input token-embedding matrix is LightToken-compressed.
@@ -50,6 +53,25 @@ class LightTokenConfig(PretrainedConfig):
                 f"stage_bits ({len(self.stage_bits)} stages) and stage_rows ({len(self.stage_rows)}) must match"
             )
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """``PretrainedConfig.from_dict``; label settings passed at load time also reach the backbone.
+
+        ``AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)`` hands ``num_labels``
+        (or ``id2label``/``label2id``/``problem_type``) to the outer config, but the head is built from
+        the nested backbone config, so those are copied there.
+        """
+        labels = {k: kwargs[k] for k in _LABEL_KEYS if kwargs.get(k) is not None}
+        out = super().from_dict(config_dict, **kwargs)
+        config = out[0] if isinstance(out, tuple) else out
+        if labels and isinstance(config.backbone, PretrainedConfig):
+            for key in _LABEL_KEYS:  # num_labels first: id2label/label2id given with it take precedence
+                if key in labels:
+                    setattr(config.backbone, key, labels[key])
+            for key in _LABEL_KEYS:
+                setattr(config, key, getattr(config.backbone, key))
+        return out
 
     def get_text_config(self, *args: Any, **kwargs: Any) -> PretrainedConfig:
         """The backbone's text config: generation, pipelines and PEFT read vocab/hidden sizes from it."""

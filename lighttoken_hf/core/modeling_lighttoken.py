@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import types
 from typing import Any
 
@@ -28,6 +29,7 @@ from transformers import (
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
+    PretrainedConfig,
     PreTrainedModel,
 )
 
@@ -134,6 +136,10 @@ class LightTokenLMHead(nn.Module):
         )
 
 
+#: ``from_pretrained`` keyword arguments that locate files (passed on when the config is read early).
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
 def _weights_files(path: Any) -> str:
     """The weight file(s) of checkpoint ``path``, for error messages."""
     path = str(path)
@@ -220,6 +226,9 @@ class LightTokenPreTrainedModel(PreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         ignore_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         files = _weights_files(pretrained_model_name_or_path)
+        mapping = cls._head_key_mapping(pretrained_model_name_or_path, kwargs)
+        if mapping:
+            kwargs["key_mapping"] = {**mapping, **(kwargs.get("key_mapping") or {})}
         try:
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path,
@@ -235,6 +244,12 @@ class LightTokenPreTrainedModel(PreTrainedModel):
                 f"cannot read the LightToken checkpoint weights in {files}: {err}. The file is truncated or "
                 "corrupted (e.g. an interrupted download or copy): download or save the checkpoint again."
             ) from err
+        if mapping:  # saving must not undo the renaming: a head model saves with its own key layout
+            model._weight_conversions = [
+                conversion
+                for conversion in getattr(model, "_weight_conversions", None) or []
+                if not set(mapping) & set(getattr(conversion, "_original_source_patterns", ()))
+            ]
         prefix = next(n for n, m in model.named_modules() if m is model.get_input_embeddings()) + "."
         for key in sorted(info["missing_keys"]):
             if key.startswith(prefix):
@@ -254,6 +269,38 @@ class LightTokenPreTrainedModel(PreTrainedModel):
                     f"size mismatch: {where}; pass ignore_mismatched_sizes=True to re-initialise it."
                 )
         return (model, info) if want_info else model
+
+    @classmethod
+    def _head_key_mapping(cls, path: Any, kwargs: dict[str, Any]) -> dict[str, str]:
+        """Checkpoint key renaming between a base-model and a task-head checkpoint of the same backbone.
+
+        A ``LightTokenModel`` checkpoint stores ``backbone.<layers>`` while a task class's backbone (e.g.
+        ``BertForSequenceClassification``) keeps them under its base-model prefix,
+        ``backbone.bert.<layers>``. Loading one into the other (``AutoModelForSequenceClassification
+        .from_pretrained(base_checkpoint, num_labels=3)``: backbone and compressed embedding loaded, fresh
+        head) needs that prefix added or stripped; keys already in the model's layout are left alone.
+        """
+        config = kwargs.get("config")
+        if not isinstance(config, LightTokenConfig):
+            hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+            try:
+                config = LightTokenConfig.from_pretrained(path, **hub)
+            except Exception:  # noqa: BLE001 - from_pretrained itself reports an unloadable config
+                return {}
+        if not isinstance(getattr(config, "backbone", None), PretrainedConfig):
+            return {}
+        try:
+            found = cls.backbone_auto_class._model_mapping[type(config.backbone)]
+        except (KeyError, AttributeError):
+            return {}
+        backbone_cls = found[0] if isinstance(found, (list, tuple)) else found
+        prefix = getattr(backbone_cls, "base_model_prefix", "")
+        if not prefix:
+            return {}
+        p = re.escape(prefix)
+        if cls.backbone_auto_class is AutoModel:  # a head checkpoint into the base model: strip the prefix
+            return {rf"^backbone\.{p}\.(.+)": r"backbone.\1"}
+        return {rf"^backbone\.(?:(?!{p}\.))(.+)": rf"backbone.{prefix}.\1"}
 
     def get_input_embeddings(self) -> LightTokenEmbedding:
         return self.backbone.get_input_embeddings()

@@ -1,0 +1,62 @@
+"""Small helpers for scripts that run under ``torchrun`` / ``accelerate launch`` (one process per rank).
+
+Only rank 0 writes shared outputs (:func:`is_main_process`); :func:`parameter_digest` fingerprints a
+model's parameters and buffers so that runs can check every rank ended with identical weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["is_main_process", "parameter_digest", "process_rank", "world_size", "write_json"]
+
+
+def process_rank() -> int:
+    """Global rank of this process (0 without a distributed launcher)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """Number of processes (1 without a distributed launcher)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True on rank 0, the only process that writes shared outputs."""
+    return process_rank() == 0
+
+
+def parameter_digest(model: torch.nn.Module) -> dict[str, str]:
+    """SHA-256 of every parameter and buffer (name -> hex digest of dtype, shape and bytes).
+
+    DDP wrappers (``.module``) are unwrapped. Two models have equal digests exactly when every tensor
+    is bit-identical.
+    """
+    model = getattr(model, "module", model)
+    digests = {}
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        data = tensor.detach().cpu().contiguous()
+        h = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())
+        h.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digests[name] = h.hexdigest()
+    return digests
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
