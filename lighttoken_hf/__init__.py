@@ -23,6 +23,7 @@ from .core.modeling_lighttoken import (
     LightTokenModel,
     LightTokenPreTrainedModel,
 )
+from .training import LightTokenCallback, apply_embedding_policy
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "CompressionPlan",
     "CompressionReport",
     "CompressionSettings",
+    "LightTokenCallback",
     "LightTokenConfig",
     "LightTokenEmbedding",
     "LightTokenForCausalLM",
@@ -52,6 +54,7 @@ __all__ = [
     "LightTokenModel",
     "LightTokenPreTrainedModel",
     "StageSchedule",
+    "apply_embedding_policy",
     "compress",
     "pack_bits",
     "plan_for_ratio",
