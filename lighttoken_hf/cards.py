@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "CARD_TAGS",
     "FIDELITY_LABELS",
+    "SENTENCE_TRANSFORMERS_TAG",
     "TEMPLATE_NAME",
     "card_facts",
     "default_model_name",
@@ -32,6 +33,8 @@ __all__ = [
 TEMPLATE_NAME = "lighttoken_model_card.md.jinja"
 #: Tags every LightToken card carries in its metadata.
 CARD_TAGS = ("lighttoken", "embedding-compression")
+#: Extra tag of a checkpoint saved as a sentence-transformers model (it has ``modules.json``).
+SENTENCE_TRANSFORMERS_TAG = "sentence-transformers"
 
 # LightToken class -> (Auto class to load it with, Hub pipeline tag)
 _CLASS_INFO = {
@@ -362,6 +365,7 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
         "end_to_end": end_to_end,
         "sentences": end_to_end.get("sentences"),
         "has_tokenizer": any(name in info["files"] for name in _TOKENIZER_FILES),
+        "sentence_transformers_modules": list(info.get("sentence_transformers_modules") or []),
         "report": report_data,
         "report_source": info["report_source"],
         "files": info["files"],
@@ -448,7 +452,7 @@ def model_card(
         base_model=facts["base_model_id"],
         library_name="transformers",
         pipeline_tag=facts["pipeline_tag"],
-        tags=list(CARD_TAGS),
+        tags=[*CARD_TAGS, *([SENTENCE_TRANSFORMERS_TAG] if facts["sentence_transformers_modules"] else [])],
         model_name=name,
         eval_results=eval_results or None,
     )

@@ -7,6 +7,7 @@ stand-in for the Hub API (127.0.0.1, random port, background thread).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import site
@@ -33,9 +34,10 @@ BASE_ID = "google-bert/bert-base-uncased"
 TEXT = "the man read a long sentence"
 SUBPROCESS_TIMEOUT = 600
 
-#: Loads models by repo id, in a Python started with ``-I -S`` and only site-packages on sys.path: the
-#: editable install's import hook (a .pth file) is not run and the repo is not on the path, so
-#: lighttoken_hf cannot be imported and only the checkpoint's remote code can build the model.
+#: Loads models (by repo id or from a folder) in a Python started with ``-I -S`` and only site-packages on
+#: sys.path: the editable install's import hook (a .pth file) is not run and the repo is not on the path,
+#: so lighttoken_hf cannot be imported and only the checkpoint's remote code can build the model.
+#: ``spec["loads"]``: [name, transformers Auto class, repo id or folder, output fields to save].
 LOADER = r"""
 import importlib.util, json, sys
 
@@ -50,21 +52,24 @@ else:
     raise SystemExit("import lighttoken_hf succeeded")
 
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoTokenizer
 
 batch = load_file(spec["inputs"])
 outputs, facts = {}, {}
-for repo_id in spec["repos"]:
-    model = AutoModel.from_pretrained(repo_id, trust_remote_code=True).eval()
+for name, auto_class, source, fields in spec["loads"]:
+    model = getattr(transformers, auto_class).from_pretrained(source, trust_remote_code=True).eval()
     with torch.no_grad():
-        outputs[repo_id] = model(**batch).last_hidden_state.contiguous()
-    facts[repo_id] = {
+        out = model(**batch)
+    for field in fields:
+        outputs[f"{name}.{field}"] = out[field].contiguous()
+    facts[name] = {
         "class": type(model).__module__ + "." + type(model).__name__,
         "embedding": type(model.get_input_embeddings()).__name__,
     }
-    if repo_id in spec["tokenizers"]:
-        facts[repo_id]["ids"] = AutoTokenizer.from_pretrained(repo_id)(spec["text"])["input_ids"]
+    if name in spec["tokenizers"]:
+        facts[name]["ids"] = AutoTokenizer.from_pretrained(source)(spec["text"])["input_ids"]
 facts["lighttoken_hf_modules"] = sorted(m for m in sys.modules if m.startswith("lighttoken_hf"))
 save_file(outputs, spec["outputs"])
 json.dump(facts, open(spec["facts"], "w", encoding="utf-8"))
@@ -152,14 +157,14 @@ def _run(cmd: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-def _load_without_lighttoken(hub, tmp_path, name, repos, tokenizers, batch, *, hf_home, offline=False):
-    """Load ``repos`` by repo id in a fresh Python without lighttoken_hf; returns (outputs, facts)."""
+def _load_without_lighttoken(hub, tmp_path, name, loads, tokenizers, batch, *, hf_home, offline=False):
+    """Run ``loads`` (see ``LOADER``) in a fresh Python without lighttoken_hf; returns (outputs, facts)."""
     folder = tmp_path / name
     folder.mkdir()
     save_file({k: v.contiguous() for k, v in batch.items()}, folder / "inputs.safetensors")
     spec = {
         "site_packages": site.getsitepackages(),
-        "repos": repos,
+        "loads": [[str(x) if isinstance(x, Path) else x for x in load] for load in loads],
         "tokenizers": tokenizers,
         "text": TEXT,
         "inputs": str(folder / "inputs.safetensors"),
@@ -257,13 +262,14 @@ def test_pushed_checkpoints_load_by_repo_id_without_lighttoken(
         expected = compressed(**id_batch).last_hidden_state
     expected_ids = tiny_tokenizer(TEXT)["input_ids"]
     repos, tokenizers = [api_repo, cli_repo, hf_repo], [api_repo, cli_repo]
+    loads = [[repo_id, "AutoModel", repo_id, ["last_hidden_state"]] for repo_id in repos]
     hf_home = tmp_path / "hf-home-download"
     before = len(hub.requests)
-    online = _load_without_lighttoken(hub, tmp_path, "online", repos, tokenizers, id_batch, hf_home=hf_home)
+    online = _load_without_lighttoken(hub, tmp_path, "online", loads, tokenizers, id_batch, hf_home=hf_home)
     assert len(hub.requests) > before
     before = len(hub.requests)
     offline = _load_without_lighttoken(
-        hub, tmp_path, "offline", repos, tokenizers, id_batch, hf_home=hf_home, offline=True
+        hub, tmp_path, "offline", loads, tokenizers, id_batch, hf_home=hf_home, offline=True
     )
     assert len(hub.requests) == before, "the offline reload must not contact the hub"
 
@@ -273,10 +279,67 @@ def test_pushed_checkpoints_load_by_repo_id_without_lighttoken(
             assert facts[repo_id]["class"].startswith("transformers_modules."), facts[repo_id]
             assert facts[repo_id]["class"].endswith(".modeling_lighttoken.LightTokenModel")
             assert facts[repo_id]["embedding"] == "LightTokenEmbedding"
-            diff = (outputs[repo_id] - expected).abs().max().item()
+            diff = (outputs[f"{repo_id}.last_hidden_state"] - expected).abs().max().item()
             assert diff <= 1e-6, f"{repo_id}: max abs diff {diff}"
         for repo_id in tokenizers:
             assert facts[repo_id]["ids"] == expected_ids
+
+
+HEAD_CASES = {  # name: (model class, transformers Auto class, output fields)
+    "seq-cls": ("BertForSequenceClassification", "AutoModelForSequenceClassification", ["logits"]),
+    "qa": ("BertForQuestionAnswering", "AutoModelForQuestionAnswering", ["start_logits", "end_logits"]),
+}
+
+
+def test_task_heads_load_without_lighttoken_from_a_folder_and_by_repo_id_offline(
+    hub_env, tiny_bert_config, tiny_tokenizer, id_batch, tmp_path
+):
+    """Sequence classification and QA checkpoints: a folder, and a repo id from the HF cache, offline.
+
+    One fresh Python (without lighttoken_hf, HF_HUB_OFFLINE=1) loads all four; the cache it reads was
+    filled here by ``snapshot_download`` from the local hub, which is what a download leaves behind.
+    """
+    import transformers
+    from huggingface_hub import snapshot_download
+
+    hub = hub_env
+    hf_home = tmp_path / "hf-home"
+    loads, expected = [], {}
+    for name, (model_cls, auto_class, fields) in HEAD_CASES.items():
+        config = copy.deepcopy(tiny_bert_config)
+        if name == "seq-cls":
+            config.id2label = {0: "negative", 1: "neutral", 2: "positive"}
+            config.label2id = {v: k for k, v in config.id2label.items()}
+        torch.manual_seed(0)
+        dense = getattr(transformers, model_cls)(config)
+        model = lighttoken_hf.compress(dense, ratio=4, schedule=FAST_SCHEDULE, progress=False).eval()
+        with torch.no_grad():
+            out = model(**id_batch)
+        expected.update({f"{how}-{name}.{field}": out[field] for field in fields for how in ("dir", "repo")})
+        folder = save_compressed(model, tmp_path / f"ckpt-{name}", tokenizer=tiny_tokenizer)
+        repo_id = f"{hub.user}/tiny-{name}"
+        push_to_hub(folder, repo_id, token=hub.token)
+        snapshot_download(repo_id, cache_dir=hf_home / "hub", token=hub.token)
+        loads += [[f"dir-{name}", auto_class, folder, fields], [f"repo-{name}", auto_class, repo_id, fields]]
+
+    before = len(hub.requests)
+    outputs, facts = _load_without_lighttoken(
+        hub, tmp_path, "heads", loads, [], id_batch, hf_home=hf_home, offline=True
+    )
+    assert len(hub.requests) == before, "the offline load must not contact the hub"
+    assert facts["lighttoken_hf_modules"] == []
+    for name, (model_cls, _, _) in HEAD_CASES.items():
+        light_cls = model_cls.replace("Bert", "LightToken")
+        for how in ("dir", "repo"):
+            fact = facts[f"{how}-{name}"]
+            assert fact["class"].startswith("transformers_modules."), fact
+            assert fact["class"].endswith(f".modeling_lighttoken.{light_cls}"), fact
+            assert fact["embedding"] == "LightTokenEmbedding"
+    assert outputs.keys() == expected.keys()
+    for key, want in expected.items():
+        assert outputs[key].shape == want.shape, key
+        diff = (outputs[key] - want).abs().max().item()
+        assert diff <= 1e-6, f"{key}: max abs diff {diff}"
 
 
 def test_repush_is_a_no_op_and_a_hand_edited_card_is_kept(hub_env, compressed, tmp_path, capsys):

@@ -44,3 +44,79 @@ def test_deepcopy_runs_its_own_backbone(tiny_bert_config):
     with torch.no_grad():
         clone.backbone.classifier.weight.add_(1.0)
     assert not torch.equal(model(input_ids=ids).logits, clone(input_ids=ids).logits)
+
+
+# -------------------------------------------------------- from_pretrained(dtype=, attn_implementation=)
+def _saved_base_model(tiny_bert, tmp_path):
+    model = lt.compress(tiny_bert, ratio=4, schedule=FAST_SCHEDULE, progress=False).eval()
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def _sdpa_calls(model, batch, monkeypatch) -> int:
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    with torch.no_grad():
+        model(**batch)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
+    return len(calls)
+
+
+def test_attn_implementation_reaches_the_backbone(tiny_bert, id_batch, tmp_path, monkeypatch):
+    from transformers import AutoModel
+
+    model = _saved_base_model(tiny_bert, tmp_path)
+    with torch.no_grad():
+        expected = model(**id_batch).last_hidden_state
+    for implementation in ("eager", "sdpa"):
+        loaded = AutoModel.from_pretrained(tmp_path, attn_implementation=implementation).eval()
+        attention = loaded.backbone.encoder.layer[0].attention.self
+        assert loaded.backbone.config._attn_implementation == implementation
+        assert attention.config._attn_implementation == implementation
+        calls = _sdpa_calls(loaded, id_batch, monkeypatch)
+        assert (calls > 0) == (implementation == "sdpa"), (implementation, calls)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(**id_batch).last_hidden_state, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dtype_casts_the_backbone_and_keeps_the_compressed_storage(tiny_bert, id_batch, tmp_path):
+    from transformers import AutoModel
+
+    model = _saved_base_model(tiny_bert, tmp_path)
+    stored = {k: v.clone() for k, v in model.get_input_embeddings().state_dict().items()}
+    with torch.no_grad():
+        expected = model(**id_batch).last_hidden_state
+
+    loaded = AutoModel.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    embedding = loaded.get_input_embeddings()
+    assert isinstance(embedding, lt.LightTokenEmbedding)
+    assert loaded.dtype == torch.bfloat16
+    assert loaded.backbone.config.dtype == torch.bfloat16
+    backbone_params = {
+        name: p.dtype
+        for name, p in loaded.backbone.named_parameters()
+        if not name.startswith("embeddings.word_")
+    }
+    assert backbone_params and set(backbone_params.values()) == {torch.bfloat16}, backbone_params
+    # the compressed tensors keep their storage dtype and bits (fp16 factors, uint8 codes)
+    reloaded = embedding.state_dict()
+    assert reloaded.keys() == stored.keys()
+    for key, tensor in stored.items():
+        assert reloaded[key].dtype == tensor.dtype, key
+        assert torch.equal(reloaded[key], tensor), key
+    assert embedding.lowrank_left.dtype == torch.float16
+    # the embedding's output, and so the whole forward, follows the compute dtype
+    assert embedding(id_batch["input_ids"]).dtype == torch.bfloat16
+    with torch.no_grad():
+        out = loaded(**id_batch).last_hidden_state
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.1)
+
+    auto = AutoModel.from_pretrained(tmp_path, dtype="auto")  # the dtype recorded at save time
+    assert auto.dtype == torch.float32 and auto.get_input_embeddings().lowrank_left.dtype == torch.float16

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import FAST_SCHEDULE
 from transformers import (
+    BertForMaskedLM,
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
     Trainer,
     TrainingArguments,
     pipeline,
@@ -66,15 +71,28 @@ def test_text_classification_pipeline(tiny_bert_config, tokenizer, tmp_path):
 
 
 # ------------------------------------------------------------------ Trainer: gradient accumulation
-def _examples(token_labels: bool) -> list[dict]:
-    """8 examples of lengths 3..10; token labels are -100 on [CLS] (and on padding, added by the collator)."""
+def _examples(kind: str) -> list[dict]:
+    """8 examples of lengths 3..10 with labels for ``kind``.
+
+    ``"sequence"``: one class per example. ``"token"``: a class per token, -100 on [CLS] (and on padding,
+    added by the collator). ``"masked-lm"``: the token id at a random ~30% of the positions (at least one),
+    -100 elsewhere, so micro-batches hold different numbers of labelled tokens. ``"causal-lm"``: the ids.
+    """
     g = torch.Generator().manual_seed(0)
     rows = []
     for i in range(8):
         ids = [2] + torch.randint(5, 200, (2 + i,), generator=g).tolist()
-        labels = (
-            [-100] + torch.randint(0, 2, (len(ids) - 1,), generator=g).tolist() if token_labels else i % 2
-        )
+        if kind == "sequence":
+            labels = i % 2
+        elif kind == "token":
+            labels = [-100] + torch.randint(0, 2, (len(ids) - 1,), generator=g).tolist()
+        elif kind == "masked-lm":
+            chosen = torch.rand(len(ids), generator=g) < 0.3
+            chosen[1 + int(torch.randint(0, len(ids) - 1, (1,), generator=g))] = True
+            chosen[0] = False
+            labels = [t if c else -100 for t, c in zip(ids, chosen.tolist(), strict=True)]
+        else:
+            labels = list(ids)
         rows.append({"input_ids": ids, "labels": labels})
     return rows
 
@@ -95,8 +113,26 @@ def _collate(rows: list[dict]) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _first_step_loss(model_cls, config, tmp_path, accumulation: int, batch: int) -> float:
-    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0  # same numbers however batched
+def _tiny_gpt2_config():
+    return GPT2Config(vocab_size=200, n_embd=32, n_layer=1, n_head=2, n_positions=64, pad_token_id=0)
+
+
+#: case -> (model class, label kind); causal-lm runs on a tiny GPT-2, the others on the tiny BERT
+ACCUMULATION_CASES = {
+    "sequence-classification": (BertForSequenceClassification, "sequence"),
+    "token-classification": (BertForTokenClassification, "token"),
+    "masked-lm": (BertForMaskedLM, "masked-lm"),
+    "causal-lm": (GPT2LMHeadModel, "causal-lm"),
+}
+
+
+def _first_step_loss(case: str, config, tmp_path, accumulation: int, batch: int) -> float:
+    model_cls, kind = ACCUMULATION_CASES[case]
+    dropouts = ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop")
+    dropouts += ("attn_pdrop",)
+    for name in dropouts:
+        if hasattr(config, name):
+            setattr(config, name, 0.0)  # same numbers however batched
     torch.manual_seed(0)
     model = lt.compress(model_cls(config), ratio=4, schedule=FAST_SCHEDULE, progress=False)
     args = TrainingArguments(
@@ -110,25 +146,28 @@ def _first_step_loss(model_cls, config, tmp_path, accumulation: int, batch: int)
         gradient_accumulation_steps=accumulation,
         seed=0,
     )
-    token_labels = model_cls is BertForTokenClassification
-    trainer = Trainer(model=model, args=args, train_dataset=_examples(token_labels), data_collator=_collate)
+    trainer = Trainer(model=model, args=args, train_dataset=_examples(kind), data_collator=_collate)
     trainer.train()
     return next(h["loss"] for h in trainer.state.log_history if "loss" in h)
 
 
-def test_gradient_accumulation_matches_a_full_batch_sequence_classification(tiny_bert_config, tmp_path):
-    # the backbone's classification loss is a per-micro-batch mean that ignores num_items_in_batch, so
-    # the wrapper must not claim to accept loss kwargs (else Trainer skips dividing by the steps: 2x loss)
-    accumulated = _first_step_loss(BertForSequenceClassification, tiny_bert_config, tmp_path, 2, 2)
-    full = _first_step_loss(BertForSequenceClassification, tiny_bert_config, tmp_path, 1, 4)
-    assert accumulated == pytest.approx(full, rel=1e-5)
+@pytest.mark.parametrize("case", list(ACCUMULATION_CASES))
+def test_gradient_accumulation_matches_a_full_batch(case, tiny_bert_config, tmp_path):
+    """The loss Trainer reports with gradient_accumulation_steps=2 equals the loss of one batch of 4.
 
-
-def test_gradient_accumulation_matches_a_full_batch_token_classification(tiny_bert_config, tmp_path):
-    # token losses: micro-batches hold different numbers of labelled tokens (-100 on [CLS] and padding),
-    # so only sum / num_items_in_batch (which Trainer passes to the wrapper) equals the full-batch mean
-    accumulated = _first_step_loss(BertForTokenClassification, tiny_bert_config, tmp_path, 2, 2)
-    full = _first_step_loss(BertForTokenClassification, tiny_bert_config, tmp_path, 1, 4)
+    Sequence classification: the backbone's loss is a per-micro-batch mean that ignores
+    num_items_in_batch, so the wrapper must not claim to accept loss kwargs (else Trainer skips dividing
+    by the steps: 2x loss). Token classification and masked LM: micro-batches hold different numbers of
+    labelled tokens, so only sum / num_items_in_batch (which Trainer passes to the wrapper) equals the
+    full-batch mean. Causal LM: the backbone's own loss uses num_items_in_batch.
+    """
+    config = _tiny_gpt2_config() if case == "causal-lm" else tiny_bert_config
+    if case != "sequence-classification":  # the case the test is about: unequal label counts
+        kind = ACCUMULATION_CASES[case][1]
+        counts = [int(_collate(_examples(kind)[i : i + 2])["labels"].ne(-100).sum()) for i in range(0, 8, 2)]
+        assert len(set(counts)) == len(counts), counts
+    accumulated = _first_step_loss(case, config, tmp_path, 2, 2)
+    full = _first_step_loss(case, copy.deepcopy(config), tmp_path, 1, 4)
     assert accumulated == pytest.approx(full, rel=1e-5)
 
 
@@ -137,7 +176,7 @@ def test_token_classification_loss_with_num_items_in_batch(tiny_bert_config):
     model = lt.compress(
         BertForTokenClassification(tiny_bert_config), ratio=4, schedule=FAST_SCHEDULE, progress=False
     ).eval()
-    batch = _collate(_examples(token_labels=True)[:3])
+    batch = _collate(_examples("token")[:3])
     labelled = int(batch["labels"].ne(-100).sum())
     with torch.no_grad():
         mean = model(**batch).loss

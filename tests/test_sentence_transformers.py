@@ -36,18 +36,24 @@ SENTENCES = [
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
-def _build_st_folder(root, model, tokenizer, normalize):
-    """Save ``model`` + ``tokenizer`` as a sentence-transformers folder (Transformer, mean Pooling[, Normalize])."""
+def _build_st_folder(root, model, tokenizer, normalize, dense=False):
+    """Save ``model`` + ``tokenizer`` as a sentence-transformers folder.
+
+    Modules: Transformer, mean Pooling[, Dense 32 -> 16 (seeded)][, Normalize].
+    """
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
     hf_dir = root / "hf"
     model.save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
     modules = [Transformer(str(hf_dir)), Pooling(model.config.hidden_size, pooling_mode="mean")]
+    if dense:
+        torch.manual_seed(0)
+        modules.append(Dense(model.config.hidden_size, 16))
     if normalize:
         modules.append(Normalize())
-    st_dir = root / ("st-normalized" if normalize else "st")
+    st_dir = root / ("st-normalized" if normalize else "st") if not dense else root / "st-dense"
     SentenceTransformer(modules=modules, device="cpu").save(str(st_dir))
     return st_dir
 
@@ -307,3 +313,93 @@ def test_cli_keeps_the_modules_of_a_hub_model(hub_env, tmp_path, tiny_bert, tiny
     assert main(["compress", plain_repo, "--out", str(plain_out), *args]) == 0, capsys.readouterr().err
     assert not (plain_out / "modules.json").exists()
     assert (plain_out / "config.json").is_file()
+
+
+def test_sentence_transformers_sees_the_compute_dtype_not_the_fp16_storage(
+    tmp_path, tiny_bert, tiny_tokenizer, caplog
+):
+    """sentence-transformers takes a model's dtype from its first parameter: it must be a compute parameter.
+
+    ``SentenceTransformer.dtype`` is ``next(model.parameters()).dtype``; it warns "This model was loaded in
+    torch.float16 on CPU" when that is fp16 and casts every module after the transformer (here a Dense
+    layer) to it. The compressed embedding's fp16 factors must therefore not come first.
+    """
+    import logging
+
+    from sentence_transformers import SentenceTransformer
+
+    source = _build_st_folder(tmp_path, tiny_bert, tiny_tokenizer, normalize=False, dense=True)
+    compressed = lighttoken_hf.compress(tiny_bert, ratio=4, schedule=FAST_SCHEDULE, progress=False)
+    assert next(compressed.parameters()).dtype == torch.float32
+    assert next(compressed.backbone.parameters()).dtype == torch.float32
+    assert compressed.get_input_embeddings().lowrank_left.dtype == torch.float16  # the storage is still fp16
+    out = save_compressed(compressed, tmp_path / "out", tokenizer=tiny_tokenizer, source_dir=source)
+
+    logging.Logger.warning_once.cache_clear()  # transformers' warn-once cache would hide a repeat
+    with caplog.at_level(logging.WARNING):
+        model = SentenceTransformer(str(out), trust_remote_code=True, device="cpu")
+    assert model.dtype == torch.float32
+    assert not [r for r in caplog.records if "was loaded in" in r.getMessage()], caplog.text
+    dense = model[2]
+    assert type(dense).__name__ == "Dense"
+    assert dense.linear.weight.dtype == torch.float32
+    source_dense = SentenceTransformer(str(source), device="cpu")[2]
+    assert torch.equal(dense.linear.weight, source_dense.linear.weight)  # not rounded through fp16
+
+    got = model.encode(SENTENCES, convert_to_tensor=True)
+    assert got.dtype == torch.float32 and got.shape == (len(SENTENCES), 16)
+    with torch.no_grad():
+        expected = dense({"sentence_embedding": _own_embeddings(out, normalize=False)})["sentence_embedding"]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+    bf16 = SentenceTransformer(
+        str(out), trust_remote_code=True, device="cpu", model_kwargs={"dtype": torch.bfloat16}
+    )
+    assert bf16.dtype == torch.bfloat16  # an explicit compute dtype is reported as such
+
+
+def test_the_card_of_a_sentence_transformers_checkpoint_shows_a_runnable_snippet(tmp_path, tiny_bert,
+                                                                                 tiny_tokenizer):
+    import ast
+    import re
+
+    from huggingface_hub import ModelCard
+
+    from lighttoken_hf.cards import CARD_TAGS, model_card
+
+    source = _build_st_folder(tmp_path, tiny_bert, tiny_tokenizer, normalize=True)
+    compressed = lighttoken_hf.compress(tiny_bert, ratio=4, schedule=FAST_SCHEDULE, progress=False)
+    out = save_compressed(compressed, tmp_path / "out", tokenizer=tiny_tokenizer, source_dir=source)
+
+    card = ModelCard.load(out / "README.md")  # the YAML metadata parses back
+    assert card.data.tags == [*CARD_TAGS, "sentence-transformers"]
+    assert card.data.library_name == "transformers"
+    assert "Transformer -> Pooling -> Normalize" in card.text
+    blocks = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
+    st_blocks = [b for b in blocks if "SentenceTransformer(" in b]
+    assert len(st_blocks) == 1, blocks
+    assert 'SentenceTransformer("path/to/this-checkpoint", trust_remote_code=True)' in st_blocks[0]
+
+    # run the card's snippets as written, on this folder
+    for block in blocks[:2]:  # the sentence-transformers snippet, then the transformers one
+        namespace: dict = {}
+        exec(block.replace("path/to/this-checkpoint", str(out)), namespace)  # noqa: S102 - our own card
+        if block is st_blocks[0]:
+            embeddings = torch.as_tensor(namespace["embeddings"])
+            sentences = re.search(r"model\.encode\((\[.*?\])\)", block).group(1)
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(out), trust_remote_code=True, device="cpu")
+            expected = model.encode(ast.literal_eval(sentences))
+            assert embeddings.shape == (2, 32)
+            torch.testing.assert_close(embeddings, torch.as_tensor(expected), rtol=0, atol=1e-6)
+            assert torch.as_tensor(namespace["similarities"]).shape == (2, 2)
+        else:
+            assert namespace["outputs"].last_hidden_state.shape[-1] == 32
+
+    # published under a repo id, the snippet names it; a plain checkpoint gets no sentence-transformers one
+    published = model_card(out, repo_id="org/tiny-st").text
+    assert 'SentenceTransformer("org/tiny-st", trust_remote_code=True)' in published
+    plain = model_card(compressed)
+    assert "SentenceTransformer" not in plain.text
+    assert plain.data.tags == list(CARD_TAGS)

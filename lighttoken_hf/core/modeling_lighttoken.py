@@ -29,6 +29,7 @@ from transformers import (
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
+    GenerationMixin,
     PretrainedConfig,
     PreTrainedModel,
 )
@@ -307,9 +308,25 @@ class LightTokenPreTrainedModel(PreTrainedModel):
 
     def set_input_embeddings(self, value: torch.nn.Module) -> None:
         self.backbone.set_input_embeddings(value)
+        self._register_embedding_last(value)
         head = self.backbone.get_output_embeddings()
         if isinstance(head, LightTokenLMHead):
             head.set_embedding(value)
+
+    def _register_embedding_last(self, embedding: torch.nn.Module) -> None:
+        """Move ``embedding`` to the end of its parent's submodules, so it is not the first parameter.
+
+        Much code reads a model's dtype from its first parameter (``next(model.parameters()).dtype``:
+        sentence-transformers' ``SentenceTransformer.dtype``, which also casts the modules after the
+        transformer to it, and transformers' ``PreTrainedModel.dtype`` of the backbone). The input
+        embedding usually comes first, and its first parameter is an fp16 storage factor, not the
+        compute dtype. Only the order of iteration changes: names and the state dict keys stay the same.
+        """
+        for module in self.backbone.modules():
+            name = next((n for n, child in module._modules.items() if child is embedding), None)
+            if name is not None:
+                module._modules[name] = module._modules.pop(name)  # re-inserted at the end
+                return
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the backbone (same arguments and outputs as the uncompressed model)."""
@@ -337,32 +354,51 @@ class LightTokenForSequenceClassification(LightTokenPreTrainedModel):
     backbone_auto_class = AutoModelForSequenceClassification
 
 
+def _call_with_token_loss(
+    model: LightTokenPreTrainedModel, args: tuple, kwargs: dict, num_items_in_batch: Any
+) -> Any:
+    """Run the backbone; given ``num_items_in_batch``, the loss is (sum of token losses) / it.
+
+    Under gradient accumulation ``Trainer`` passes ``num_items_in_batch``: the labelled tokens (labels
+    ``!= -100``) of all micro-batches of the optimizer step. The backbones' own token-level losses
+    (token classification, masked LM) ignore it and average each micro-batch, which weights a token of
+    a micro-batch with few labels more than one of a micro-batch with many. Summing the per-token
+    cross-entropy and dividing by ``num_items_in_batch`` gives every labelled token the same weight,
+    exactly as in one large batch.
+    """
+    labels = kwargs.get("labels")
+    if num_items_in_batch is None or labels is None:
+        return model.backbone(*args, **kwargs)
+    kwargs["labels"] = None
+    out = model.backbone(*args, **kwargs)
+    logits = out[0]
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"cannot compute the loss over num_items_in_batch: logits of shape {tuple(logits.shape)} do not "
+            f"give one prediction per label (labels of shape {tuple(labels.shape)})"
+        )
+    loss = nn.functional.cross_entropy(
+        logits.flatten(0, -2).float(),
+        labels.flatten().to(logits.device),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
+    return (loss, *out) if isinstance(out, tuple) else type(out)(loss=loss, **out)
+
+
 class LightTokenForTokenClassification(LightTokenPreTrainedModel):
     """Token classification head, like ``AutoModelForTokenClassification``.
 
-    With gradient accumulation ``Trainer`` passes ``num_items_in_batch`` (the labelled tokens of all
-    micro-batches); the backbones' own token-classification loss ignores it and averages each
-    micro-batch, so the loss is computed here as the sum over labelled tokens / ``num_items_in_batch``.
+    With gradient accumulation ``Trainer`` passes ``num_items_in_batch``; the loss is then computed here
+    as the sum over labelled tokens / ``num_items_in_batch`` (see :func:`_call_with_token_loss`).
     """
 
     backbone_auto_class = AutoModelForTokenClassification
     accepts_loss_kwargs = True
 
     def _call_backbone(self, *args: Any, num_items_in_batch: Any = None, **kwargs: Any) -> Any:
-        labels = kwargs.get("labels")
-        if num_items_in_batch is None or labels is None:
-            return self.backbone(*args, **kwargs)
-        kwargs["labels"] = None
-        out = self.backbone(*args, **kwargs)
-        logits = out[0]
-        loss = nn.functional.cross_entropy(
-            logits.flatten(0, -2).float(),
-            labels.flatten().to(logits.device),
-            ignore_index=-100,
-            reduction="sum",
-        )
-        loss = loss / num_items_in_batch
-        return (loss, *out) if isinstance(out, tuple) else type(out)(loss=loss, **out)
+        return _call_with_token_loss(self, args, kwargs, num_items_in_batch)
 
 
 class LightTokenForQuestionAnswering(LightTokenPreTrainedModel):
@@ -412,16 +448,45 @@ class _LightTokenLMModel(LightTokenPreTrainedModel):
 
 
 class LightTokenForMaskedLM(_LightTokenLMModel):
-    """Masked language modelling head, like ``AutoModelForMaskedLM``."""
+    """Masked language modelling head, like ``AutoModelForMaskedLM``.
+
+    With gradient accumulation ``Trainer`` passes ``num_items_in_batch`` (the masked tokens of all
+    micro-batches); the loss is then the sum over masked tokens / ``num_items_in_batch`` (see
+    :func:`_call_with_token_loss`), so it equals the loss of one large batch.
+    """
 
     backbone_auto_class = AutoModelForMaskedLM
+    accepts_loss_kwargs = True
+
+    def _call_backbone(self, *args: Any, num_items_in_batch: Any = None, **kwargs: Any) -> Any:
+        return _call_with_token_loss(self, args, kwargs, num_items_in_batch)
 
 
-class LightTokenForCausalLM(_LightTokenLMModel):
-    """Causal language modelling head, like ``AutoModelForCausalLM``."""
+class LightTokenForCausalLM(_LightTokenLMModel, GenerationMixin):
+    """Causal language modelling head, like ``AutoModelForCausalLM``, with ``generate()``.
+
+    ``generate`` is transformers' own (``GenerationMixin``); the generation config comes from the
+    backbone's config (``LightTokenConfig.get_text_config``), and the model-specific steps -- building
+    the inputs of each step, updating them between steps and creating the KV cache -- are the
+    backbone's, so a backbone that customises them keeps its behaviour.
+    """
 
     backbone_auto_class = AutoModelForCausalLM
     accepts_loss_kwargs = True  # transformers' causal-LM losses divide by ``num_items_in_batch``
+
+    @property
+    def _is_stateful(self) -> bool:
+        return getattr(self.backbone, "_is_stateful", False)
+
+    def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict:
+        """The backbone's ``prepare_inputs_for_generation``."""
+        return self.backbone.prepare_inputs_for_generation(*args, **kwargs)
+
+    def _update_model_kwargs_for_generation(self, *args: Any, **kwargs: Any) -> dict:
+        return self.backbone._update_model_kwargs_for_generation(*args, **kwargs)
+
+    def _prepare_cache_for_generation(self, *args: Any, **kwargs: Any) -> Any:
+        return self.backbone._prepare_cache_for_generation(*args, **kwargs)
 
 
 #: (backbone Auto class, LightToken class) pairs, most specific first.
