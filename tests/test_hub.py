@@ -429,7 +429,8 @@ def test_card_metadata_and_contents(compressed, tmp_path):
     assert f"| loss | {report.settings['loss']} |" in text
     assert "| frequency-aware allocation |" in text
     assert 'AutoModel.from_pretrained("org/tiny-lighttoken", trust_remote_code=True)' in text
-    assert "Trainer(" in text and "requires_grad_(False)" in text and "remove_unused_columns=False" in text
+    assert "Trainer(" in text and "requires_grad_(False)" in text
+    assert "remove_unused_columns" not in text  # forward has the backbone's signature: Trainer keeps columns
     assert "resize_token_embeddings" in text
     assert "LightToken: A Task and Model-agnostic Lightweight Token Embedding Framework" in text
     assert "SIGKDD" in text and "2023" in text
