@@ -292,12 +292,14 @@ HEAD_CASES = {  # name: (model class, transformers Auto class, output fields)
 
 
 def test_task_heads_load_without_lighttoken_from_a_folder_and_by_repo_id_offline(
-    hub_env, tiny_bert_config, tiny_tokenizer, id_batch, tmp_path
+    hub_env, compressed, tiny_bert_config, tiny_tokenizer, id_batch, tmp_path
 ):
     """Sequence classification and QA checkpoints: a folder, and a repo id from the HF cache, offline.
 
     One fresh Python (without lighttoken_hf, HF_HUB_OFFLINE=1) loads all four; the cache it reads was
     filled here by ``snapshot_download`` from the local hub, which is what a download leaves behind.
+    It also loads a *base* checkpoint into a sequence-classification head (a fresh head, so only the
+    class is compared): ``auto_map`` lists every task class, not just the saved one.
     """
     import transformers
     from huggingface_hub import snapshot_download
@@ -322,10 +324,21 @@ def test_task_heads_load_without_lighttoken_from_a_folder_and_by_repo_id_offline
         snapshot_download(repo_id, cache_dir=hf_home / "hub", token=hub.token)
         loads += [[f"dir-{name}", auto_class, folder, fields], [f"repo-{name}", auto_class, repo_id, fields]]
 
+    base = save_compressed(compressed, tmp_path / "ckpt-base", tokenizer=tiny_tokenizer)
+    auto_map = json.loads((base / "config.json").read_text(encoding="utf-8"))["auto_map"]
+    assert auto_map["AutoModelForSequenceClassification"] == (
+        "modeling_lighttoken.LightTokenForSequenceClassification"
+    )
+    loads.append(["base-as-seq-cls", "AutoModelForSequenceClassification", base, []])
+
     before = len(hub.requests)
     outputs, facts = _load_without_lighttoken(
         hub, tmp_path, "heads", loads, [], id_batch, hf_home=hf_home, offline=True
     )
+    assert facts["base-as-seq-cls"]["class"].endswith(
+        ".modeling_lighttoken.LightTokenForSequenceClassification"
+    )
+    assert facts["base-as-seq-cls"]["embedding"] == "LightTokenEmbedding"
     assert len(hub.requests) == before, "the offline load must not contact the hub"
     assert facts["lighttoken_hf_modules"] == []
     for name, (model_cls, _, _) in HEAD_CASES.items():

@@ -335,6 +335,20 @@ class LightTokenPreTrainedModel(PreTrainedModel):
     def _call_backbone(self, *args: Any, **kwargs: Any) -> Any:
         return self.backbone(*args, **kwargs)
 
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.save_pretrained``, with an ``auto_map`` entry for *every* task class.
+
+        transformers records only the saved class; listing every head lets a base checkpoint load into
+        any task head by remote code, e.g. ``AutoModelForSequenceClassification.from_pretrained(repo,
+        trust_remote_code=True)`` where lighttoken_hf is not installed.
+        """
+        module = type(self).__module__.rsplit(".", 1)[-1]
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        for auto_cls, model_cls in LIGHTTOKEN_CLASSES:
+            auto_map[auto_cls.__name__] = f"{module}.{model_cls.__name__}"
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(
             "resize_token_embeddings is not supported on a LightToken-compressed model: its codes are fixed. "
