@@ -7,10 +7,13 @@
 * :mod:`~lighttoken_hf.tasks.metrics`: accuracy, binary F1, Matthews, Pearson, Spearman.
 * :mod:`~lighttoken_hf.tasks.models`: ``(model, tokenizer)`` with a task head from a dense or
   LightToken checkpoint, optionally compressed on the fly; LoRA target modules.
+* :mod:`~lighttoken_hf.tasks.finetune`: ``Trainer`` runs (:func:`finetune_glue`, :func:`finetune_squad`) with
+  the LightToken callback, under one :class:`FinetuneConfig` budget; :func:`prepare_model` for launchers.
 * :mod:`~lighttoken_hf.tasks.distributed`: rank helpers and a parameter checksum for multi-process runs.
 """
 
-from . import distributed, glue, metrics, models, squad
+from . import distributed, finetune, glue, metrics, models, squad
+from .finetune import FinetuneConfig, finetune_glue, finetune_squad, prepare_model
 from .glue import GLUE_TASKS, GlueTask, get_task, glue_metrics, load_glue, make_compute_metrics, tokenize_glue
 from .models import compress_to_dir, is_lighttoken_checkpoint, load_model_for_task, lora_target_modules
 from .squad import (
@@ -24,6 +27,11 @@ from .squad import (
 
 __all__ = [
     "GLUE_TASKS",
+    "FinetuneConfig",
+    "finetune",
+    "finetune_glue",
+    "finetune_squad",
+    "prepare_model",
     "GlueTask",
     "compress_to_dir",
     "distributed",
