@@ -27,7 +27,10 @@ Full settings (the usual GLUE recipe for a MiniLM-size model; hours per task on 
 Multi-process on CPU (gloo; only rank 0 writes the outputs)::
 
     torchrun --nproc_per_node 2 examples/finetune_glue.py --task sst2 --output-dir runs/sst2-ddp
-    accelerate launch --num_processes 2 --cpu examples/finetune_glue.py --task sst2 --output-dir runs/sst2-ddp
+    accelerate launch --multi_gpu --num_processes 2 examples/finetune_glue.py --task sst2 --output-dir runs/sst2-ddp
+
+(Without GPUs the script selects the CPU and gloo itself; ``--multi_gpu`` only picks accelerate's
+multi-process launcher. ``accelerate launch --cpu --num_processes 2`` would start one process.)
 
 Writes ``<output-dir>/metrics.json`` (eval metrics as fractions, ``eval_score`` = their mean,
 training loss, model and compression facts, the settings) and prints it; ``--save-model`` also saves

@@ -25,7 +25,10 @@ questions)::
 Multi-process on CPU (gloo; only rank 0 writes the outputs)::
 
     torchrun --nproc_per_node 2 examples/finetune_squad.py --output-dir runs/squad-ddp
-    accelerate launch --num_processes 2 --cpu examples/finetune_squad.py --output-dir runs/squad-ddp
+    accelerate launch --multi_gpu --num_processes 2 examples/finetune_squad.py --output-dir runs/squad-ddp
+
+(Without GPUs the script selects the CPU and gloo itself; ``--multi_gpu`` only picks accelerate's
+multi-process launcher. ``accelerate launch --cpu --num_processes 2`` would start one process.)
 
 Writes ``<output-dir>/metrics.json`` and ``<output-dir>/predictions.json`` (id -> answer); see
 ``examples/finetune_glue.py`` for the model options (``--model``, ``--ratio``, ``--embedding-policy``).

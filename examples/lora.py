@@ -31,7 +31,10 @@ Full settings (a LoRA recipe for SST-2; about an hour per epoch on a 2-core CPU)
 Multi-process on CPU (gloo; rank 0 writes the outputs and runs the reload check)::
 
     torchrun --nproc_per_node 2 examples/lora.py --output-dir runs/lora-ddp
-    accelerate launch --num_processes 2 --cpu examples/lora.py --output-dir runs/lora-ddp
+    accelerate launch --multi_gpu --num_processes 2 examples/lora.py --output-dir runs/lora-ddp
+
+(Without GPUs the script selects the CPU and gloo itself; ``--multi_gpu`` only picks accelerate's
+multi-process launcher. ``accelerate launch --cpu --num_processes 2`` would start one process.)
 
 Writes ``<output-dir>/metrics.json`` (training and dev metrics, the round-trip differences) and exits
 with status 1 if a reload gives different outputs (beyond ``--atol``).
