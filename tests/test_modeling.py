@@ -36,6 +36,43 @@ def test_trainer_keeps_the_model_input_columns(tiny_bert_config, tmp_path):
     assert {"input_ids", "attention_mask", "label", "labels"} <= set(trainer._signature_columns)
 
 
+def test_trainer_finds_the_label_names_of_every_head():
+    """``Trainer`` reads label names from the *class* ``forward``; without them evaluate() has no loss."""
+    from transformers.utils.generic import find_labels
+
+    assert find_labels(lt.LightTokenModel) == []
+    for cls in (
+        lt.LightTokenForSequenceClassification,
+        lt.LightTokenForTokenClassification,
+        lt.LightTokenForMultipleChoice,
+        lt.LightTokenForMaskedLM,
+        lt.LightTokenForCausalLM,
+    ):
+        assert find_labels(cls) == ["labels"], cls
+    assert find_labels(lt.LightTokenForQuestionAnswering) == ["start_positions", "end_positions"]
+
+
+def test_trainer_evaluate_reports_the_loss_and_metrics(tiny_bert_config, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = _compressed_classifier(tiny_bert_config)
+    gen = torch.Generator().manual_seed(2)
+    rows = [
+        {"input_ids": torch.randint(5, tiny_bert_config.vocab_size, (6,), generator=gen), "labels": i % 2}
+        for i in range(8)
+    ]
+    seen = []
+
+    def compute_metrics(prediction):
+        seen.append(prediction.label_ids.tolist())
+        return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, per_device_eval_batch_size=4)
+    metrics = Trainer(model=model, args=args, eval_dataset=rows, compute_metrics=compute_metrics).evaluate()
+    assert seen == [[i % 2 for i in range(8)]]
+    assert "eval_accuracy" in metrics and metrics["eval_loss"] > 0
+
+
 def test_deepcopy_runs_its_own_backbone(tiny_bert_config):
     model = _compressed_classifier(tiny_bert_config)
     clone = copy.deepcopy(model)

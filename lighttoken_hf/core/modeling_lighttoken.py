@@ -367,6 +367,13 @@ class LightTokenForSequenceClassification(LightTokenPreTrainedModel):
 
     backbone_auto_class = AutoModelForSequenceClassification
 
+    def forward(self, *args: Any, labels: Any = None, **kwargs: Any) -> Any:
+        """Run the backbone's sequence-classification model (instances expose the backbone's own signature).
+
+        The class-level signature names the label input, which ``Trainer`` looks up on the class.
+        """
+        return self._call_backbone(*args, labels=labels, **kwargs)
+
 
 def _call_with_token_loss(
     model: LightTokenPreTrainedModel, args: tuple, kwargs: dict, num_items_in_batch: Any
@@ -411,6 +418,13 @@ class LightTokenForTokenClassification(LightTokenPreTrainedModel):
     backbone_auto_class = AutoModelForTokenClassification
     accepts_loss_kwargs = True
 
+    def forward(self, *args: Any, labels: Any = None, **kwargs: Any) -> Any:
+        """Run the backbone's token-classification model (instances expose the backbone's own signature).
+
+        The class-level signature names the label input, which ``Trainer`` looks up on the class.
+        """
+        return self._call_backbone(*args, labels=labels, **kwargs)
+
     def _call_backbone(self, *args: Any, num_items_in_batch: Any = None, **kwargs: Any) -> Any:
         return _call_with_token_loss(self, args, kwargs, num_items_in_batch)
 
@@ -420,11 +434,29 @@ class LightTokenForQuestionAnswering(LightTokenPreTrainedModel):
 
     backbone_auto_class = AutoModelForQuestionAnswering
 
+    def forward(
+        self, *args: Any, start_positions: Any = None, end_positions: Any = None, **kwargs: Any
+    ) -> Any:
+        """Run the backbone's question-answering model (instances expose the backbone's own signature).
+
+        The class-level signature names the label inputs, which ``Trainer`` looks up on the class.
+        """
+        return self._call_backbone(
+            *args, start_positions=start_positions, end_positions=end_positions, **kwargs
+        )
+
 
 class LightTokenForMultipleChoice(LightTokenPreTrainedModel):
     """Multiple choice head, like ``AutoModelForMultipleChoice``."""
 
     backbone_auto_class = AutoModelForMultipleChoice
+
+    def forward(self, *args: Any, labels: Any = None, **kwargs: Any) -> Any:
+        """Run the backbone's multiple-choice model (instances expose the backbone's own signature).
+
+        The class-level signature names the label input, which ``Trainer`` looks up on the class.
+        """
+        return self._call_backbone(*args, labels=labels, **kwargs)
 
 
 class _LightTokenLMModel(LightTokenPreTrainedModel):
@@ -472,6 +504,13 @@ class LightTokenForMaskedLM(_LightTokenLMModel):
     backbone_auto_class = AutoModelForMaskedLM
     accepts_loss_kwargs = True
 
+    def forward(self, *args: Any, labels: Any = None, **kwargs: Any) -> Any:
+        """Run the backbone's masked-LM model (instances expose the backbone's own signature).
+
+        The class-level signature names the label input, which ``Trainer`` looks up on the class.
+        """
+        return self._call_backbone(*args, labels=labels, **kwargs)
+
     def _call_backbone(self, *args: Any, num_items_in_batch: Any = None, **kwargs: Any) -> Any:
         return _call_with_token_loss(self, args, kwargs, num_items_in_batch)
 
@@ -487,6 +526,13 @@ class LightTokenForCausalLM(_LightTokenLMModel, GenerationMixin):
 
     backbone_auto_class = AutoModelForCausalLM
     accepts_loss_kwargs = True  # transformers' causal-LM losses divide by ``num_items_in_batch``
+
+    def forward(self, *args: Any, labels: Any = None, **kwargs: Any) -> Any:
+        """Run the backbone's causal-LM model (instances expose the backbone's own signature).
+
+        The class-level signature names the label input, which ``Trainer`` looks up on the class.
+        """
+        return self._call_backbone(*args, labels=labels, **kwargs)
 
     @property
     def _is_stateful(self) -> bool:

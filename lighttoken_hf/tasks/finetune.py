@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..training.ddp import skip_constant_buffers_in_ddp
 from . import glue, squad
 from .distributed import is_main_process, world_size
 from .models import is_lighttoken_checkpoint, load_model_for_task
@@ -40,7 +41,6 @@ __all__ = [
     "finetune_squad",
     "model_summary",
     "prepare_model",
-    "skip_constant_buffers_in_ddp",
     "training_arguments",
 ]
 
@@ -219,31 +219,6 @@ def _with_label_names(args: Any, names: list[str]) -> Any:
     if args.label_names is None:
         args.label_names = list(names)
     return args
-
-
-def skip_constant_buffers_in_ddp(model: torch.nn.Module) -> list[str]:
-    """Keep DDP from broadcasting the compressed embedding's buffers; returns their names.
-
-    A ``LightTokenEmbedding``'s buffers (packed codes, the padding row, the int16 ``token_rank``) are
-    constants. DDP broadcasts every buffer from rank 0 when it wraps the model, and neither gloo nor
-    NCCL can broadcast int16 ("Invalid scalar type"), so the wrap fails for a frequency-aware
-    checkpoint. Every rank loads (or compresses) the same checkpoint, so skipping them is safe;
-    parameters (factors, decoders) are still synchronised. Call before the model is wrapped.
-    """
-    from torch.nn.parallel import DistributedDataParallel
-
-    from ..core.lighttoken_codec import LightTokenEmbedding
-
-    names = []
-    for module_name, module in model.named_modules():
-        if isinstance(module, LightTokenEmbedding):
-            names += [f"{module_name}.{name}" for name, _ in module.named_buffers(recurse=False)]
-    if names:
-        existing = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            model, sorted({*existing, *names})
-        )
-    return names
 
 
 def _main_first(args: Any, desc: str) -> Any:

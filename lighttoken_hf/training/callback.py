@@ -45,6 +45,7 @@ from transformers.trainer_callback import CallbackHandler, ExportableState
 from transformers.training_args import ParallelMode
 
 from ..core.lighttoken_codec import LightTokenEmbedding
+from .ddp import skip_constant_buffers_in_ddp
 
 logger = logging.getLogger(__name__)
 
@@ -455,6 +456,7 @@ class LightTokenCallback(TrainerCallback, ExportableState):
             return
         lighttoken_embeddings(model)
         self._check_distributed(args, model)
+        skip_constant_buffers_in_ddp(model)  # int16/uint8 constants: DDP must not broadcast them
         upcast_embedding_storage(model)
         self._run_before_reporters()
 

@@ -1,0 +1,64 @@
+"""DDP wraps a frequency-aware compressed model: its constant buffers (int16 ``token_rank``) are skipped."""
+
+from __future__ import annotations
+
+import copy
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+from conftest import FAST_SCHEDULE
+from torch.nn.parallel import DistributedDataParallel
+from transformers import BertModel
+
+import lighttoken_hf
+from lighttoken_hf.training.ddp import skip_constant_buffers_in_ddp
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def gloo_group():
+    """A one-process gloo group: DDP still broadcasts every buffer from rank 0 when it wraps a model."""
+    store = dist.TCPStore("127.0.0.1", _free_port(), 1, is_master=True)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _frequency_aware(tiny_bert_config, gen):
+    """A model whose vocabulary is large enough for frequency tiers (and so a ``token_rank`` table)."""
+    config = copy.deepcopy(tiny_bert_config)
+    config.vocab_size = 4000
+    torch.manual_seed(0)
+    vocab = config.vocab_size
+    zipf = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float32)[torch.randperm(vocab, generator=gen)]
+    model = lighttoken_hf.compress(
+        BertModel(config), ratio=8, token_frequencies=zipf, schedule=FAST_SCHEDULE, progress=False
+    )
+    assert model.get_input_embeddings().token_rank.dtype == torch.int16
+    return model
+
+
+def test_ddp_cannot_broadcast_the_int16_token_rank(gloo_group, tiny_bert_config, gen):
+    with pytest.raises(RuntimeError, match="Invalid scalar type"):
+        DistributedDataParallel(_frequency_aware(tiny_bert_config, gen))
+
+
+def test_skipping_the_constant_buffers_lets_ddp_wrap_and_train(gloo_group, tiny_bert_config, gen, id_batch):
+    model = _frequency_aware(tiny_bert_config, gen)
+    names = skip_constant_buffers_in_ddp(model)
+    embedding = model.get_input_embeddings()
+    assert {n.rsplit(".", 1)[-1] for n in names} == {n for n, _ in embedding.named_buffers()}
+    assert all(dict(model.named_buffers())[n] is not None for n in names)  # full names of real buffers
+
+    wrapped = DistributedDataParallel(model, find_unused_parameters=True)
+    wrapped(**id_batch).last_hidden_state.sum().backward()
+    assert embedding.decoder_0_weight.grad is not None
