@@ -632,7 +632,12 @@ def markdown_report(payload: dict[str, Any]) -> str:
         f"{payload['model']['embedding_dim']} ({payload['model']['dense_nbytes'] / 2**20:.1f} MiB in fp32). "
         f"Run {payload['date']}, commit `{payload['git']['commit'] or 'none'}`"
         f"{' (dirty tree)' if payload['git']['dirty'] else ''}, {args['threads']} thread(s), "
-        f"{payload['machine']['cpu_model']}.",
+        f"{payload['machine']['cpu_model']}."
+        + (
+            " **Incomplete run**: stopped early; only the rows below finished."
+            if payload.get("complete") is False
+            else ""
+        ),
         "",
         f"Sentences: {ref['num_sentences']} from {ref['sentences_source']}. "
         f"STS: {ref['sts_source'] or 'skipped'}. Uncompressed model: STS-B Spearman "
@@ -785,6 +790,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="compress in this process (debugging; peak memory is then less isolated)",
     )
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="only write the table and plot (.md, .png beside it) of an earlier run's JSON (also a .partial.json)",
+    )
     parser.add_argument("--output-dir", default=str(BENCH_DIR / "results"))
     parser.add_argument(
         "--output-name",
@@ -810,8 +820,21 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def render(json_path: Path) -> int:
+    """Write ``<stem>.md`` and ``<stem>.png`` for a saved run (``x.partial.json`` -> ``x.md``)."""
+    payload = json.loads(json_path.read_text())
+    stem = json_path.name.removesuffix(".json").removesuffix(".partial")
+    table = markdown_report(payload)
+    (json_path.parent / f"{stem}.md").write_text(table)
+    plot_results(payload, json_path.parent / f"{stem}.png")
+    print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(Path(args.render))
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the compression children
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _set_threads(args.threads)
