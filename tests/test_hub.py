@@ -529,3 +529,21 @@ def test_packaged_template_is_the_model_cards_template():
         f"{packaged} must be a copy of {canonical} (the source to edit): cp {canonical} {packaged}"
     )
     assert "templates/*.jinja" in (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def test_loading_without_trust_remote_code_keeps_transformers_error(compressed, tiny_tokenizer, tmp_path):
+    """Where lighttoken_hf is not installed, a plain ``from_pretrained`` fails with transformers' own message."""
+    folder = save_compressed(compressed, tmp_path / "ckpt", tokenizer=tiny_tokenizer)
+    script = (
+        "import json, sys\n"
+        "sys.path.extend(json.loads(sys.argv[1]))\n"
+        "from transformers import AutoModel\n"
+        "AutoModel.from_pretrained(sys.argv[2])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-I", "-S", "-c", script, json.dumps(site.getsitepackages()), str(folder)]
+    result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert result.returncode != 0
+    assert "trust_remote_code=True" in result.stderr, result.stderr[-2000:]
+    assert "lighttoken_hf" not in result.stderr
