@@ -1,9 +1,14 @@
-"""DDP wraps a frequency-aware compressed model: its constant buffers (int16 ``token_rank``) are skipped."""
+"""DDP: a frequency-aware compressed model wraps (constant buffers skipped) and token losses stay exact."""
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,3 +67,17 @@ def test_skipping_the_constant_buffers_lets_ddp_wrap_and_train(gloo_group, tiny_
     wrapped = DistributedDataParallel(model, find_unused_parameters=True)
     wrapped(**id_batch).last_hidden_state.sum().backward()
     assert embedding.decoder_0_weight.grad is not None
+
+
+def test_token_loss_under_ddp_equals_the_exact_loss(tmp_path):
+    """2 processes with unequal labelled tokens per rank log the exact loss (num_items_in_batch across ranks)."""
+    script = Path(__file__).with_name("ddp_loss_script.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for launch in ([], ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]):
+        cmd = [sys.executable, *launch, str(script), str(tmp_path)]
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    single, ddp = (json.loads((tmp_path / f"loss_world{n}.json").read_text()) for n in (1, 2))
+    assert single["exact"] == pytest.approx(ddp["exact"], abs=1e-6)
+    assert single["logged"] == pytest.approx(single["exact"], rel=1e-5)
+    assert ddp["logged"] == pytest.approx(ddp["exact"], rel=1e-5)
