@@ -25,7 +25,7 @@ from lighttoken_hf.sentence_transformers_support import (
     sentence_transformers_layout,
 )
 
-pytest.importorskip("sentence_transformers")
+pytest.importorskip("sentence_transformers", reason="pip install sentence-transformers")
 
 SENTENCES = [
     "the man read a long sentence",
