@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     import pandas as pd
-    from fidelity_benchmark import git_info, machine_info, resolve_model
+    from bench_io import git_info, machine_info
+    from fidelity_benchmark import resolve_model
     from transformers import AutoModel, AutoTokenizer
 
     import lighttoken_hf

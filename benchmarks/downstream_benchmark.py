@@ -57,6 +57,8 @@ for _path in (str(REPO_ROOT), str(BENCH_DIR)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from bench_io import clean_json, fmt, git_info, machine_info, write_json  # noqa: E402
+
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lighttoken_hf" / "downstream_benchmark"
 #: Scale for the task heads' fresh weights (BERT's ``initializer_range``).
@@ -382,10 +384,12 @@ def fmt_signed(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{round(value, digits) + 0.0:+.{digits}f}"
 
 
-def _fmt(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return format(value, spec)
+def _shards_note(payload: Mapping[str, Any]) -> str:
+    shards = payload.get("shards") or []
+    if not shards:
+        return ""
+    parts = "; ".join(", ".join(TASK_LABELS[t] for t in shard["tasks"]) for shard in shards)
+    return f" ({len(shards)} processes side by side, one per core: {parts})"
 
 
 def markdown_report(payload: Mapping[str, Any]) -> str:
@@ -406,9 +410,10 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         f"Run {payload['date']}, commit `{git.get('commit') or 'none'}`{' (dirty tree)' if git.get('dirty') else ''}, "
         f"{payload['args']['threads']} thread(s), {machine.get('cpu_model', '?')} "
         f"({machine.get('cpus_available', '?')} cores available, load average "
-        f"{_fmt((machine.get('load_average_at_start') or [None])[0], '.1f')} at start, "
-        f"{_fmt((machine.get('load_average_at_end') or [None])[0], '.1f')} at end), "
-        f"wall time {_fmt(payload.get('wall_seconds', 0) / 60, '.0f')} min"
+        f"{fmt((machine.get('load_average_at_start') or [None])[0], '.1f')} at start, "
+        f"{fmt((machine.get('load_average_at_end') or [None])[0], '.1f')} at end), "
+        f"wall time {fmt(payload.get('wall_seconds', 0) / 60, '.0f')} min"
+        f"{_shards_note(payload)}"
         f"{' (quick smoke budget)' if payload['args'].get('quick') else ''}.",
         "",
         frozen_note,
@@ -421,8 +426,8 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         mi = info.get(method, {})
         cells = [
             METHODS[method].label,
-            _fmt(mi.get("real_ratio"), ".1f") + "x" if mi.get("real_ratio") else "–",
-            _fmt((mi.get("embedding_bytes") or 0) / 1024, ",.0f") if mi.get("embedding_bytes") else "–",
+            fmt(mi.get("real_ratio"), ".1f") + "x" if mi.get("real_ratio") else "–",
+            fmt((mi.get("embedding_bytes") or 0) / 1024, ",.0f") if mi.get("embedding_bytes") else "–",
         ]
         for task in tasks:
             stats = row["tasks"][task]
@@ -430,13 +435,13 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
                 cells.append(f"{fmt_mean_std(stats.get('exact_match'))} / {fmt_mean_std(stats)}")
             else:
                 cells.append(fmt_mean_std(stats))
-        avg = _fmt(row["average"], ".2f")
+        avg = fmt(row["average"], ".2f")
         if row["average"] is not None and not row["average_complete"]:
             avg += " (partial)"
         cells += [
             avg,
             "–" if method == "original" else fmt_signed(row["delta_average"]),
-            _fmt(payload.get("train_seconds", {}).get(method), ",.0f"),
+            fmt(payload.get("train_seconds", {}).get(method), ",.0f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -458,11 +463,11 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         train = sizes.get("train", b["train_examples"])
         dev = sizes.get("validation", b["eval_examples"])
         if task == "squad":
-            train = f"{_fmt(train, ',')} q ({_fmt(sizes.get('train_windows'), ',')} windows)"
-            dev = f"{_fmt(dev, ',')} q"
+            train = f"{fmt(train, ',')} q ({fmt(sizes.get('train_windows'), ',')} windows)"
+            dev = f"{fmt(dev, ',')} q"
             length = f"{b['max_length']} (stride {b['doc_stride']})"
         else:
-            train, dev, length = _fmt(train, ","), _fmt(dev, ","), str(b["max_length"])
+            train, dev, length = fmt(train, ","), fmt(dev, ","), str(b["max_length"])
         lines.append(
             f"| {TASK_LABELS[task]} | {TASK_METRIC_LABELS[task]} | {train} | {dev} | {length} | {b['epochs']:g} "
             f"| {b['batch_size']} | {b['learning_rate']:g} | {b['warmup_ratio']:g} | "
@@ -559,42 +564,78 @@ def plot_results(payload: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------ shards
+def merge_payloads(payloads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One payload from shards of a run that went side by side (e.g. ``--tasks rte cola`` in one process,
+    ``--tasks sst2 stsb squad`` in another, each on its own core).
+
+    Runs, tasks, methods and skipped groups are joined; a task in several shards must have the same budget,
+    a method the same compressed matrix (``methods_info``), and no (method, task, seed) may appear twice.
+    The summary and targets are recomputed; ``wall_seconds`` is the longest shard's.
+
+    Raises:
+        ValueError: fewer than two shards, or shards that do not fit together (the message says which).
+    """
+    if len(payloads) < 2:
+        raise ValueError(f"--merge needs at least two result files, got {len(payloads)}")
+    budgets: dict[str, Any] = {}
+    infos: dict[str, tuple[Any, Any]] = {}
+    seen: set[tuple[str, str, int]] = set()
+    runs: list[dict[str, Any]] = []
+    for index, payload in enumerate(payloads):
+        if payload.get("benchmark") != "downstream":
+            raise ValueError(f"result file #{index + 1} is not a downstream benchmark result")
+        for task, budget in payload["budgets"].items():
+            if budgets.setdefault(task, budget) != budget:
+                raise ValueError(f"task {task!r} was run with different budgets in the merged files")
+        for method, info in payload["methods_info"].items():
+            keep = {k: v for k, v in info.items() if k not in ("compress_seconds", "cached")}
+            if infos.setdefault(method, (info, keep))[1] != keep:
+                raise ValueError(f"method {method!r} used different compressed matrices in the merged files")
+        for run in payload["runs"]:
+            key = (run["method"], run["task"], run["seed"])
+            if key in seen:
+                raise ValueError(f"run {key} appears in more than one merged file")
+            seen.add(key)
+            runs.append(dict(run))
+    first = payloads[0]
+    tasks = [t for t in TASK_ORDER if t in budgets]
+    methods = [m for m in METHODS if m in infos]
+    summary = aggregate(runs, methods, tasks)
+    machine = dict(first.get("machine", {}))
+    ends = [p.get("machine", {}).get("load_average_at_end") for p in payloads]
+    machine["load_average_at_end"] = next((v for v in reversed(ends) if v), None)
+    commits = sorted({p.get("git", {}).get("commit") or "none" for p in payloads})
+    git = {"commit": " + ".join(commits), "dirty": any(p.get("git", {}).get("dirty") for p in payloads)}
+    return {
+        **{k: v for k, v in first.items() if k not in ("runs", "summary", "targets")},
+        "date": max(p["date"] for p in payloads),
+        "wall_seconds": max(p.get("wall_seconds", 0.0) for p in payloads),
+        "machine": machine,
+        "git": git,
+        "tasks": tasks,
+        "methods": methods,
+        "budgets": {t: budgets[t] for t in tasks},
+        "time_budget_minutes": max((p.get("time_budget_minutes") or 0) for p in payloads) or None,
+        "seeds_planned": {t: s for p in payloads for t, s in p.get("seeds_planned", {}).items()},
+        "seeds_per_task": {t: s for p in payloads for t, s in p.get("seeds_per_task", {}).items()},
+        "skipped_for_time": [g for p in payloads for g in p.get("skipped_for_time") or []],
+        "data_sizes": {t: s for p in payloads for t, s in p.get("data_sizes", {}).items()},
+        "methods_info": {m: infos[m][0] for m in methods},
+        "summary": summary,
+        "targets": check_targets(summary),
+        "train_seconds": {
+            m: sum(r.get("wall_seconds") or 0 for r in runs if r["method"] == m) for m in methods
+        },
+        "shards": [
+            {"tasks": p["tasks"], "methods": p["methods"], "wall_seconds": p.get("wall_seconds")}
+            for p in payloads
+        ],
+        "runs": runs,
+    }
+
+
 # ------------------------------------------------------------------------------------ machine / output helpers
-def _machine_and_git() -> tuple[dict[str, Any], dict[str, Any]]:
-    try:
-        from fidelity_benchmark import git_info, machine_info
-
-        return machine_info(), git_info()
-    except Exception as exc:  # noqa: BLE001 - the fidelity script is optional here
-        import platform
-
-        info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "error": repr(exc)}
-        with contextlib.suppress(OSError):
-            info["load_average_at_start"] = list(os.getloadavg())
-        return info, {"commit": None, "dirty": None}
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe copy (NaN/inf -> null, numpy/torch scalars -> numbers, unknown objects -> str)."""
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        return _clean(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(payload), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -694,7 +735,7 @@ def prepare_method(method: Method, model_path: str, cache_dir: Path) -> dict[str
             ),
         }
         load_file(meta["matrix_file"])  # fail now, not in the first run, if the file is unreadable
-    meta_file.write_text(json.dumps(_clean(meta), indent=2), encoding="utf-8")
+    meta_file.write_text(json.dumps(clean_json(meta), indent=2), encoding="utf-8")
     meta["cached"] = False
     log(
         f"{method.name}: real ratio {meta['real_ratio']:.1f}x, {meta['embedding_bytes'] / 1024:,.0f} KiB, "
@@ -930,6 +971,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model", default=None, help="dense model folder (default: bundled all-MiniLM-L6-v2)"
     )
     parser.add_argument("--resume", action="store_true", help="skip runs already in <stem>.partial.json")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="join the result files of shards run side by side (e.g. different --tasks) into <stem>.json/.md/.png",
+    )
     args = parser.parse_args(argv)
     if args.time_budget is None:
         args.time_budget = 0.0 if args.quick else DEFAULT_TIME_BUDGET_MIN
@@ -1007,6 +1055,40 @@ def build_payload(
     }
 
 
+def write_results(payload: Mapping[str, Any], output_dir: Path, stem: str) -> Path:
+    """``<stem>.json``, ``.md`` and ``.png`` in ``output_dir``; returns the JSON path and prints the table."""
+    json_path = output_dir / f"{stem}.json"
+    write_json(json_path, payload)
+    md = markdown_report(payload)
+    (output_dir / f"{stem}.md").write_text(md, encoding="utf-8")
+    try:
+        plot_results(payload, output_dir / f"{stem}.png")
+    except Exception as exc:  # noqa: BLE001 - a missing matplotlib must not lose the results
+        log(f"plot failed: {type(exc).__name__}: {exc}")
+    print(md)
+    return json_path
+
+
+def merge_files(args: argparse.Namespace) -> int:
+    """``--merge``: join shard result files (final or ``.partial.json``) into one result."""
+    payloads = []
+    for path in args.merge:
+        try:
+            payloads.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            print(f"error: cannot read result file {path}: {err}", file=sys.stderr)
+            return 2
+    try:
+        merged = merge_payloads(payloads)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = write_results(merged, args.output_dir, args.output_name or "downstream_minilm")
+    log(f"merged {len(payloads)} files into {json_path} (+ .md, .png)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -1020,6 +1102,8 @@ def main(argv: list[str] | None = None) -> int:
     datasets.disable_progress_bars()
     from lighttoken_hf.pretrained import default_model_path
 
+    if args.merge:
+        return merge_files(args)
     if not args.data_dir.is_dir():
         print(
             f"error: data folder {args.data_dir} not found: pass --data-dir with glue/<TASK>/*.parquet and "
@@ -1033,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     partial = args.output_dir / f"{stem}.partial.json"
     model_path = str(args.model or default_model_path())
-    machine, git = _machine_and_git()
+    machine, git = machine_info(), git_info()
     methods = [m for m in METHODS if m in args.methods]
     tasks = [t for t in TASK_ORDER if t in args.tasks]
     plan = build_plan(tasks, methods, _seeds_per_task(args, budgets))
@@ -1041,7 +1125,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     if args.resume and partial.is_file():
         previous = json.loads(partial.read_text(encoding="utf-8"))
-        if previous.get("budgets") != _clean({t: asdict(budgets[t]) for t in tasks}):
+        if previous.get("budgets") != clean_json({t: asdict(budgets[t]) for t in tasks}):
             print(f"error: {partial} was written with another budget; run without --resume", file=sys.stderr)
             return 2
         runs = [r for r in previous.get("runs", []) if not r.get("error")]
@@ -1071,7 +1155,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = build_payload(
             args, runs, methods_info, budgets, machine, git, model_path, started, data_sizes, skipped
         )
-        _write_json(partial, payload)
+        write_json(partial, payload)
 
     try:
         for group in plan:
@@ -1121,8 +1205,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(record)
                 log(
                     f"[{count}/{total}] {group.task} / {name} / seed {group.seed}: score "
-                    f"{_fmt(record.get('score'), '.2f')}, {record.get('global_step')} steps, "
-                    f"{_fmt(record.get('wall_seconds'), '.0f')} s, trainable word-embedding params "
+                    f"{fmt(record.get('score'), '.2f')}, {record.get('global_step')} steps, "
+                    f"{fmt(record.get('wall_seconds'), '.0f')} s, trainable word-embedding params "
                     f"{record.get('trainable_word_embedding_params')}, embedding changed: "
                     f"{record.get('embedding_changed')}; {(time.time() - started) / 60:.1f} min elapsed"
                 )
@@ -1135,16 +1219,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = build_payload(
         args, runs, methods_info, budgets, machine, git, model_path, started, data_sizes, skipped
     )
-    json_path = args.output_dir / f"{stem}.json"
-    _write_json(json_path, payload)
-    md = markdown_report(payload)
-    (args.output_dir / f"{stem}.md").write_text(md, encoding="utf-8")
-    try:
-        plot_results(payload, args.output_dir / f"{stem}.png")
-    except Exception as exc:  # noqa: BLE001 - a missing matplotlib must not lose the results
-        log(f"plot failed: {type(exc).__name__}: {exc}")
+    json_path = write_results(payload, args.output_dir, stem)
     partial.unlink(missing_ok=True)
-    print(md)
     log(f"wrote {json_path} (+ .md, .png) in {(time.time() - started) / 60:.1f} min")
     return 0
 

@@ -25,14 +25,11 @@ import importlib
 import importlib.util
 import inspect
 import json
-import math
 import multiprocessing as mp
 import os
-import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,6 +48,7 @@ for _path in (str(REPO_ROOT), str(BENCH_DIR)):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_io import clean_json, fmt, git_info, machine_info  # noqa: E402
 
 DEFAULT_RATIOS = [8.0, 16.0, 25.0, 50.0, 100.0]
 QUICK_RATIOS = [25.0, 100.0]
@@ -547,81 +545,7 @@ def load_eval_data(args: argparse.Namespace) -> tuple[list[str], str, tuple | No
     return sentences, source, sts, f"{sts_path} ({len(rows)} of {total} rows, seeded random sample)"
 
 
-def machine_info() -> dict[str, Any]:
-    import transformers
-
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-    }
-    for module_name in ("faiss", "torchao"):
-        with contextlib.suppress(Exception):
-            versions[module_name] = __import__(module_name).__version__
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "versions": versions,
-    }
-    with contextlib.suppress(Exception):
-        import psutil
-
-        info["memory_total_bytes"] = psutil.virtual_memory().total
-    with contextlib.suppress(OSError):
-        info["load_average_at_start"] = list(os.getloadavg())
-    return info
-
-
-def git_info() -> dict[str, Any]:
-    def run(*cmd: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", "-C", str(REPO_ROOT), *cmd], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    status = run("status", "--porcelain")
-    return {"commit": run("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
-
-
 # ------------------------------------------------------------------------------------ output
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf become null, tuples lists, tensors and numpy scalars plain numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _clean(value.tolist())
-    if isinstance(value, np.generic):
-        return _clean(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def _fmt(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return format(value, spec)
-
-
 def markdown_report(payload: dict[str, Any]) -> str:
     ref = payload["reference"]
     args = payload["args"]
@@ -641,8 +565,8 @@ def markdown_report(payload: dict[str, Any]) -> str:
         "",
         f"Sentences: {ref['num_sentences']} from {ref['sentences_source']}. "
         f"STS: {ref['sts_source'] or 'skipped'}. Uncompressed model: STS-B Spearman "
-        f"{_fmt(ref['sts_spearman'], '.4f')}, dense nn.Embedding lookup {_fmt(ref['lookup_ms'], '.3f')} ms, "
-        f"forward {_fmt(ref['forward_ms'], '.0f')} ms (batch {FORWARD_SHAPE[0]} x {FORWARD_SHAPE[1]}).",
+        f"{fmt(ref['sts_spearman'], '.4f')}, dense nn.Embedding lookup {fmt(ref['lookup_ms'], '.3f')} ms, "
+        f"forward {fmt(ref['forward_ms'], '.0f')} ms (batch {FORWARD_SHAPE[0]} x {FORWARD_SHAPE[1]}).",
         "",
         "| method | target | ratio | size KiB | rel err | mean cos | min cos | NN@k | e2e cos | STS ρ "
         "| STS rel | compress s | peak MiB | lookup ms | fwd ms |",
@@ -661,19 +585,19 @@ def markdown_report(payload: dict[str, Any]) -> str:
                 [
                     row["method"],
                     target,
-                    _fmt(row["real_ratio"], ".1f"),
-                    _fmt(row["nbytes"] / 1024, ",.0f"),
-                    _fmt(fid["rel_error"], ".4f"),
-                    _fmt(fid["mean_row_cosine"], ".4f"),
-                    _fmt(fid["min_row_cosine"], ".3f"),
-                    _fmt(fid["nn_overlap"], ".3f"),
-                    _fmt(row["e2e_cosine"], ".4f"),
-                    _fmt(row["sts_spearman"], ".4f"),
-                    _fmt(row["sts_relative"], ".3f"),
-                    _fmt(row["compress_seconds"], ".2f"),
-                    _fmt(row["peak_memory_bytes"] / 2**20, ".0f"),
-                    _fmt(row["lookup_ms"], ".3f"),
-                    _fmt(row["forward_ms"], ".0f"),
+                    fmt(row["real_ratio"], ".1f"),
+                    fmt(row["nbytes"] / 1024, ",.0f"),
+                    fmt(fid["rel_error"], ".4f"),
+                    fmt(fid["mean_row_cosine"], ".4f"),
+                    fmt(fid["min_row_cosine"], ".3f"),
+                    fmt(fid["nn_overlap"], ".3f"),
+                    fmt(row["e2e_cosine"], ".4f"),
+                    fmt(row["sts_spearman"], ".4f"),
+                    fmt(row["sts_relative"], ".3f"),
+                    fmt(row["compress_seconds"], ".2f"),
+                    fmt(row["peak_memory_bytes"] / 2**20, ".0f"),
+                    fmt(row["lookup_ms"], ".3f"),
+                    fmt(row["forward_ms"], ".0f"),
                 ]
             )
             + " |"
@@ -890,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
     def build_payload(complete: bool) -> dict[str, Any]:
         with contextlib.suppress(OSError):
             info["load_average_at_end"] = list(os.getloadavg())
-        return _clean(
+        return clean_json(
             {
                 "benchmark": "fidelity",
                 "date": started.isoformat(timespec="seconds"),

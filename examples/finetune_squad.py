@@ -37,15 +37,21 @@ Writes ``<output-dir>/metrics.json`` and ``<output-dir>/predictions.json`` (id -
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from lighttoken_hf.tasks.cli_args import (  # noqa: E402
+    add_model_arguments,
+    add_training_arguments,
+    compress_options,
+    default_data_dir,
+    finetune_config,
+    local_data_dir,
+    write_run_outputs,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data-dir",
-        default=os.environ.get("LIGHTTOKEN_DATA_DIR", str(DEFAULT_DATA_DIR)),
+        default=default_data_dir(),
         help="folder with squad/*.parquet (default: $LIGHTTOKEN_DATA_DIR or ../shared/data)",
     )
     data.add_argument("--dataset", default=None, help="Hub dataset name used when no local file is found")
@@ -72,38 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--n-best", type=int, default=20)
     data.add_argument("--max-answer-length", type=int, default=30)
 
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model", default=None, help="dense or LightToken checkpoint (default: bundled MiniLM)"
-    )
-    model.add_argument(
-        "--ratio", type=float, default=25.0, help="compress a dense model at this ratio; 0 = no"
-    )
-    model.add_argument("--compress-epochs", type=int, default=None, help="max epochs per hashing stage")
-    model.add_argument("--compress-seed", type=int, default=0)
-    model.add_argument("--embedding-policy", choices=("frozen", "decoders"), default="frozen")
-    model.add_argument("--unfreeze-at-step", type=int, default=None)
-
-    train = parser.add_argument_group("training")
-    train.add_argument("--output-dir", default="runs/squad")
-    train.add_argument("--epochs", type=float, default=1.0)
-    train.add_argument("--max-steps", type=int, default=-1)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--eval-batch-size", type=int, default=64)
-    train.add_argument("--learning-rate", type=float, default=5e-5)
-    train.add_argument("--weight-decay", type=float, default=0.01)
-    train.add_argument("--warmup-ratio", type=float, default=0.0)
-    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    train.add_argument("--logging-steps", type=int, default=10)
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
-    train.add_argument(
-        "--save-model", action="store_true", help="save the fine-tuned model to <output-dir>/model"
-    )
-    train.add_argument(
-        "--report-train-loss", action="store_true", help="also measure the training-set loss before and after"
-    )
-    train.add_argument("--debug-dump-params", action="store_true", help=argparse.SUPPRESS)
+    add_model_arguments(parser)
+    add_training_arguments(parser, output_dir="runs/squad")
     return parser
 
 
@@ -115,30 +91,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from lighttoken_hf.tasks import FinetuneConfig, finetune_squad, prepare_model, squad
-    from lighttoken_hf.tasks.distributed import is_main_process, parameter_digest, process_rank, write_json
+    from lighttoken_hf.tasks import finetune_squad, prepare_model, squad
+    from lighttoken_hf.tasks.distributed import is_main_process
     from lighttoken_hf.tasks.finetune import training_arguments
     from lighttoken_hf.tasks.glue import subsample
 
-    config = FinetuneConfig(
-        output_dir=args.output_dir,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        seed=args.seed,
-        max_length=args.max_length,
-        embedding_policy=args.embedding_policy,
-        unfreeze_at_step=args.unfreeze_at_step,
-        logging_steps=args.logging_steps,
-    )
+    config = finetune_config(args)
     training_args = training_arguments(config)  # sets up the process group under torchrun/accelerate
 
-    data_dir = args.data_dir if args.data_dir and Path(args.data_dir).exists() else None
+    data_dir = local_data_dir(args.data_dir)
     with training_args.main_process_first(desc="loading data"):
         data = squad.load_squad(
             data_dir,
@@ -155,15 +116,12 @@ def main(argv: list[str] | None = None) -> dict:
         validation=args.max_eval_samples or None,
     )
 
-    compress_options = {"seed": args.compress_seed}
-    if args.compress_epochs is not None:
-        compress_options["schedule"] = {"max_epochs": args.compress_epochs}
     model, tokenizer = prepare_model(
         args.model,
         "question-answering",
         training_args,
         ratio=args.ratio or None,
-        compress_options=compress_options,
+        compress_options=compress_options(args),
         seed=args.seed,
         progress=is_main_process(),
     )
@@ -179,17 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         report_train_loss=args.report_train_loss,
         args=training_args,
     )
-    metrics["model_path"] = str(args.model or "bundled all-MiniLM-L6-v2")
-    metrics["ratio_requested"] = args.ratio or None
-    out = Path(args.output_dir)
-    if args.debug_dump_params:
-        write_json(out / f"params-rank{process_rank()}.json", parameter_digest(trainer.model))
-    if args.save_model:
-        trainer.save_model(str(out / "model"))  # rank 0 writes
-    if is_main_process():
-        write_json(out / "metrics.json", metrics)
-        write_json(out / "predictions.json", trainer.squad_predictions)
-        print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=2, default=str))
+    write_run_outputs(args, metrics, trainer, {"predictions.json": trainer.squad_predictions})
     return metrics
 
 

@@ -218,3 +218,49 @@ def test_update_readme_replaces_only_its_own_block(tmp_path):
     md.write_text("# Title\n\ntext\n# Second\n", encoding="utf-8")
     parts = update_readme.render(md, "####")
     assert parts == ["#### Title\n\ntext\n#### Second"]
+
+
+def _shard(tasks: list[str], date: str) -> dict:
+    payload = _payload()
+    runs = [r for r in _runs() if r["task"] in tasks]
+    payload.update(
+        benchmark="downstream",
+        date=date,
+        tasks=tasks,
+        budgets={t: asdict(ds.BUDGETS[t]) for t in tasks},
+        seeds_per_task={t: payload["seeds_per_task"][t] for t in tasks},
+        runs=runs,
+        summary=ds.aggregate(runs, payload["methods"], tasks),
+        skipped_for_time=[g for g in payload["skipped_for_time"] if g["task"] in tasks],
+        wall_seconds=100.0 * len(tasks),
+    )
+    return payload
+
+
+def test_merge_payloads_equals_one_run_of_all_tasks():
+    merged = ds.merge_payloads(
+        [_shard(["rte"], "2026-01-01T02:00:00+00:00"), _shard(["squad", "sst2"], "2026-01-01T01:00:00+00:00")]
+    )
+    assert merged["tasks"] == TASKS  # the benchmark's task order, not the shards'
+    assert merged["summary"] == ds.aggregate(_runs(), merged["methods"], TASKS)
+    assert merged["targets"] == ds.check_targets(merged["summary"])
+    assert merged["wall_seconds"] == 200.0  # the longest shard: they ran side by side
+    assert merged["date"] == "2026-01-01T02:00:00+00:00"
+    assert merged["skipped_for_time"] == [{"task": "rte", "seed": 2, "methods": ["original"]}]
+    assert "2 processes side by side" in ds.markdown_report(merged)
+
+
+def test_merge_payloads_rejects_shards_that_do_not_fit():
+    rte, sst2 = _shard(["rte"], "d1"), _shard(["sst2"], "d2")
+    with pytest.raises(ValueError, match="at least two"):
+        ds.merge_payloads([rte])
+    with pytest.raises(ValueError, match="more than one merged file"):
+        ds.merge_payloads([rte, _shard(["rte"], "d2")])
+    other = _shard(["rte", "sst2"], "d2")
+    other["budgets"]["rte"]["epochs"] = 3.0
+    other["runs"] = [r for r in other["runs"] if r["task"] == "sst2"]
+    with pytest.raises(ValueError, match="different budgets"):
+        ds.merge_payloads([rte, other])
+    sst2["methods_info"]["lighttoken-25x"] = {"real_ratio": 24.0, "embedding_bytes": 1}
+    with pytest.raises(ValueError, match="different compressed matrices"):
+        ds.merge_payloads([rte, sst2])

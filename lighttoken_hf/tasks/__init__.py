@@ -10,6 +10,7 @@
 * :mod:`~lighttoken_hf.tasks.finetune`: ``Trainer`` runs (:func:`finetune_glue`, :func:`finetune_squad`) with
   the LightToken callback, under one :class:`FinetuneConfig` budget; :func:`prepare_model` for launchers.
 * :mod:`~lighttoken_hf.tasks.distributed`: rank helpers and a parameter checksum for multi-process runs.
+* :mod:`~lighttoken_hf.tasks.cli_args`: the model/training options and outputs the example scripts share.
 """
 
 from . import distributed, finetune, glue, metrics, models, squad
