@@ -7,6 +7,13 @@ Usage (from the repository root)::
     python benchmarks/downstream_benchmark.py                         # full budget (see BUDGETS / README)
     python benchmarks/downstream_benchmark.py --tasks rte stsb --methods original lighttoken-25x --seeds 0 1
 
+One process per core, then one result (each shard runs single-threaded; ``--set`` must be the same)::
+
+    python benchmarks/downstream_benchmark.py --tasks sst2 cola rte --output-name shard_a --set ... &
+    python benchmarks/downstream_benchmark.py --tasks stsb squad --output-name shard_b --set ... &
+    wait
+    python benchmarks/downstream_benchmark.py --merge benchmarks/results/shard_{a,b}.json
+
 Methods (every one fine-tunes the same model class under the same budget):
 
 * ``original``: the uncompressed model, its word-embedding matrix frozen;
@@ -617,8 +624,8 @@ def merge_payloads(payloads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "methods": methods,
         "budgets": {t: budgets[t] for t in tasks},
         "time_budget_minutes": max((p.get("time_budget_minutes") or 0) for p in payloads) or None,
-        "seeds_planned": {t: s for p in payloads for t, s in p.get("seeds_planned", {}).items()},
-        "seeds_per_task": {t: s for p in payloads for t, s in p.get("seeds_per_task", {}).items()},
+        "seeds_planned": _union_seeds(payloads, "seeds_planned", tasks),
+        "seeds_per_task": _union_seeds(payloads, "seeds_per_task", tasks),
         "skipped_for_time": [g for p in payloads for g in p.get("skipped_for_time") or []],
         "data_sizes": {t: s for p in payloads for t, s in p.get("data_sizes", {}).items()},
         "methods_info": {m: infos[m][0] for m in methods},
@@ -633,6 +640,13 @@ def merge_payloads(payloads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         ],
         "runs": runs,
     }
+
+
+def _union_seeds(
+    payloads: Sequence[Mapping[str, Any]], key: str, tasks: Sequence[str]
+) -> dict[str, list[int]]:
+    """Per task, the sorted union of the shards' seed lists under ``key``."""
+    return {t: sorted({s for p in payloads for s in p.get(key, {}).get(t, [])}) for t in tasks}
 
 
 # ------------------------------------------------------------------------------------ machine / output helpers

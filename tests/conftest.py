@@ -79,16 +79,9 @@ def single_thread():
 
 @pytest.fixture
 def tiny_bert_config():
-    from transformers import BertConfig
+    from tiny_models import tiny_bert_config
 
-    return BertConfig(
-        vocab_size=200,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
+    return tiny_bert_config()
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
+from tiny_models import tiny_bert_config  # noqa: E402
+from transformers import BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
 
 import lighttoken_hf as lt  # noqa: E402
 
@@ -29,15 +30,7 @@ POLICIES = {"frozen": {}, "decoders": {"policy": "decoders"}, "schedule": {"unfr
 
 
 def tiny_model() -> lt.LightTokenForSequenceClassification:
-    config = BertConfig(
-        vocab_size=200,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
+    config = tiny_bert_config(num_labels=2)
     torch.manual_seed(0)
     return lt.compress(
         BertForSequenceClassification(config),

@@ -17,24 +17,15 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from transformers import BertConfig, BertForTokenClassification, Trainer, TrainingArguments  # noqa: E402
+from tiny_models import tiny_bert_config  # noqa: E402
+from transformers import BertForTokenClassification, Trainer, TrainingArguments  # noqa: E402
 
 import lighttoken_hf as lt  # noqa: E402
 
 
 def main(out: str) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    config = BertConfig(
-        vocab_size=200,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        num_labels=3,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    config = tiny_bert_config(num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
     model = lt.compress(BertForTokenClassification(config), ratio=4, schedule={"max_epochs": 1}, progress=False)
     gen = torch.Generator().manual_seed(1)

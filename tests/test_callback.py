@@ -15,6 +15,7 @@ from conftest import FAST_SCHEDULE
 from datasets import Dataset
 from safetensors import safe_open
 from safetensors.torch import load_file
+from tiny_models import tiny_bert_config
 from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
@@ -48,15 +49,7 @@ LOG_KEYS = (
 
 
 def _tiny_config() -> BertConfig:
-    return BertConfig(
-        vocab_size=200,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
+    return tiny_bert_config(num_labels=2)
 
 
 @pytest.fixture(scope="module")

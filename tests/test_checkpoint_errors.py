@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import FAST_SCHEDULE
 from safetensors.torch import load_file, save_file
+from tiny_models import tiny_bert_config
 from transformers import AutoModel, BertModel
 
 import lighttoken_hf as lt
@@ -25,16 +26,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A saved compressed tiny BERT (one hashing stage, so ``codes_0`` and ``decoder_0_*`` exist)."""
-    from transformers import BertConfig
-
-    config = BertConfig(
-        vocab_size=200,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
+    config = tiny_bert_config()
     torch.manual_seed(0)
     model = lt.compress(BertModel(config), ratio=4, schedule=FAST_SCHEDULE, progress=False)
     assert model.get_input_embeddings().stage_bits, "the test needs at least one hashing stage"
@@ -137,19 +129,12 @@ def test_truncated_file_names_the_file(saved, tmp_path, keep):
 
 
 def test_tokenizer_larger_than_the_embedding_is_refused(tiny_vocab_file):
-    from transformers import BertConfig, BertTokenizer
+    from transformers import BertTokenizer
 
     # transformers 5 ignores the ``vocab_file=`` of conftest's tokenizer (it has 5 tokens): pass vocab=
     tokenizer = BertTokenizer(vocab=tiny_vocab_file, do_lower_case=True)
 
-    config = BertConfig(
-        vocab_size=150,  # the tiny tokenizer has 200 tokens
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
+    config = tiny_bert_config(vocab_size=150)  # the tiny tokenizer has 200 tokens
     model = BertModel(config)
     assert len(tokenizer) == 200
     fewer = BertTokenizer(vocab={"[PAD]": 0, "[UNK]": 1})  # fewer tokens than rows is fine

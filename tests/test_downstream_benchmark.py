@@ -248,6 +248,14 @@ def test_merge_payloads_equals_one_run_of_all_tasks():
     assert merged["date"] == "2026-01-01T02:00:00+00:00"
     assert merged["skipped_for_time"] == [{"task": "rte", "seed": 2, "methods": ["original"]}]
     assert "2 processes side by side" in ds.markdown_report(merged)
+    # a task may be split over shards by seed (same budget): its seeds are joined
+    rte_seed0, rte_seed1 = _shard(["rte"], "d1"), _shard(["rte"], "d2")
+    rte_seed0["runs"] = [r for r in rte_seed0["runs"] if r["seed"] == 0]
+    rte_seed1["runs"] = [r for r in rte_seed1["runs"] if r["seed"] == 1]
+    rte_seed0["seeds_per_task"], rte_seed1["seeds_per_task"] = {"rte": [0]}, {"rte": [1]}
+    joined = ds.merge_payloads([rte_seed1, rte_seed0])
+    assert joined["seeds_per_task"] == {"rte": [0, 1]}
+    assert joined["summary"]["lighttoken-25x"]["tasks"]["rte"]["n"] == 2
 
 
 def test_merge_payloads_rejects_shards_that_do_not_fit():
