@@ -140,12 +140,12 @@ def test_build_plan_runs_first_seeds_first_and_references_last():
 
 
 def test_apply_overrides_changes_only_the_named_fields():
-    out = ds.apply_overrides(ds.BUDGETS, ["rte.train_examples=all", "cola.epochs=3", "squad.max_length=384"])
-    assert out["rte"].train_examples is None
-    assert out["cola"].epochs == 3.0 and isinstance(out["cola"].epochs, float)
+    out = ds.apply_overrides(ds.BUDGETS, ["squad.train_examples=all", "cola.epochs=5", "squad.max_length=384"])
+    assert out["squad"].train_examples is None
+    assert out["cola"].epochs == 5.0 and isinstance(out["cola"].epochs, float)
     assert out["squad"].max_length == 384
     assert out["sst2"] == ds.BUDGETS["sst2"]
-    assert ds.BUDGETS["rte"].train_examples is not None  # the defaults are untouched
+    assert ds.BUDGETS["squad"].train_examples is not None  # the defaults are untouched
     for bad, message in [
         ("rte.train_examples", "TASK.FIELD=VALUE"),
         ("mnli.epochs=2", "unknown task"),
@@ -265,7 +265,7 @@ def test_merge_payloads_rejects_shards_that_do_not_fit():
     with pytest.raises(ValueError, match="more than one merged file"):
         ds.merge_payloads([rte, _shard(["rte"], "d2")])
     other = _shard(["rte", "sst2"], "d2")
-    other["budgets"]["rte"]["epochs"] = 3.0
+    other["budgets"]["rte"]["epochs"] += 1.0
     other["runs"] = [r for r in other["runs"] if r["task"] == "sst2"]
     with pytest.raises(ValueError, match="different budgets"):
         ds.merge_payloads([rte, other])
