@@ -396,7 +396,7 @@ def _shards_note(payload: Mapping[str, Any]) -> str:
     if not shards:
         return ""
     parts = "; ".join(", ".join(TASK_LABELS[t] for t in shard["tasks"]) for shard in shards)
-    return f" ({len(shards)} processes side by side, one per core: {parts})"
+    return f" over {len(shards)} shards, single-threaded processes at most one per core ({parts})"
 
 
 def markdown_report(payload: Mapping[str, Any]) -> str:
@@ -578,7 +578,8 @@ def merge_payloads(payloads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     Runs, tasks, methods and skipped groups are joined; a task in several shards must have the same budget,
     a method the same compressed matrix (``methods_info``), and no (method, task, seed) may appear twice.
-    The summary and targets are recomputed; ``wall_seconds`` is the longest shard's.
+    The summary and targets are recomputed; ``wall_seconds`` runs from the first shard's start to the last
+    shard's end (each shard's ``date`` is its end), so shards run side by side count once.
 
     Raises:
         ValueError: fewer than two shards, or shards that do not fit together (the message says which).
@@ -617,7 +618,7 @@ def merge_payloads(payloads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {
         **{k: v for k, v in first.items() if k not in ("runs", "summary", "targets")},
         "date": max(p["date"] for p in payloads),
-        "wall_seconds": max(p.get("wall_seconds", 0.0) for p in payloads),
+        "wall_seconds": _merged_wall_seconds(payloads),
         "machine": machine,
         "git": git,
         "tasks": tasks,
@@ -640,6 +641,15 @@ def merge_payloads(payloads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         ],
         "runs": runs,
     }
+
+
+def _merged_wall_seconds(payloads: Sequence[Mapping[str, Any]]) -> float:
+    """Seconds from the earliest shard start (``date - wall_seconds``) to the latest shard end (``date``)."""
+    spans = []
+    for p in payloads:
+        end = dt.datetime.fromisoformat(p["date"]).timestamp()
+        spans.append((end - float(p.get("wall_seconds") or 0.0), end))
+    return max(e for _, e in spans) - min(s for s, _ in spans)
 
 
 def _union_seeds(

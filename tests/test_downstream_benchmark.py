@@ -140,7 +140,9 @@ def test_build_plan_runs_first_seeds_first_and_references_last():
 
 
 def test_apply_overrides_changes_only_the_named_fields():
-    out = ds.apply_overrides(ds.BUDGETS, ["squad.train_examples=all", "cola.epochs=5", "squad.max_length=384"])
+    out = ds.apply_overrides(
+        ds.BUDGETS, ["squad.train_examples=all", "cola.epochs=5", "squad.max_length=384"]
+    )
     assert out["squad"].train_examples is None
     assert out["cola"].epochs == 5.0 and isinstance(out["cola"].epochs, float)
     assert out["squad"].max_length == 384
@@ -239,21 +241,24 @@ def _shard(tasks: list[str], date: str) -> dict:
 
 def test_merge_payloads_equals_one_run_of_all_tasks():
     merged = ds.merge_payloads(
-        [_shard(["rte"], "2026-01-01T02:00:00+00:00"), _shard(["squad", "sst2"], "2026-01-01T01:00:00+00:00")]
+        [_shard(["rte"], "2026-01-01T02:00:00+00:00"), _shard(["squad", "sst2"], "2026-01-01T01:59:00+00:00")]
     )
     assert merged["tasks"] == TASKS  # the benchmark's task order, not the shards'
     assert merged["summary"] == ds.aggregate(_runs(), merged["methods"], TASKS)
     assert merged["targets"] == ds.check_targets(merged["summary"])
-    assert merged["wall_seconds"] == 200.0  # the longest shard: they ran side by side
+    # from the first start (01:59:00 - 200 s) to the last end (02:00:00): overlapping shards count once
+    assert merged["wall_seconds"] == pytest.approx(260.0)
     assert merged["date"] == "2026-01-01T02:00:00+00:00"
     assert merged["skipped_for_time"] == [{"task": "rte", "seed": 2, "methods": ["original"]}]
-    assert "2 processes side by side" in ds.markdown_report(merged)
+    assert "over 2 shards" in ds.markdown_report(merged)
     # a task may be split over shards by seed (same budget): its seeds are joined
-    rte_seed0, rte_seed1 = _shard(["rte"], "d1"), _shard(["rte"], "d2")
+    rte_seed0 = _shard(["rte"], "2026-01-01T00:00:00+00:00")
+    rte_seed1 = _shard(["rte"], "2026-01-01T00:10:00+00:00")
     rte_seed0["runs"] = [r for r in rte_seed0["runs"] if r["seed"] == 0]
     rte_seed1["runs"] = [r for r in rte_seed1["runs"] if r["seed"] == 1]
     rte_seed0["seeds_per_task"], rte_seed1["seeds_per_task"] = {"rte": [0]}, {"rte": [1]}
     joined = ds.merge_payloads([rte_seed1, rte_seed0])
+    assert joined["wall_seconds"] == pytest.approx(700.0)  # 23:58:20 to 00:10:00
     assert joined["seeds_per_task"] == {"rte": [0, 1]}
     assert joined["summary"]["lighttoken-25x"]["tasks"]["rte"]["n"] == 2
 
