@@ -22,7 +22,9 @@ Methods (every one fine-tunes the same model class under the same budget):
 * ``pq-25x`` / ``svd-25x``: faiss product quantization / fp16 truncated SVD at the same real ratio
   (``benchmarks/baselines.py``): the dense model with the reconstructed matrix swapped into its
   ``nn.Embedding`` and frozen;
-* ``original-emb-trained``: a reference row, the uncompressed model with its word embedding trained.
+* ``original-emb-trained``: a reference row, the uncompressed model with its word embedding trained;
+* ``lighttoken-25x-decoders``: a reference row, LightToken 25x with ``LightTokenCallback(policy="decoders")``
+  (decoders and low-rank factors train, the codes stay fixed): what training the compressed embedding wins back.
 
 The word-embedding matrix is frozen in every method but the reference, so the comparison measures what the
 compressed matrix costs, not what training it could win back. Position/token-type embeddings, the encoder
@@ -82,7 +84,7 @@ class Method:
         label: name in the table and plot.
         kind: ``"dense"``, ``"lighttoken"``, ``"pq"`` or ``"svd"``.
         ratio: target compression ratio (``None`` for the dense model).
-        train_embedding: the word-embedding matrix trains (only the reference row).
+        train_embedding: the word-embedding matrix trains (only the reference rows; LightToken: its decoders).
         reference: not one of the compared methods (shown apart, not in the targets).
     """
 
@@ -103,6 +105,14 @@ METHODS: dict[str, Method] = {
         Method("pq-25x", "PQ 25x", "pq", 25.0),
         Method("svd-25x", "truncated SVD 25x", "svd", 25.0),
         Method("original-emb-trained", "original (embedding trained, reference)", "dense", None, True, True),
+        Method(
+            "lighttoken-25x-decoders",
+            "LightToken 25x (decoders trained, reference)",
+            "lighttoken",
+            25.0,
+            True,
+            True,
+        ),
     )
 }
 
@@ -522,6 +532,7 @@ def plot_results(payload: Mapping[str, Any], path: Path) -> None:
         "lighttoken-100x": "#6baed6",
         "pq-25x": "#ff7f0e",
         "svd-25x": "#2ca02c",
+        "lighttoken-25x-decoders": "#9467bd",
     }
     x = np.arange(len(groups))
     for i, method in enumerate(methods):
@@ -915,7 +926,7 @@ def run_one(
         warmup_ratio=budget.warmup_ratio,
         seed=seed,
         max_length=budget.max_length,
-        embedding_policy="frozen",
+        embedding_policy="decoders" if method.kind == "lighttoken" and method.train_embedding else "frozen",
         logging_steps=25,
         # GLUE batches are padded to their longest input: grouping similar lengths saves much of the
         # padding (SQuAD windows are all max_length long, so they keep plain random batches).
