@@ -68,7 +68,8 @@ for _path in (str(REPO_ROOT), str(BENCH_DIR)):
 
 from bench_io import clean_json, fmt, git_info, machine_info, write_json  # noqa: E402
 
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+from lighttoken_hf.tasks.cli_args import default_data_dir  # noqa: E402
+
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lighttoken_hf" / "downstream_benchmark"
 #: Scale for the task heads' fresh weights (BERT's ``initializer_range``).
 HEAD_INIT_STD = 0.02
@@ -996,9 +997,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="change the budget, e.g. --set rte.train_examples=all cola.epochs=3 squad.max_length=384",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("LIGHTTOKEN_DATA_DIR", DEFAULT_DATA_DIR))
-    )
+    parser.add_argument("--data-dir", type=Path, default=Path(default_data_dir()))
     parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--output-name", default=None, help="file stem (default downstream_minilm[_quick])")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="compressed matrices")

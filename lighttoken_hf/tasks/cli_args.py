@@ -21,6 +21,7 @@ __all__ = [
     "add_model_arguments",
     "add_training_arguments",
     "compress_options",
+    "default_data_dir",
     "finetune_config",
     "local_data_dir",
     "write_run_outputs",
