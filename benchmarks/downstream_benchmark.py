@@ -584,7 +584,7 @@ def plot_results(payload: Mapping[str, Any], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ shards
-def merge_payloads(payloads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def merge_payloads(payloads: Sequence[Mapping[str, Any]], *, replace: bool = False) -> dict[str, Any]:
     """One payload from shards of a run that went side by side (e.g. ``--tasks rte cola`` in one process,
     ``--tasks sst2 stsb squad`` in another, each on its own core).
 
@@ -592,6 +592,10 @@ def merge_payloads(payloads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     a method the same compressed matrix (``methods_info``), and no (method, task, seed) may appear twice.
     The summary and targets are recomputed; ``wall_seconds`` runs from the first shard's start to the last
     shard's end (each shard's ``date`` is its end), so shards run side by side count once.
+
+    With ``replace``, a method whose compressed matrix differs from an earlier file's (e.g. LightToken
+    after a change of its defaults) supersedes it: the earlier file's runs of that method are dropped and
+    the method is listed under ``replaced_methods``; every other check still applies.
 
     Raises:
         ValueError: fewer than two shards, or shards that do not fit together (the message says which).
@@ -602,6 +606,7 @@ def merge_payloads(payloads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     infos: dict[str, tuple[Any, Any]] = {}
     seen: set[tuple[str, str, int]] = set()
     runs: list[dict[str, Any]] = []
+    replaced: list[str] = []
     for index, payload in enumerate(payloads):
         if payload.get("benchmark") != "downstream":
             raise ValueError(f"result file #{index + 1} is not a downstream benchmark result")
@@ -611,7 +616,15 @@ def merge_payloads(payloads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for method, info in payload["methods_info"].items():
             keep = {k: v for k, v in info.items() if k not in ("compress_seconds", "cached")}
             if infos.setdefault(method, (info, keep))[1] != keep:
-                raise ValueError(f"method {method!r} used different compressed matrices in the merged files")
+                if not replace:
+                    raise ValueError(
+                        f"method {method!r} used different compressed matrices in the merged files "
+                        "(--replace lets the later file's matrix supersede the earlier one)"
+                    )
+                infos[method] = (info, keep)
+                runs = [r for r in runs if r["method"] != method]
+                seen = {k for k in seen if k[0] != method}
+                replaced.append(method)
         for run in payload["runs"]:
             key = (run["method"], run["task"], run["seed"])
             if key in seen:
@@ -642,6 +655,7 @@ def merge_payloads(payloads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "skipped_for_time": [g for p in payloads for g in p.get("skipped_for_time") or []],
         "data_sizes": {t: s for p in payloads for t, s in p.get("data_sizes", {}).items()},
         "methods_info": {m: infos[m][0] for m in methods},
+        **({"replaced_methods": replaced} if replaced else {}),
         "summary": summary,
         "targets": check_targets(summary),
         "train_seconds": {
@@ -678,7 +692,9 @@ def log(message: str) -> None:
 
 # ------------------------------------------------------------------------------------ compression (cached)
 def _cache_key(model_path: str, method: Method) -> str:
+    """Changes whenever the compressed matrix would: model, method, ratio, version and LightToken's defaults."""
     import lighttoken_hf
+    from lighttoken_hf.compressor.api import CompressionSettings
 
     text = json.dumps(
         {
@@ -686,7 +702,10 @@ def _cache_key(model_path: str, method: Method) -> str:
             "kind": method.kind,
             "ratio": method.ratio,
             "version": lighttoken_hf.__version__,
-        }
+            **({"defaults": CompressionSettings().to_dict()} if method.kind == "lighttoken" else {}),
+        },
+        sort_keys=True,
+        default=str,
     )
     return f"{method.kind}-{method.ratio:g}x-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
@@ -1006,6 +1025,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--resume", action="store_true", help="skip runs already in <stem>.partial.json")
     parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --merge: a later file's method supersedes an earlier file's runs of it when their "
+        "compressed matrices differ (e.g. new LightToken defaults); listed as replaced_methods",
+    )
+    parser.add_argument(
         "--merge",
         nargs="+",
         type=Path,
@@ -1113,7 +1138,7 @@ def merge_files(args: argparse.Namespace) -> int:
             print(f"error: cannot read result file {path}: {err}", file=sys.stderr)
             return 2
     try:
-        merged = merge_payloads(payloads)
+        merged = merge_payloads(payloads, replace=args.replace)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -58,6 +58,7 @@ LIGHTTOKEN_VARIANTS: dict[str, dict[str, Any]] = {
     "lighttoken-1stage": {"num_stages": 1},
     "lighttoken-cosine-bound": {"loss": "cosine_bound"},
     "lighttoken-no-freq": {"frequency_aware": False},
+    "lighttoken-no-sensitivity": {"sensitivity_weighted": False},
 }
 QUANT_BITS = (8, 4, 2)
 LOOKUP_SHAPE = (32, 128)
@@ -266,11 +267,16 @@ def compress_worker(
         if job["kind"] == "lighttoken":
             stage = "import"
             try:
-                from transformers import AutoTokenizer
+                from transformers import AutoModel, AutoTokenizer
 
                 from lighttoken_hf import compress
 
                 tokenizer = AutoTokenizer.from_pretrained(model_path)
+                # the model itself is compressed (in place, no copy), as users do: its sensitivity
+                # metric is part of the method and of the measured time
+                model = AutoModel.from_pretrained(model_path).eval()
+                if not torch.equal(model.get_input_embeddings().weight.detach().float(), e):
+                    raise ValueError(f"{model_path} does not hold the benchmarked embedding matrix")
                 options = dict(job["params"])
                 with contextlib.suppress(TypeError, ValueError):
                     if "progress" in inspect.signature(compress).parameters:
@@ -278,7 +284,15 @@ def compress_worker(
                 stage = "compress"
                 with PeakRSS() as memory:
                     start = time.perf_counter()
-                    emb = compress(e, ratio=job["target_ratio"], tokenizer=tokenizer, seed=seed, **options)
+                    wrapped = compress(
+                        model,
+                        ratio=job["target_ratio"],
+                        tokenizer=tokenizer,
+                        seed=seed,
+                        inplace=True,
+                        **options,
+                    )
+                    emb = wrapped.get_input_embeddings()
                     seconds = time.perf_counter() - start
             except Exception as exc:
                 exc.add_note(f"while running LightToken ({stage})")

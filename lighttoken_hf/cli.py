@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hashing training loss (default: the library's, mse)")
     comp.add_argument("--no-frequency-aware", dest="frequency_aware", action="store_false",
                       help="do not spend extra stages on frequent tokens")
+    comp.add_argument("--no-sensitivity", dest="sensitivity_weighted", action="store_false",
+                      help="measure the plain Euclidean error instead of the model's sensitivity metric")
     comp.add_argument("--sentences", metavar="FILE",
                       help="text file, one sentence a line, for the end-to-end check "
                       "(default: 120 built-in sentences)")
@@ -249,6 +251,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "seed": args.seed,
         "frequency_aware": args.frequency_aware,
+        "sensitivity_weighted": args.sensitivity_weighted,
         "svd_rank": args.svd_rank,
         "num_stages": args.stages,
     }

@@ -277,3 +277,37 @@ def test_merge_payloads_rejects_shards_that_do_not_fit():
     sst2["methods_info"]["lighttoken-25x"] = {"real_ratio": 24.0, "embedding_bytes": 1}
     with pytest.raises(ValueError, match="different compressed matrices"):
         ds.merge_payloads([rte, sst2])
+
+
+def test_merge_replace_lets_a_later_matrix_supersede_an_earlier_one():
+    old = _shard(["rte", "sst2"], "2026-01-01T01:00:00+00:00")
+    new = _shard(["rte", "sst2"], "2026-01-01T02:00:00+00:00")
+    new["methods_info"] = {"lighttoken-25x": {"real_ratio": 25.5, "embedding_bytes": 7}}
+    new["runs"] = [dict(r, score=r["score"] + 1.0) for r in new["runs"] if r["method"] == "lighttoken-25x"]
+    with pytest.raises(ValueError, match="--replace"):
+        ds.merge_payloads([old, new])
+    merged = ds.merge_payloads([old, new], replace=True)
+    assert merged["replaced_methods"] == ["lighttoken-25x"]
+    assert merged["methods_info"]["lighttoken-25x"]["real_ratio"] == 25.5
+    lt_runs = [r for r in merged["runs"] if r["method"] == "lighttoken-25x"]
+    assert lt_runs == new["runs"]  # only the later file's runs of the replaced method remain
+    others = [r for r in merged["runs"] if r["method"] != "lighttoken-25x"]
+    assert others == [r for r in old["runs"] if r["method"] != "lighttoken-25x"]
+
+
+def test_cache_key_follows_the_lighttoken_defaults(monkeypatch):
+    import dataclasses
+
+    from lighttoken_hf.compressor import api
+
+    method = ds.METHODS["lighttoken-25x"]
+    before = ds._cache_key("model", method)
+    assert before == ds._cache_key("model", method)
+
+    @dataclasses.dataclass
+    class ChangedDefaults(api.CompressionSettings):
+        sensitivity_shrinkage: float = 0.5
+
+    monkeypatch.setattr(api, "CompressionSettings", ChangedDefaults)
+    assert ds._cache_key("model", method) != before  # a cached matrix of the old defaults is not reused
+    assert ds._cache_key("model", ds.METHODS["pq-25x"]) == ds._cache_key("model", ds.METHODS["pq-25x"])

@@ -17,10 +17,11 @@ from ..core.configuration_lighttoken import LightTokenConfig
 from ..core.lighttoken_codec import LightTokenEmbedding, pack_bits
 from ..core.modeling_lighttoken import LIGHTTOKEN_CLASSES, LightTokenPreTrainedModel
 from ..fidelity import matrix_fidelity
-from .frequencies import frequency_rank, general_text_frequencies
+from .frequencies import frequency_rank, general_text_frequencies, general_text_samples
 from .hashing import StageSchedule, train_stage
 from .losses import get_loss
 from .planner import CompressionPlan, plan_for_ratio
+from .sensitivity import embedding_sensitivity, whitening
 from .svd import low_rank_factors
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,11 @@ class CompressionSettings:
         frequency_share: share of the code bytes spent on the frequency tiers.
         tier_decay: each frequency tier covers this fraction of the previous tier's rows.
         frequency_power: rows are weighted by ``frequency ** frequency_power`` in the losses (0: uniform).
+        sensitivity_weighted: measure the error in the model's own sensitivity metric (see
+            :mod:`~lighttoken_hf.compressor.sensitivity`; needs the model and its tokenizer, or a
+            precomputed ``sensitivity=`` matrix); ``False`` gives the plain Euclidean error.
+        sensitivity_shrinkage: how far that metric is shrunk toward the identity (0: the measured
+            metric, 1: plain Euclidean).
         factor_dtype: storage dtype of the low-rank factors and decoders.
         schedule: training schedule of each hashing stage.
         seed: makes codes reproducible.
@@ -60,12 +66,16 @@ class CompressionSettings:
     frequency_share: float = 0.25
     tier_decay: float = 0.35
     frequency_power: float = 0.5
+    sensitivity_weighted: bool = True
+    sensitivity_shrinkage: float = 0.25
     factor_dtype: str = "float16"
     schedule: StageSchedule = field(default_factory=StageSchedule)
     seed: int = 0
 
     def __post_init__(self) -> None:
         get_loss(self.loss)
+        if not 0 <= self.sensitivity_shrinkage <= 1:
+            raise ValueError(f"sensitivity_shrinkage must be in [0, 1], got {self.sensitivity_shrinkage}")
         if self.angle_weight < 1:
             raise ValueError(f"angle_weight must be >= 1, got {self.angle_weight}")
         if not isinstance(getattr(torch, self.factor_dtype, None), torch.dtype):
@@ -93,6 +103,7 @@ class CompressionReport:
     stages: list = field(default_factory=list)
     seconds: float = 0.0
     frequency_source: str = "none"
+    sensitivity: dict = field(default_factory=dict)
     end_to_end: dict = field(default_factory=dict)
 
     @property
@@ -129,6 +140,12 @@ class CompressionReport:
         for key, value in self.end_to_end.items():
             label = key.replace("_", " ")
             lines.append(f"  {label:<27}{value:.4f}" if isinstance(value, float) else f"  {label:<27}{value}")
+        metric = (
+            f"on ({self.sensitivity.get('calibration')}, shrinkage {self.sensitivity.get('shrinkage')})"
+            if self.sensitivity
+            else "off"
+        )
+        lines.append(f"  {'sensitivity metric':<27}{metric}")
         lines.append(f"  {'compression time':<27}{self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -177,11 +194,25 @@ def compress_matrix(
     padding_idx: int | None = None,
     progress: bool = True,
     frequency_source: str = "none",
+    sensitivity: torch.Tensor | None = None,
+    sensitivity_info: dict | None = None,
 ) -> tuple[LightTokenEmbedding, CompressionReport]:
-    """Compress a dense V x d matrix into a :class:`LightTokenEmbedding` and a report."""
+    """Compress a dense V x d matrix into a :class:`LightTokenEmbedding` and a report.
+
+    ``sensitivity`` (d x d, from :func:`embedding_sensitivity`) makes every stage minimise the error in
+    that metric (shrunk by ``settings.sensitivity_shrinkage``): the compressor codes ``E A`` and folds
+    ``A^-1`` into the stored factor and decoders, so the format and its size are unchanged.
+    """
     start = time.perf_counter()
     e = _check_matrix(matrix)
     v, d = e.shape
+    use_metric = settings.sensitivity_weighted and sensitivity is not None
+    if sensitivity is not None and tuple(sensitivity.shape) != (d, d):
+        raise ValueError(
+            f"the sensitivity matrix must be {d} x {d} for a {v} x {d} embedding, got {tuple(sensitivity.shape)}"
+        )
+    if use_metric and not torch.isfinite(sensitivity).all():
+        raise ValueError("the sensitivity matrix contains NaN or Inf")
     if padding_idx is not None and not -v <= padding_idx < v:
         raise ValueError(f"padding_idx {padding_idx} is outside the {v} rows")
     padding_idx = padding_idx % v if padding_idx is not None else None
@@ -222,13 +253,25 @@ def compress_matrix(
     rank = frequency_rank(frequencies) if plan.uses_token_rank else torch.arange(v)
     order = torch.argsort(rank)  # row ids, most frequent first
     weights = _row_weights(frequencies if use_freq else None, settings.frequency_power, v)
+    # with a metric: code E A and store everything that decodes multiplied by A^-1 (docstring above)
+    to_metric, from_metric = (
+        whitening(sensitivity, settings.sensitivity_shrinkage) if use_metric else (None, None)
+    )
+
+    def whiten(t: torch.Tensor) -> torch.Tensor:
+        return (t.double() @ to_metric).float() if use_metric else t
+
+    def unwhiten(t: torch.Tensor) -> torch.Tensor:
+        return (t.double() @ from_metric if use_metric else t).to(factor_dtype)
+
     bar = tqdm(total=len(plan.stage_bits) + 1, desc="LightToken", unit="stage", disable=not progress)
     with torch.no_grad():
         bar.set_description("LightToken: SVD")
-        left, right = low_rank_factors(e, plan.svd_rank, seed=settings.seed)
+        left, right = low_rank_factors(whiten(e), plan.svd_rank, seed=settings.seed)
         module.lowrank_left.copy_(left.to(factor_dtype))
-        module.lowrank_right.copy_(right.to(factor_dtype))
-        residual = e - module.lowrank_left.float() @ module.lowrank_right.float()
+        module.lowrank_right.copy_(unwhiten(right))
+        # the residual lives in the metric space: what the stored (rounded) parts leave over, times A
+        residual = whiten(e - module.lowrank_left.float() @ module.lowrank_right.float())
         if padding_idx is not None:
             module.padding_row.copy_(e[padding_idx].to(factor_dtype))
         if plan.uses_token_rank:
@@ -249,10 +292,12 @@ def compress_matrix(
             progress=bar,
         )
         with torch.no_grad():
+            weight, bias = getattr(module, f"decoder_{s}_weight"), getattr(module, f"decoder_{s}_bias")
             getattr(module, f"codes_{s}").copy_(pack_bits(result.bits))
-            getattr(module, f"decoder_{s}_weight").copy_(result.decoder_weight)
-            getattr(module, f"decoder_{s}_bias").copy_(result.decoder_bias)
-            residual[ids] -= result.decode()
+            weight.copy_(unwhiten(result.decoder_weight))
+            bias.copy_(unwhiten(result.decoder_bias))
+            signs = result.bits.float() * 2 - 1
+            residual[ids] -= whiten(signs @ weight.float() + bias.float())
         stage_stats.append(result.stats)
         bar.update(1)
     bar.close()
@@ -267,10 +312,13 @@ def compress_matrix(
         settings=settings.to_dict(),
         stages=stage_stats,
         frequency_source=frequency_source if use_freq else "none",
+        sensitivity={**(sensitivity_info or {}), "shrinkage": settings.sensitivity_shrinkage}
+        if use_metric
+        else {},
     )
     with torch.no_grad():
         report.fidelity = matrix_fidelity(e, module.weight, seed=settings.seed)
-    report.seconds = time.perf_counter() - start
+    report.seconds = time.perf_counter() - start + float(report.sensitivity.get("seconds", 0.0))
     module.compression_report = report
     return module, report
 
@@ -290,7 +338,8 @@ def _settings(ratio: float | None, options: dict) -> CompressionSettings:
     return CompressionSettings(ratio=ratio, **options)
 
 
-def _model_frequencies(model: Any, tokenizer: Any, vocab_size: int) -> tuple[torch.Tensor | None, str]:
+def _model_tokenizer(model: Any, tokenizer: Any) -> Any:
+    """The given tokenizer, else the one saved with the model (``None`` when there is none)."""
     if tokenizer is None:
         path = getattr(model, "name_or_path", "") or getattr(
             getattr(model, "config", None), "_name_or_path", ""
@@ -302,12 +351,34 @@ def _model_frequencies(model: Any, tokenizer: Any, vocab_size: int) -> tuple[tor
                 tokenizer = AutoTokenizer.from_pretrained(path)
             except Exception as err:  # noqa: BLE001 - any failure means: no tokenizer available
                 logger.warning("could not load a tokenizer from %r (%s)", path, err)
+    return tokenizer
+
+
+def _model_sensitivity(
+    model: Any, tokenizer: Any, texts: Any, settings: CompressionSettings, progress: bool
+) -> tuple[torch.Tensor | None, dict]:
+    """The model's sensitivity metric on ``texts`` (default: wordfreq pseudo-sentences), timed."""
     if tokenizer is None:
-        logger.warning(
-            "no tokenizer given or found: frequency-aware allocation is off (pass tokenizer= or token_frequencies=)"
-        )
-        return None, "none"
-    return general_text_frequencies(tokenizer, vocab_size), f"wordfreq via {type(tokenizer).__name__}"
+        logger.warning("no tokenizer given or found: the sensitivity metric is off (pass tokenizer=)")
+        return None, {}
+    start = time.perf_counter()
+    source = "given texts" if texts is not None else "wordfreq pseudo-sentences"
+    if texts is None:
+        texts = general_text_samples(seed=settings.seed)
+    texts = list(texts)
+    try:
+        metric = embedding_sensitivity(model, tokenizer, texts, seed=settings.seed, progress=progress)
+    except (TypeError, ValueError, RuntimeError) as err:  # e.g. a forward that needs more than input ids
+        logger.warning("could not measure %s's sensitivity metric (%s); it is off", type(model).__name__, err)
+        return None, {}
+    eigvals = torch.linalg.eigvalsh(metric).flip(0)
+    top = max(1, metric.shape[0] // 8)
+    return metric, {
+        "calibration": source,
+        "calibration_texts": len(texts),
+        "top_eighth_share": float(eigvals[:top].sum() / eigvals.sum()),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def compress(
@@ -316,6 +387,8 @@ def compress(
     *,
     tokenizer: Any = None,
     token_frequencies: torch.Tensor | None = None,
+    calibration_texts: Any = None,
+    sensitivity: torch.Tensor | None = None,
     progress: bool = True,
     inplace: bool = False,
     **options: Any,
@@ -329,6 +402,10 @@ def compress(
         tokenizer: used to estimate token frequencies from general English text (wordfreq) for the
             frequency-aware allocation; for a model it is loaded from ``model.name_or_path`` if omitted.
         token_frequencies: your own per-token counts or frequencies (length V) instead.
+        calibration_texts: texts on which the model's sensitivity metric is measured (default: 256
+            pseudo-sentences of words drawn by their general-English frequency; task-agnostic).
+        sensitivity: a precomputed d x d metric (:func:`embedding_sensitivity`) instead; the only way
+            to use the metric when compressing a bare tensor.
         progress: show progress bars.
         inplace: for a model, swap the embedding in the given model object instead of a copy.
         **options: any :class:`CompressionSettings` field (``svd_rank``, ``num_stages``, ``loss``...).
@@ -347,10 +424,25 @@ def compress(
         if freqs is None and tokenizer is not None and settings.frequency_aware:
             freqs, source = general_text_frequencies(tokenizer, model_or_matrix.shape[0]), "wordfreq"
         module, _ = compress_matrix(
-            model_or_matrix, settings, frequencies=freqs, progress=progress, frequency_source=source
+            model_or_matrix,
+            settings,
+            frequencies=freqs,
+            progress=progress,
+            frequency_source=source,
+            sensitivity=sensitivity,
+            sensitivity_info={"calibration": "given matrix"},
         )
         return module
-    return _compress_model(model_or_matrix, settings, tokenizer, token_frequencies, progress, inplace)
+    return _compress_model(
+        model_or_matrix,
+        settings,
+        tokenizer,
+        token_frequencies,
+        calibration_texts,
+        sensitivity,
+        progress,
+        inplace,
+    )
 
 
 def _compress_model(
@@ -358,6 +450,8 @@ def _compress_model(
     settings: CompressionSettings,
     tokenizer: Any,
     token_frequencies: Any,
+    calibration_texts: Any,
+    sensitivity: torch.Tensor | None,
     progress: bool,
     inplace: bool,
 ) -> LightTokenPreTrainedModel:
@@ -381,12 +475,25 @@ def _compress_model(
     wrapper_cls = _wrapper_class(model)
     v = embedding.num_embeddings
     _check_tokenizer(tokenizer, v)
+    needs_tokenizer = (settings.frequency_aware and token_frequencies is None) or (
+        settings.sensitivity_weighted and sensitivity is None
+    )
+    tokenizer = _model_tokenizer(model, tokenizer) if needs_tokenizer else tokenizer
+    _check_tokenizer(tokenizer, v)
+    freqs, source = None, "none"
     if token_frequencies is not None:
         freqs, source = torch.as_tensor(token_frequencies, dtype=torch.float64), "given"
+    elif settings.frequency_aware and tokenizer is not None:
+        freqs, source = general_text_frequencies(tokenizer, v), f"wordfreq via {type(tokenizer).__name__}"
     elif settings.frequency_aware:
-        freqs, source = _model_frequencies(model, tokenizer, v)
-    else:
-        freqs, source = None, "none"
+        logger.warning(
+            "no tokenizer given or found: frequency-aware allocation is off (pass tokenizer= or token_frequencies=)"
+        )
+    sensitivity_info = {"calibration": "given matrix"}
+    if settings.sensitivity_weighted and sensitivity is None:
+        sensitivity, sensitivity_info = _model_sensitivity(
+            model, tokenizer, calibration_texts, settings, progress
+        )
     module, report = compress_matrix(
         embedding.weight,
         settings,
@@ -394,6 +501,8 @@ def _compress_model(
         padding_idx=embedding.padding_idx,
         progress=progress,
         frequency_source=source,
+        sensitivity=sensitivity,
+        sensitivity_info=sensitivity_info,
     )
     backbone = model if inplace else copy.deepcopy(model)
     attn_implementation = backbone.config._attn_implementation

@@ -63,6 +63,35 @@ def general_text_frequencies(
     return counts / counts.sum()
 
 
+def general_text_samples(
+    num_texts: int = 256, *, language: str = "en", seed: int = 0, top_words: int = 20_000
+) -> list[str]:
+    """Pseudo-sentences of general text: words drawn by their wordfreq frequency (calibration text).
+
+    Task-agnostic calibration input for :func:`~lighttoken_hf.compressor.sensitivity.embedding_sensitivity`
+    that needs no corpus: each text has 6-25 words drawn independently with probability proportional to
+    their frequency in ``language``, capitalised and ending in a full stop. Same seed, same texts.
+    """
+    import random
+
+    try:
+        import wordfreq
+    except ImportError as err:  # pragma: no cover - wordfreq is a dependency
+        raise ImportError("calibration text needs `pip install wordfreq`") from err
+    if num_texts < 1:
+        raise ValueError(f"num_texts must be >= 1, got {num_texts}")
+    words = wordfreq.top_n_list(language, top_words)
+    if not words:
+        raise ValueError(f"wordfreq has no word list for language {language!r}")
+    weights = [wordfreq.word_frequency(w, language) for w in words]
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(num_texts):
+        text = " ".join(rng.choices(words, weights=weights, k=rng.randint(6, 25)))
+        texts.append(text[0].upper() + text[1:] + ".")
+    return texts
+
+
 def frequency_rank(frequencies: torch.Tensor) -> torch.Tensor:
     """Position of each token in the descending-frequency order (ties broken by token id)."""
     v = frequencies.numel()
