@@ -10,6 +10,7 @@ Usage (from the repo root, with ``../shared/data`` present or ``--data-dir``)::
 
     python benchmarks/sweep_defaults.py --ratio 25 --configs '{}' '{"tier_decay": 0.5}' ...
     python benchmarks/sweep_defaults.py --preset defaults    # the sweep behind docs/method.md
+    python benchmarks/sweep_defaults.py --preset sensitivity --output benchmarks/results/sweep_sensitivity_25x.json
 
 Writes ``benchmarks/results/sweep_<ratio>x.json`` (machine, date, commit, one record per config).
 """
@@ -51,6 +52,13 @@ PRESETS: dict[str, list[dict]] = {
         {"schedule": {"refine_sweeps": 0}},
         {"schedule": {"refine_sweeps": 5}},
         {"loss": "cosine_bound"},
+    ],
+    # the sensitivity metric (docs/method.md section 6): how far to shrink it toward the identity
+    "sensitivity": [
+        {},
+        {"sensitivity_shrinkage": 0.0},
+        {"sensitivity_shrinkage": 0.5},
+        {"sensitivity_weighted": False},
     ],
 }
 

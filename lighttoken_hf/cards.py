@@ -225,6 +225,28 @@ def _frequency_text(settings: Mapping, plan_notes: Mapping, source: str | None) 
     return False, "off: every token gets the same code bits"
 
 
+def _sensitivity_text(settings: Mapping, info: Mapping | None) -> str:
+    if info:
+        text = "on: the error is measured in the model's own sensitivity metric"
+        if info.get("calibration"):
+            text += f" (measured on {info['calibration']}"
+            text += (
+                f", shrinkage {info['shrinkage']:g})"
+                if isinstance(info.get("shrinkage"), (int, float))
+                else ")"
+            )
+        return text
+    if settings.get("sensitivity_weighted"):
+        return "off (requested, but the metric could not be measured)"
+    if "sensitivity_weighted" not in settings:
+        return (
+            "off (compressed before the metric existed)"
+            if settings
+            else "unknown (no compression report found)"
+        )
+    return "off: plain Euclidean error"
+
+
 def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any = None) -> dict:
     """The facts a LightToken card shows, for a compressed model or a saved checkpoint folder.
 
@@ -308,6 +330,7 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
         ("code bits per token", _bits_text(tiers)),
         ("loss", settings.get("loss") or "unknown"),
         ("frequency-aware allocation", frequency_text),
+        ("sensitivity metric", _sensitivity_text(settings, report_data.get("sensitivity"))),
         ("storage", f"bit-packed codes, {factor_dtype} factors and decoders"),
     ]
     if settings:

@@ -34,6 +34,8 @@ def test_compress_writes_a_loadable_checkpoint(tiny_model_dir, tiny_bert, tmp_pa
     report = json.loads((out / "lighttoken_report.json").read_text())
     assert report["compressed_nbytes"] * 4 <= report["dense_nbytes"]
     assert report["settings"]["schedule"]["max_epochs"] == 1
+    # the model folder has a tokenizer, so the default sensitivity metric was measured
+    assert report["sensitivity"]["calibration"] == "wordfreq pseudo-sentences"
 
     model = AutoModel.from_pretrained(out)
     emb = model.get_input_embeddings()
@@ -53,6 +55,17 @@ def test_compress_writes_a_loadable_checkpoint(tiny_model_dir, tiny_bert, tmp_pa
     facts = json.loads(capsys.readouterr().out)
     assert facts["plan"]["stage_bits"] == emb.stage_bits
     assert facts["report"]["compressed_nbytes"] == emb.compressed_nbytes
+
+
+def test_no_sensitivity_flag_turns_the_metric_off(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "plain"
+    code = main(["compress", str(tiny_model_dir), "--out", str(out), "--ratio", "4", "--epochs", "1",
+                 "--no-progress", "--no-sensitivity"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "lighttoken_report.json").read_text())
+    assert report["settings"]["sensitivity_weighted"] is False
+    assert report["sensitivity"] == {}
+    assert "sensitivity metric         off" in capsys.readouterr().out
 
 
 def test_existing_non_empty_out_dir_is_refused_and_untouched(tiny_model_dir, tmp_path, capsys):

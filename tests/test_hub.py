@@ -441,6 +441,8 @@ def test_card_metadata_and_contents(compressed, tmp_path):
     assert f"| SVD rank | {report.plan['svd_rank']}" in text
     assert f"| loss | {report.settings['loss']} |" in text
     assert "| frequency-aware allocation |" in text
+    # no tokenizer reached compress(), so the metric could not be measured: the card says so
+    assert "| sensitivity metric | off (requested, but the metric could not be measured) |" in text
     assert 'AutoModel.from_pretrained("org/tiny-lighttoken", trust_remote_code=True)' in text
     assert "Trainer(" in text and "requires_grad_(False)" in text
     assert "remove_unused_columns" not in text  # forward has the backbone's signature: Trainer keeps columns
@@ -520,6 +522,26 @@ def test_info_prints_the_facts_the_card_shows(compressed, tmp_path, capsys):
         for label, value in rows:
             assert f"| {label} | {value} |" in readme, (label, value)
             assert f"{label:<27}{value}" in printed, (label, value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "info", "expected"),
+    [
+        (
+            {"sensitivity_weighted": True},
+            {"calibration": "wordfreq pseudo-sentences", "shrinkage": 0.25},
+            "on: the error is measured in the model's own sensitivity metric (measured on wordfreq "
+            "pseudo-sentences, shrinkage 0.25)",
+        ),
+        ({"sensitivity_weighted": False}, {}, "off: plain Euclidean error"),
+        ({"loss": "mse"}, {}, "off (compressed before the metric existed)"),
+        ({}, None, "unknown (no compression report found)"),
+    ],
+)
+def test_card_states_the_sensitivity_metric(settings, info, expected):
+    from lighttoken_hf.cards import _sensitivity_text
+
+    assert _sensitivity_text(settings, info) == expected
 
 
 def test_packaged_template_is_the_model_cards_template():

@@ -118,3 +118,10 @@ def test_save_and_reload_round_trip(minilm, compressed, tmp_path):
     if original.is_file():
         saved_size = (tmp_path / "model.safetensors").stat().st_size
         assert original.stat().st_size - saved_size >= 30522 * 384 * 4 - emb.compressed_nbytes - 2**20
+
+
+def test_default_measures_an_anisotropic_sensitivity_metric(compressed):
+    info = compressed.compression_report.sensitivity
+    assert info["calibration"] == "wordfreq pseudo-sentences" and info["calibration_texts"] == 256
+    # an isotropic metric would put 1/8 of its trace in its top eighth of directions
+    assert info["top_eighth_share"] > 0.2
