@@ -588,7 +588,8 @@ def merge_payloads(payloads: Sequence[Mapping[str, Any]], *, replace: bool = Fal
     """One payload from shards of a run that went side by side (e.g. ``--tasks rte cola`` in one process,
     ``--tasks sst2 stsb squad`` in another, each on its own core).
 
-    Runs, tasks, methods and skipped groups are joined; a task in several shards must have the same budget,
+    Runs, tasks, methods and skipped groups are joined; a task in several shards must have the same budget
+    (apart from the number of seeds planned, which is the largest of the shards'),
     a method the same compressed matrix (``methods_info``), and no (method, task, seed) may appear twice.
     The summary and targets are recomputed; ``wall_seconds`` runs from the first shard's start to the last
     shard's end (each shard's ``date`` is its end), so shards run side by side count once.
@@ -611,8 +612,13 @@ def merge_payloads(payloads: Sequence[Mapping[str, Any]], *, replace: bool = Fal
         if payload.get("benchmark") != "downstream":
             raise ValueError(f"result file #{index + 1} is not a downstream benchmark result")
         for task, budget in payload["budgets"].items():
-            if budgets.setdefault(task, budget) != budget:
+            # how many seeds a shard planned does not change any run (runs are keyed by their seed)
+            known = budgets.setdefault(task, dict(budget))
+            if {k: v for k, v in known.items() if k != "seeds"} != {
+                k: v for k, v in budget.items() if k != "seeds"
+            }:
                 raise ValueError(f"task {task!r} was run with different budgets in the merged files")
+            known["seeds"] = max(known.get("seeds") or 0, budget.get("seeds") or 0)
         for method, info in payload["methods_info"].items():
             keep = {k: v for k, v in info.items() if k not in ("compress_seconds", "cached")}
             if infos.setdefault(method, (info, keep))[1] != keep:

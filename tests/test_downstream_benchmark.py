@@ -274,6 +274,11 @@ def test_merge_payloads_rejects_shards_that_do_not_fit():
     other["runs"] = [r for r in other["runs"] if r["task"] == "sst2"]
     with pytest.raises(ValueError, match="different budgets"):
         ds.merge_payloads([rte, other])
+    rte = _shard(["rte"], "2026-01-01T01:00:00+00:00")
+    planned_more = _shard(["sst2"], "2026-01-01T02:00:00+00:00")
+    planned_more["budgets"]["sst2"]["seeds"] += 2  # planning more seeds changes no run: still mergeable
+    merged = ds.merge_payloads([rte, planned_more])
+    assert merged["budgets"]["sst2"]["seeds"] == planned_more["budgets"]["sst2"]["seeds"]
     sst2["methods_info"]["lighttoken-25x"] = {"real_ratio": 24.0, "embedding_bytes": 1}
     with pytest.raises(ValueError, match="different compressed matrices"):
         ds.merge_payloads([rte, sst2])
