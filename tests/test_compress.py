@@ -374,3 +374,11 @@ def test_lighttoken_registered_with_auto_classes():
     from transformers import AutoConfig
 
     assert AutoConfig.for_model("lighttoken").__class__ is lighttoken_hf.LightTokenConfig
+
+
+def test_shared_input_embeddings_are_a_clear_error():
+    from transformers import T5Config, T5Model
+
+    t5 = T5Model(T5Config(vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8))
+    with pytest.raises(ValueError, match="shares its input-embedding weight with encoder.embed_tokens"):
+        fast(t5, 4, frequency_aware=False)

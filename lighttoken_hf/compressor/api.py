@@ -473,6 +473,7 @@ def _compress_model(
             f"{type(embedding).__name__}); LightToken compresses token-embedding matrices only"
         )
     wrapper_cls = _wrapper_class(model)
+    _check_no_shared_embedding(model, embedding)
     v = embedding.num_embeddings
     _check_tokenizer(tokenizer, v)
     needs_tokenizer = (settings.frequency_aware and token_frequencies is None) or (
@@ -526,6 +527,24 @@ def _compress_model(
     wrapped.compression_report = report
     wrapped.name_or_path = getattr(model, "name_or_path", "")
     return wrapped
+
+
+def _check_no_shared_embedding(model: Any, embedding: torch.nn.Module) -> None:
+    """Refuse models that reuse the input-embedding weight elsewhere than in a tied output layer."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    sharers = [
+        name
+        for name, module in model.named_modules(remove_duplicate=False)
+        if module is not embedding
+        and module is not output
+        and getattr(module, "weight", None) is embedding.weight
+    ]
+    if sharers:
+        raise ValueError(
+            f"{type(model).__name__} shares its input-embedding weight with {', '.join(sharers)} (encoder-decoder "
+            "models such as T5 and BART tie their encoder and decoder embeddings this way); LightToken does not "
+            "support shared input embeddings yet: compress a model with a single input embedding"
+        )
 
 
 def _wrapper_class(model: Any) -> type[LightTokenPreTrainedModel]:
