@@ -14,7 +14,7 @@ device of the tensors / model passed in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +161,22 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def tokenized_batches(
+    tokenizer, texts: Sequence[str], *, batch_size: int, max_length: int, device: torch.device
+) -> Iterator[dict[str, Tensor]]:
+    """``texts`` tokenized in padded batches on ``device`` (one text per batch when the tokenizer cannot pad)."""
+    step = batch_size if getattr(tokenizer, "pad_token", None) is not None else 1
+    for start in range(0, len(texts), step):
+        batch = tokenizer(
+            list(texts[start : start + step]),
+            padding=step > 1,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        yield {name: tensor.to(device) for name, tensor in batch.items()}
+
+
 @torch.no_grad()
 def mean_pooled_embeddings(
     model: torch.nn.Module,
@@ -189,23 +205,15 @@ def mean_pooled_embeddings(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sentences = list(sentences)
-    device = _model_device(model)
-    # Tokenizers without a pad token (GPT-2 style) cannot pad a batch: embed one sentence at a time.
-    can_pad = getattr(tokenizer, "pad_token", None) is not None
-    step = batch_size if can_pad else 1
     was_training = model.training
     model.eval()
     pooled = []
     try:
-        for start in range(0, len(sentences), step):
-            batch = tokenizer(
-                sentences[start : start + step],
-                padding=can_pad,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-            batch = {name: tensor.to(device) for name, tensor in batch.items()}
+        # tokenizers without a pad token (GPT-2 style) cannot pad a batch: one sentence at a time
+        batches = tokenized_batches(
+            tokenizer, sentences, batch_size=batch_size, max_length=max_length, device=_model_device(model)
+        )
+        for batch in batches:
             hidden = model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             summed = (hidden * mask).sum(dim=1)

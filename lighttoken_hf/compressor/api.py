@@ -475,7 +475,6 @@ def _compress_model(
     wrapper_cls = _wrapper_class(model)
     _check_no_shared_embedding(model, embedding)
     v = embedding.num_embeddings
-    _check_tokenizer(tokenizer, v)
     needs_tokenizer = (settings.frequency_aware and token_frequencies is None) or (
         settings.sensitivity_weighted and sensitivity is None
     )

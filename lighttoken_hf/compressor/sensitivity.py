@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..fidelity import tokenized_batches
+
 
 def embedding_sensitivity(
     model: torch.nn.Module,
@@ -63,8 +65,6 @@ def embedding_sensitivity(
     embedding = model.get_input_embeddings()
     dim = embedding.weight.shape[1]
     device = embedding.weight.device
-    can_pad = getattr(tokenizer, "pad_token", None) is not None
-    step = batch_size if can_pad else 1
     generator = torch.Generator().manual_seed(seed)
     captured: list[Tensor] = []
 
@@ -82,17 +82,10 @@ def embedding_sensitivity(
         for p, _ in flags:
             p.requires_grad_(False)
         with torch.enable_grad():
-            for start in tqdm(
-                range(0, len(texts), step), desc="LightToken: sensitivity", disable=not progress
-            ):
-                batch = tokenizer(
-                    list(texts[start : start + step]),
-                    padding=can_pad,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
-                batch = {k: v.to(device) for k, v in batch.items()}
+            batches = tokenized_batches(
+                tokenizer, texts, batch_size=batch_size, max_length=max_length, device=device
+            )
+            for batch in tqdm(batches, desc="LightToken: sensitivity", disable=not progress):
                 captured.clear()
                 out = model(**batch, output_hidden_states=True)
                 hidden = (
