@@ -59,6 +59,7 @@ LIGHTTOKEN_VARIANTS: dict[str, dict[str, Any]] = {
     "lighttoken-cosine-bound": {"loss": "cosine_bound"},
     "lighttoken-no-freq": {"frequency_aware": False},
     "lighttoken-no-sensitivity": {"sensitivity_weighted": False},
+    "lighttoken-no-joint": {"joint_iterations": 0},
 }
 QUANT_BITS = (8, 4, 2)
 LOOKUP_SHAPE = (32, 128)

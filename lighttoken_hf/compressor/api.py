@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,12 +15,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.configuration_lighttoken import LightTokenConfig
-from ..core.lighttoken_codec import LightTokenEmbedding, pack_bits
+from ..core.lighttoken_codec import LightTokenEmbedding, pack_bits, unpack_bits
 from ..core.modeling_lighttoken import LIGHTTOKEN_CLASSES, LightTokenPreTrainedModel
 from ..fidelity import matrix_fidelity
 from .frequencies import frequency_rank, general_text_frequencies, general_text_samples
-from .hashing import StageSchedule, train_stage
-from .losses import get_loss
+from .hashing import StageSchedule, train_stage, tune_decoder
+from .joint import refine_jointly
+from .losses import LossFn, get_loss
 from .planner import CompressionPlan, plan_for_ratio
 from .sensitivity import embedding_sensitivity, whitening
 from .svd import low_rank_factors
@@ -49,6 +51,9 @@ class CompressionSettings:
             precomputed ``sensitivity=`` matrix); ``False`` gives the plain Euclidean error.
         sensitivity_shrinkage: how far that metric is shrunk toward the identity (0: the measured
             metric, 1: plain Euclidean).
+        joint_iterations: rounds of joint refinement once every stage is trained (all decoders and
+            the low-rank factor re-fitted together, then every row's bits across all stages; see
+            :mod:`~lighttoken_hf.compressor.joint`); 0 keeps each stage as trained (the plain method).
         factor_dtype: storage dtype of the low-rank factors and decoders.
         schedule: training schedule of each hashing stage.
         seed: makes codes reproducible.
@@ -68,6 +73,7 @@ class CompressionSettings:
     frequency_power: float = 0.5
     sensitivity_weighted: bool = True
     sensitivity_shrinkage: float = 0.25
+    joint_iterations: int = 8
     factor_dtype: str = "float16"
     schedule: StageSchedule = field(default_factory=StageSchedule)
     seed: int = 0
@@ -76,6 +82,10 @@ class CompressionSettings:
         get_loss(self.loss)
         if not 0 <= self.sensitivity_shrinkage <= 1:
             raise ValueError(f"sensitivity_shrinkage must be in [0, 1], got {self.sensitivity_shrinkage}")
+        if self.joint_iterations < 0:
+            raise ValueError(
+                f"joint_iterations must be >= 0 (0: no joint refinement), got {self.joint_iterations}"
+            )
         if self.angle_weight < 1:
             raise ValueError(f"angle_weight must be >= 1, got {self.angle_weight}")
         if not isinstance(getattr(torch, self.factor_dtype, None), torch.dtype):
@@ -101,6 +111,7 @@ class CompressionReport:
     settings: dict
     fidelity: dict = field(default_factory=dict)
     stages: list = field(default_factory=list)
+    joint: dict = field(default_factory=dict)
     seconds: float = 0.0
     frequency_source: str = "none"
     sensitivity: dict = field(default_factory=dict)
@@ -146,6 +157,12 @@ class CompressionReport:
             else "off"
         )
         lines.append(f"  {'sensitivity metric':<27}{metric}")
+        if self.joint.get("history"):
+            first, last = self.joint["history"][0], self.joint["history"][-1]
+            lines.append(
+                f"  {'joint refinement':<27}{self.joint['iterations']} rounds, weighted error "
+                f"{first['weighted_rel_error']:.4f} -> {last['weighted_rel_error']:.4f}"
+            )
         lines.append(f"  {'compression time':<27}{self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -264,7 +281,8 @@ def compress_matrix(
     def unwhiten(t: torch.Tensor) -> torch.Tensor:
         return (t.double() @ from_metric if use_metric else t).to(factor_dtype)
 
-    bar = tqdm(total=len(plan.stage_bits) + 1, desc="LightToken", unit="stage", disable=not progress)
+    joint = settings.joint_iterations > 0 and bool(plan.stage_bits)
+    bar = tqdm(total=len(plan.stage_bits) + 1 + joint, desc="LightToken", unit="stage", disable=not progress)
     with torch.no_grad():
         bar.set_description("LightToken: SVD")
         left, right = low_rank_factors(whiten(e), plan.svd_rank, seed=settings.seed)
@@ -300,6 +318,14 @@ def compress_matrix(
             residual[ids] -= whiten(signs @ weight.float() + bias.float())
         stage_stats.append(result.stats)
         bar.update(1)
+    joint_stats: dict = {}
+    if joint:
+        bar.set_description(f"LightToken: joint refinement ({settings.joint_iterations} rounds)")
+        joint_weights = weights.clone()
+        if padding_idx is not None:
+            joint_weights[padding_idx] = 0  # stored exactly: its codes do not matter
+        joint_stats = _refine_jointly(module, whiten(e), order, joint_weights, settings, loss_fn, unwhiten)
+        bar.update(1)
     bar.close()
     if module.compressed_nbytes != plan.nbytes:  # the accounting and the module must agree exactly
         raise AssertionError(f"planned {plan.nbytes} bytes but the module stores {module.compressed_nbytes}")
@@ -311,6 +337,7 @@ def compress_matrix(
         plan=plan.to_dict(),
         settings=settings.to_dict(),
         stages=stage_stats,
+        joint=joint_stats,
         frequency_source=frequency_source if use_freq else "none",
         sensitivity={**(sensitivity_info or {}), "shrinkage": settings.sensitivity_shrinkage}
         if use_metric
@@ -321,6 +348,65 @@ def compress_matrix(
     report.seconds = time.perf_counter() - start + float(report.sensitivity.get("seconds", 0.0))
     module.compression_report = report
     return module, report
+
+
+def _refine_jointly(
+    module: LightTokenEmbedding,
+    target: torch.Tensor,
+    order: torch.Tensor,
+    weights: torch.Tensor,
+    settings: CompressionSettings,
+    loss_fn: LossFn,
+    unwhiten: Callable[[torch.Tensor], torch.Tensor],
+) -> dict:
+    """Re-fit ``module``'s stages together (:func:`refine_jointly`) and store the result in place.
+
+    ``target`` is the matrix in the metric space the stages were trained in and ``order`` the row
+    ids in storage order. For a loss other than MSE the joint decoders get the same few gradient
+    steps on that loss as a single stage's decoder does.
+    """
+    v = target.shape[0]
+    signs, covered = [], torch.zeros(v, len(module.stage_bits))
+    for s, (bits, rows) in enumerate(zip(module.stage_bits, module.stage_rows)):
+        stage_signs = torch.zeros(v, bits)
+        stage_signs[order[:rows]] = unpack_bits(getattr(module, f"codes_{s}"), bits).float() * 2 - 1
+        signs.append(stage_signs)
+        covered[order[:rows], s] = 1.0
+    left = module.lowrank_left.detach().float()
+    fit = refine_jointly(
+        target,
+        left,
+        torch.cat(signs, dim=1),
+        module.stage_bits,
+        covered,
+        weights,
+        iterations=settings.joint_iterations,
+        ridge=settings.schedule.ridge,
+    )
+    decoders = torch.cat([*fit.decoder_weights, torch.stack(fit.decoder_biases)])
+    if settings.loss != "mse" and covered[:, 0].all():  # the extra bias folds into stage 0's
+        tuned, extra = tune_decoder(
+            torch.cat([fit.signs, covered], dim=1),
+            target - left @ fit.right,
+            weights,
+            decoders,
+            torch.zeros(target.shape[1]),
+            loss_fn,
+            settings.schedule.decoder_steps,
+        )
+        decoders = tuned.clone()
+        decoders[-len(module.stage_bits)] += extra
+    bounds = [0, *torch.tensor(module.stage_bits).cumsum(0).tolist()]
+    biases = decoders[bounds[-1] :]
+    with torch.no_grad():
+        module.lowrank_right.copy_(unwhiten(fit.right))
+        for s, rows in enumerate(module.stage_rows):
+            getattr(module, f"codes_{s}").copy_(
+                pack_bits(fit.signs[order[:rows], bounds[s] : bounds[s + 1]] > 0)
+            )
+            getattr(module, f"decoder_{s}_weight").copy_(unwhiten(decoders[bounds[s] : bounds[s + 1]]))
+            getattr(module, f"decoder_{s}_bias").copy_(unwhiten(biases[s]))
+    return fit.stats
 
 
 def _settings(ratio: float | None, options: dict) -> CompressionSettings:

@@ -138,6 +138,8 @@ def refine_bits(
     changes by ``4 s_j (e . w_j) + 4 |w_j|^2`` with ``e`` the row's current error. The projections
     ``P = E W^T`` are kept up to date through the Gram matrix ``G = W W^T``, so a sweep over all bits
     costs O(n B) plus O(B) per flip instead of O(n B d).
+
+    A sign of 0 marks a bit the row does not have (a stage that skips the row): it never flips.
     """
     signs_t = signs.T.contiguous()  # B x n: one contiguous row per bit
     proj_t = (weight @ (target - (signs @ weight + bias)).T).contiguous()  # B x n
@@ -147,11 +149,15 @@ def refine_bits(
         changed = 0
         for j in range(weight.shape[0]):
             flip = signs_t[j] * proj_t[j] + gram[j, j] < 0
-            n_flip = int(flip.sum())
-            if n_flip:
+            rows = flip.nonzero().squeeze(1)
+            if rows.numel() > signs_t.shape[1] // 64:  # many flips: one dense rank-1 update
                 proj_t.addr_(gram[j], torch.where(flip, signs_t[j], 0.0), alpha=2.0)
                 signs_t[j] = torch.where(flip, -signs_t[j], signs_t[j])
-                changed += n_flip
+            elif rows.numel():  # few flips: update only the flipped rows' projections
+                old = signs_t[j, rows]
+                proj_t[:, rows] += (2.0 * gram[j]).unsqueeze(1) * old.unsqueeze(0)
+                signs_t[j, rows] = -old
+            changed += rows.numel()
         flips += changed
         if changed == 0:
             break
@@ -181,7 +187,9 @@ def train_stage(
     n, d = residual.shape
     weights = torch.ones(n) if weights is None else weights.float()
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # every weight is re-initialised below: leave the global RNG alone
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # every weight is re-initialised below: leave the global RNG alone
         stage = HashingStage(d, bits)
     _init_encoder(stage, residual, weights, gen)
     with torch.no_grad():
@@ -224,7 +232,7 @@ def train_stage(
         if schedule.refine_sweeps:
             signs, flips = refine_bits(signs, residual, weight, bias, schedule.refine_sweeps)
             weight, bias = fit_decoder(signs, residual, weights, schedule.ridge)
-    weight, bias = _tune_decoder(signs, residual, weights, weight, bias, loss_fn, schedule.decoder_steps)
+    weight, bias = tune_decoder(signs, residual, weights, weight, bias, loss_fn, schedule.decoder_steps)
     weight, bias = weight.to(storage_dtype), bias.to(storage_dtype)
     result = StageResult(bits=(signs > 0).to(torch.uint8), decoder_weight=weight, decoder_bias=bias)
     with torch.no_grad():
@@ -245,7 +253,7 @@ def train_stage(
     return result
 
 
-def _tune_decoder(
+def tune_decoder(
     signs: torch.Tensor,
     target: torch.Tensor,
     weights: torch.Tensor,

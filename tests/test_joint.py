@@ -1,0 +1,100 @@
+"""Joint refinement of all stages: bit coordinate descent and the joint least-squares fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FAST_SCHEDULE, make_planted_matrix
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lighttoken_hf import compress
+from lighttoken_hf.compressor.hashing import refine_bits
+from lighttoken_hf.compressor.joint import refine_jointly
+
+
+def _problem(seed: int, n: int = 300, d: int = 12, bits: int = 20, skip: float = 0.0):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(bits, d, generator=g) * 0.3
+    signs = torch.where(torch.rand(n, bits, generator=g) < 0.5, -1.0, 1.0)
+    signs[torch.rand(n, bits, generator=g) < skip] = 0.0  # bits a row does not have
+    target = torch.randn(n, d, generator=g)
+    return signs, target, weight
+
+
+def _row_errors(signs, target, weight):
+    return ((target - signs @ weight) ** 2).sum(1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([0.0, 0.3]), st.sampled_from([8, 40]))
+def test_refine_bits_reaches_a_local_minimum_without_raising_any_row_error(seed, skip, bits):
+    # 40 bits over 300 rows start with many flips per bit (dense update), later sweeps flip few (sparse)
+    signs, target, weight = _problem(seed, bits=bits, skip=skip)
+    before = _row_errors(signs, target, weight)
+    refined, flips = refine_bits(signs.clone(), target, weight, torch.zeros(weight.shape[1]), sweeps=100)
+    after = _row_errors(refined, target, weight)
+    assert bool((after <= before + 1e-4).all())
+    assert torch.equal(refined == 0, signs == 0)  # a bit a row does not have never appears
+    assert flips >= int((refined != signs).sum())  # a bit may flip back and forth
+    # no single flip lowers any row's error any more (the tracked projections were kept exact)
+    for j in range(weight.shape[0]):
+        flipped = refined.clone()
+        flipped[:, j] = -flipped[:, j]
+        assert bool((_row_errors(flipped, target, weight) >= after - 1e-4).all()), j
+
+
+def test_refine_jointly_lowers_the_weighted_error_monotonically():
+    g = torch.Generator().manual_seed(0)
+    n, d, k = 400, 10, 2
+    signs, target, _ = _problem(1, n=n, d=d, bits=24)
+    covered = torch.ones(n, 3)
+    covered[200:, 2] = 0.0  # the third stage skips half of the rows
+    signs[200:, 16:] = 0.0
+    left = torch.randn(n, k, generator=g)
+    weights = torch.rand(n, generator=g) + 0.1
+    fit = refine_jointly(target, left, signs, [8, 8, 8], covered, weights, iterations=6, ridge=1e-6)
+    errors = [h["weighted_rel_error"] for h in fit.stats["history"]]
+    assert len(errors) >= 2
+    assert all(b <= a + 1e-5 for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < errors[0]
+    assert torch.equal(fit.signs == 0, signs == 0)
+    # the reported error is the error of the returned parameters (normal equations = direct residual)
+    recon = (
+        left @ fit.right
+        + fit.signs @ torch.cat(fit.decoder_weights)
+        + covered @ torch.stack(fit.decoder_biases)
+    )
+    direct = float((weights * ((target - recon) ** 2).sum(1)).sum() / (weights * (target**2).sum(1)).sum())
+    assert errors[-1] == pytest.approx(direct**0.5, rel=1e-3)
+    assert [w.shape[0] for w in fit.decoder_weights] == [8, 8, 8]
+    # two stages over the same rows share one bias; a stage over fewer rows keeps its own
+    assert torch.count_nonzero(fit.decoder_biases[1]) == 0
+
+
+def test_refine_jointly_rejects_mismatched_stage_widths():
+    signs, target, _ = _problem(0, bits=16)
+    with pytest.raises(ValueError, match="stage_bits"):
+        refine_jointly(
+            target, torch.zeros(300, 0), signs, [8, 4], torch.ones(300, 2), torch.ones(300), iterations=1
+        )
+
+
+def test_compress_with_joint_refinement_beats_stagewise_at_equal_bytes():
+    e = make_planted_matrix()
+    plain = compress(e, 8, progress=False, schedule=FAST_SCHEDULE, joint_iterations=0)
+    joint = compress(e, 8, progress=False, schedule=FAST_SCHEDULE)
+    assert joint.compressed_nbytes == plain.compressed_nbytes
+    assert joint.stage_bits == plain.stage_bits
+    assert plain.compression_report.joint == {}
+    stats = joint.compression_report.joint
+    assert 1 <= stats["iterations"] <= 8
+    err = lambda m: float((e - m.weight.detach()).norm() / e.norm())  # noqa: E731
+    assert err(joint) < err(plain)
+    assert joint.compression_report.fidelity["rel_error"] == pytest.approx(err(joint), rel=1e-4)
+    assert "joint refinement" in joint.compression_report.summary()
+
+
+def test_negative_joint_iterations_is_a_clear_error():
+    with pytest.raises(ValueError, match="joint_iterations"):
+        compress(make_planted_matrix(vocab=64, dim=8), 4, progress=False, joint_iterations=-1)
