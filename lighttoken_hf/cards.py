@@ -339,6 +339,8 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
             training += f", up to {schedule['max_epochs']} epochs per stage"
         if schedule.get("refine_sweeps") is not None:
             training += f", {schedule['refine_sweeps']} bit-refinement sweeps"
+        if settings.get("joint_iterations"):
+            training += f", {settings['joint_iterations']} rounds of joint refinement of all stages"
         method_rows.append(("training", training))
 
     fidelity = report_data.get("fidelity") or {}

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not spend extra stages on frequent tokens")
     comp.add_argument("--no-sensitivity", dest="sensitivity_weighted", action="store_false",
                       help="measure the plain Euclidean error instead of the model's sensitivity metric")
+    comp.add_argument("--joint-iterations", type=_int_at_least(0), metavar="N",
+                      help="rounds of joint refinement of all stages after training "
+                      "(default: the library's, 8; 0: each stage stays as trained)")
     comp.add_argument("--sentences", metavar="FILE",
                       help="text file, one sentence a line, for the end-to-end check "
                       "(default: 120 built-in sentences)")
@@ -257,6 +260,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     }
     if args.loss is not None:
         options["loss"] = args.loss
+    if args.joint_iterations is not None:
+        options["joint_iterations"] = args.joint_iterations
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
     if args.epochs is not None:

@@ -68,6 +68,20 @@ def test_no_sensitivity_flag_turns_the_metric_off(tiny_model_dir, tmp_path, caps
     assert "sensitivity metric         off" in capsys.readouterr().out
 
 
+def test_joint_iterations_flag_reaches_the_report(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "stagewise"
+    code = main(["compress", str(tiny_model_dir), "--out", str(out), "--ratio", "4", "--epochs", "1",
+                 "--no-progress", "--no-sensitivity", "--joint-iterations", "0"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "lighttoken_report.json").read_text())
+    assert report["settings"]["joint_iterations"] == 0
+    assert report["joint"] == {}
+    assert "joint refinement" not in capsys.readouterr().out
+    assert main(["compress", str(tiny_model_dir), "--out", str(out), "--ratio", "4",
+                 "--joint-iterations", "-1"]) != 0  # fmt: skip
+    assert "joint-iterations" in capsys.readouterr().err
+
+
 def test_existing_non_empty_out_dir_is_refused_and_untouched(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "taken"
     out.mkdir()

@@ -443,6 +443,7 @@ def test_card_metadata_and_contents(compressed, tmp_path):
     assert "| frequency-aware allocation |" in text
     # no tokenizer reached compress(), so the metric could not be measured: the card says so
     assert "| sensitivity metric | off (requested, but the metric could not be measured) |" in text
+    assert f"{report.settings['joint_iterations']} rounds of joint refinement of all stages" in text
     assert 'AutoModel.from_pretrained("org/tiny-lighttoken", trust_remote_code=True)' in text
     assert "Trainer(" in text and "requires_grad_(False)" in text
     assert "remove_unused_columns" not in text  # forward has the backbone's signature: Trainer keeps columns
