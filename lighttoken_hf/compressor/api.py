@@ -383,28 +383,25 @@ def _refine_jointly(
         iterations=settings.joint_iterations,
         ridge=settings.schedule.ridge,
     )
-    decoders = torch.cat([*fit.decoder_weights, torch.stack(fit.decoder_biases)])
+    weights_per_stage, biases = fit.decoder_weights, fit.decoder_biases
     if settings.loss != "mse" and covered[:, 0].all():  # the extra bias folds into stage 0's
         tuned, extra = tune_decoder(
             torch.cat([fit.signs, covered], dim=1),
             target - left @ fit.right,
             weights,
-            decoders,
+            torch.cat([*weights_per_stage, torch.stack(biases)]),
             torch.zeros(target.shape[1]),
             loss_fn,
             settings.schedule.decoder_steps,
         )
-        decoders = tuned.clone()
-        decoders[-len(module.stage_bits)] += extra
-    bounds = [0, *torch.tensor(module.stage_bits).cumsum(0).tolist()]
-    biases = decoders[bounds[-1] :]
+        *weights_per_stage, stacked = tuned.split([*module.stage_bits, len(biases)])
+        biases = [stacked[0] + extra, *stacked[1:]]
+    signs_per_stage = fit.signs.split(module.stage_bits, dim=1)
     with torch.no_grad():
         module.lowrank_right.copy_(unwhiten(fit.right))
         for s, rows in enumerate(module.stage_rows):
-            getattr(module, f"codes_{s}").copy_(
-                pack_bits(fit.signs[order[:rows], bounds[s] : bounds[s + 1]] > 0)
-            )
-            getattr(module, f"decoder_{s}_weight").copy_(unwhiten(decoders[bounds[s] : bounds[s + 1]]))
+            getattr(module, f"codes_{s}").copy_(pack_bits(signs_per_stage[s][order[:rows]] > 0))
+            getattr(module, f"decoder_{s}_weight").copy_(unwhiten(weights_per_stage[s]))
             getattr(module, f"decoder_{s}_bias").copy_(unwhiten(biases[s]))
     return fit.stats
 

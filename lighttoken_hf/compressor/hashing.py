@@ -187,9 +187,8 @@ def train_stage(
     n, d = residual.shape
     weights = torch.ones(n) if weights is None else weights.float()
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(
-        devices=[]
-    ):  # every weight is re-initialised below: leave the global RNG alone
+    # every weight is re-initialised below: leave the global RNG alone
+    with torch.random.fork_rng(devices=[]):
         stage = HashingStage(d, bits)
     _init_encoder(stage, residual, weights, gen)
     with torch.no_grad():

@@ -40,13 +40,13 @@ class JointFit:
 
 
 def _solve(
-    design: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, ridge: float, free: int
+    design: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, ridge: float, free: int, total: float
 ) -> tuple[torch.Tensor, float]:
     """Weighted ridge least squares ``target ~ design @ theta`` and its weighted squared error.
 
-    The last ``free`` columns are not penalised. The products run in float32 (entries are signs,
-    0/1 and factor values), the solve in float64; the error comes from the normal equations, so no
-    (V x d) residual is formed.
+    ``total`` is the target's weighted squared norm. The last ``free`` columns are not penalised.
+    The products run in float32 (entries are signs, 0/1 and factor values), the solve in float64;
+    the error comes from the normal equations, so no (V x d) residual is formed.
     """
     dw = design * weights.unsqueeze(1)
     gram = (design.T @ dw).double()
@@ -56,7 +56,6 @@ def _solve(
     if free:
         reg[-free:] = 1e-9 * scale  # only keeps an all-zero column (e.g. a zero factor) solvable
     theta = torch.linalg.solve(gram + torch.diag(reg), rhs)
-    total = float((weights.double() * (target.double() ** 2).sum(1)).sum())
     error = total - 2 * float((theta * rhs).sum()) + float((theta * (gram @ theta)).sum())
     return theta.float(), max(error, 0.0)
 
@@ -89,7 +88,7 @@ def refine_jointly(
         A :class:`JointFit` whose ``stats`` hold the weighted relative error and the bit flips of
         every round.
     """
-    n, d = target.shape
+    d = target.shape[1]
     k, total_bits, stages = left.shape[1], signs.shape[1], covered.shape[1]
     if sum(stage_bits) != total_bits or len(stage_bits) != stages:
         raise ValueError(
@@ -102,13 +101,14 @@ def refine_jointly(
         s for s in range(stages) if not any(torch.equal(covered[:, s], covered[:, t]) for t in range(s))
     ]
     fixed = torch.cat([left.float(), covered[:, owners].float()], dim=1)
-    norm = float((w.double() * (x.double() ** 2).sum(1)).sum()) or 1.0
+    total = float((w.double() * (x.double() ** 2).sum(1)).sum())  # the target's weighted squared norm
+    norm = total or 1.0
     signs = signs.clone().float()
     history: list[dict] = []
 
     def fit() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         design = torch.cat([signs, fixed], dim=1)
-        theta, error = _solve(design, x, w, ridge, free=k + len(owners))
+        theta, error = _solve(design, x, w, ridge, free=k + len(owners), total=total)
         decoder, right = theta[:total_bits], theta[total_bits : total_bits + k]
         biases = torch.zeros(stages, d)
         biases[owners] = theta[total_bits + k :]
