@@ -109,4 +109,7 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
+    from lighttoken_hf.tasks.distributed import end_process_group
+
     main(sys.argv[1])
+    end_process_group()

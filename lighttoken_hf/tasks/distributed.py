@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["is_main_process", "parameter_digest", "process_rank", "world_size", "write_json"]
+__all__ = [
+    "end_process_group",
+    "is_main_process",
+    "parameter_digest",
+    "process_rank",
+    "world_size",
+    "write_json",
+]
 
 
 def process_rank() -> int:
@@ -29,6 +36,17 @@ def world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def end_process_group() -> None:
+    """Wait for every rank, then destroy the process group (a no-op without one).
+
+    Call it last: a rank that exits while the gloo backend of an unfinished peer is still live can
+    abort at interpreter exit ("terminate called without an active exception").
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def is_main_process() -> bool:
