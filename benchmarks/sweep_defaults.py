@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,9 @@ from transformers import AutoModel, AutoTokenizer  # noqa: E402
 import lighttoken_hf as lt  # noqa: E402
 from lighttoken_hf.fidelity import load_sentences_from_parquet, sentence_embedding_cosine  # noqa: E402
 from lighttoken_hf.pretrained import default_model_path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_io import git_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +55,13 @@ PRESETS: dict[str, list[dict]] = {
         {"schedule": {"refine_sweeps": 5}},
         {"loss": "cosine_bound"},
     ],
+    # frequency_share by ratio (docs/method.md section 4): run with --ratio 25, 50 and 100
+    "frequency_share": [
+        {"frequency_share": 0.25},
+        {"frequency_share": 0.4},
+        {"frequency_share": 0.55},
+        {"frequency_share": 0.7},
+    ],
     # the sensitivity metric (docs/method.md section 6): how far to shrink it toward the identity
     "sensitivity": [
         {},
@@ -61,13 +70,6 @@ PRESETS: dict[str, list[dict]] = {
         {"sensitivity_weighted": False},
     ],
 }
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        **git_info(),  # commit and whether the tree had uncommitted changes
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),

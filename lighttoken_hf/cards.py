@@ -210,6 +210,7 @@ def _frequency_text(settings: Mapping, plan_notes: Mapping, source: str | None) 
         applied = bool(source) and source != "none"
     if applied:
         share = settings.get("frequency_share")
+        share = plan_notes.get("frequency_share", share) if share is None else share
         decay = settings.get("tier_decay")
         text = "on: extra hashing stages cover only the most frequent tokens"
         if isinstance(share, (int, float)):

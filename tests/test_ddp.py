@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import BertModel
 
 import lighttoken_hf
+from lighttoken_hf import LightTokenEmbedding
 from lighttoken_hf.training.ddp import skip_constant_buffers_in_ddp
 
 
@@ -39,7 +40,7 @@ def gloo_group():
 
 
 def _frequency_aware(tiny_bert_config, gen):
-    """A model whose vocabulary is large enough for frequency tiers (and so a ``token_rank`` table)."""
+    """A model whose vocabulary is large enough for frequency tiers (and so coverage masks)."""
     config = copy.deepcopy(tiny_bert_config)
     config.vocab_size = 4000
     torch.manual_seed(0)
@@ -48,17 +49,37 @@ def _frequency_aware(tiny_bert_config, gen):
     model = lighttoken_hf.compress(
         BertModel(config), ratio=8, token_frequencies=zipf, schedule=FAST_SCHEDULE, progress=False
     )
-    assert model.get_input_embeddings().token_rank.dtype == torch.int16
+    embedding = model.get_input_embeddings()
+    assert min(embedding.stage_rows) < vocab and embedding.row_index == "coverage"
     return model
 
 
-def test_ddp_cannot_broadcast_the_int16_token_rank(gloo_group, tiny_bert_config, gen):
+def _with_token_rank_layout(model):
+    """The same shapes in the older checkpoint layout, whose frequency tiers use an int16 ``token_rank``."""
+    emb = model.get_input_embeddings()
+    legacy = LightTokenEmbedding(
+        emb.num_embeddings, emb.embedding_dim, svd_rank=emb.svd_rank, stage_bits=emb.stage_bits,
+        stage_rows=emb.stage_rows, padding_idx=emb.padding_idx, row_index="token_rank",
+    )  # fmt: skip
+    assert legacy.token_rank.dtype == torch.int16
+    model.set_input_embeddings(legacy)
+    return model
+
+
+def test_ddp_cannot_broadcast_the_int16_token_rank_of_older_checkpoints(gloo_group, tiny_bert_config, gen):
     with pytest.raises(RuntimeError, match="Invalid scalar type"):
-        DistributedDataParallel(_frequency_aware(tiny_bert_config, gen))
+        DistributedDataParallel(_with_token_rank_layout(_frequency_aware(tiny_bert_config, gen)))
+
+
+def test_coverage_masks_are_uint8_and_ddp_wraps_without_help(gloo_group, tiny_bert_config, gen, id_batch):
+    model = _frequency_aware(tiny_bert_config, gen)
+    assert {t.dtype for _, t in model.get_input_embeddings().named_buffers()} <= {torch.uint8, torch.float16}
+    wrapped = DistributedDataParallel(model, find_unused_parameters=True)
+    wrapped(**id_batch).last_hidden_state.sum().backward()
 
 
 def test_skipping_the_constant_buffers_lets_ddp_wrap_and_train(gloo_group, tiny_bert_config, gen, id_batch):
-    model = _frequency_aware(tiny_bert_config, gen)
+    model = _with_token_rank_layout(_frequency_aware(tiny_bert_config, gen))
     names = skip_constant_buffers_in_ddp(model)
     embedding = model.get_input_embeddings()
     assert {n.rsplit(".", 1)[-1] for n in names} == {n for n, _ in embedding.named_buffers()}

@@ -14,28 +14,35 @@ from safetensors.torch import load_file, save_file
 
 from lighttoken_hf import LightTokenEmbedding
 
-#: (V, d, svd_rank, stage_bits, stage_rows, padding_idx): SVD only, hashing only, mixed with
-#: frequency tiers (token-rank table) and a padding row, and a padding index given from the end.
+#: (V, d, svd_rank, stage_bits, stage_rows, padding_idx, row_index): SVD only, hashing only, mixed
+#: with frequency tiers (coverage masks, or the older token-rank table) and a padding row, and a
+#: padding index given from the end.
 LAYOUTS = {
-    "svd_only": (40, 6, 3, (), None, None),
-    "hashing_only": (40, 6, 0, (5, 16), None, None),
-    "tiers_padding": (50, 12, 3, (9, 16, 8), (50, 20, 7), 0),
-    "negative_padding": (30, 4, 2, (1, 12), (30, 11), -1),
+    "svd_only": (40, 6, 3, (), None, None, "coverage"),
+    "hashing_only": (40, 6, 0, (5, 16), None, None, "coverage"),
+    "tiers_padding": (50, 12, 3, (9, 16, 8), (50, 20, 7), 0, "coverage"),
+    "tiers_token_rank": (50, 12, 3, (9, 16, 8), (50, 20, 7), 0, "token_rank"),
+    "negative_padding": (30, 4, 2, (1, 12), (30, 11), -1, "coverage"),
 }
 
 
 def random_embedding(layout: str, seed: int = 0, factor_dtype=torch.float16) -> LightTokenEmbedding:
-    """A LightTokenEmbedding with random stored tensors (random code bytes, token ranks a permutation)."""
-    v, d, rank, bits, rows, padding_idx = LAYOUTS[layout]
+    """A LightTokenEmbedding with random stored tensors (random code bytes, token ranks a permutation,
+    coverage masks a random set of the stage's row count)."""
+    v, d, rank, bits, rows, padding_idx, row_index = LAYOUTS[layout]
     m = LightTokenEmbedding(
         v, d, svd_rank=rank, stage_bits=bits, stage_rows=rows, padding_idx=padding_idx,
-        factor_dtype=factor_dtype,
+        factor_dtype=factor_dtype, row_index=row_index,
     )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in itertools.chain(m.named_parameters(), m.named_buffers()):
             if name == "token_rank":
                 t.copy_(torch.randperm(v, generator=g).to(t.dtype))
+            elif name.startswith("coverage_"):
+                covered = np.zeros(v, dtype=np.uint8)
+                covered[torch.randperm(v, generator=g)[: m.stage_rows[int(name.split("_")[1])]].numpy()] = 1
+                t.copy_(torch.from_numpy(np.packbits(covered, bitorder="little")))
             elif t.dtype == torch.uint8:
                 t.copy_(torch.randint(0, 256, t.shape, generator=g, dtype=torch.uint8))
             else:
@@ -59,8 +66,15 @@ def reference_matrix(m: LightTokenEmbedding) -> torch.Tensor:
         b01 = np.unpackbits(codes.numpy(), axis=1, bitorder="little")[:, :bits]
         signs = torch.from_numpy(b01).double() * 2 - 1
         decoded = signs @ state[f"decoder_{s}_weight"].double() + state[f"decoder_{s}_bias"].double()
-        covered = rank < rows
-        out[covered] += decoded[rank[covered]]
+        if f"coverage_{s}" in state:  # covered ids in id order: row = number of covered ids below
+            covered = torch.from_numpy(
+                np.unpackbits(state[f"coverage_{s}"].numpy(), bitorder="little")[:v].astype(bool)
+            )
+            assert int(covered.sum()) == rows
+            out[covered] += decoded
+        else:
+            covered = rank < rows
+            out[covered] += decoded[rank[covered]]
     if m.padding_idx is not None:
         out[m.padding_idx] = state["padding_row"].double()
     return out
@@ -197,9 +211,9 @@ def test_safetensors_round_trip(layout, tmp_path, gen):
     save_file(m.state_dict(), str(path))
     loaded = load_file(str(path))
     assert sum(t.numel() * t.element_size() for t in loaded.values()) == m.compressed_nbytes
-    v, d, rank, bits, rows, padding_idx = LAYOUTS[layout]
+    v, d, rank, bits, rows, padding_idx, row_index = LAYOUTS[layout]
     fresh = LightTokenEmbedding(
-        v, d, svd_rank=rank, stage_bits=bits, stage_rows=rows, padding_idx=padding_idx
+        v, d, svd_rank=rank, stage_bits=bits, stage_rows=rows, padding_idx=padding_idx, row_index=row_index
     )
     fresh.load_state_dict(loaded)
     ids = torch.randint(0, v, (4, 9), generator=gen)
@@ -207,24 +221,51 @@ def test_safetensors_round_trip(layout, tmp_path, gen):
     assert torch.equal(fresh.weight, m.weight)
 
 
-def test_compressed_nbytes_counts_every_stored_tensor():
-    m = random_embedding("tiers_padding")
+@pytest.mark.parametrize("layout", ["tiers_padding", "tiers_token_rank"])
+def test_compressed_nbytes_counts_every_stored_tensor(layout):
+    m = random_embedding(layout)
     v, d = m.num_embeddings, m.embedding_dim
     expected = (v + d) * 3 * 2  # factors, fp16
     expected += d * 2  # padding row
-    expected += v * 2  # int16 token ranks
+    if layout == "tiers_token_rank":
+        expected += v * 2  # int16 token ranks
     for b, r in zip(m.stage_bits, m.stage_rows, strict=True):
         expected += r * ((b + 7) // 8) + (b + 1) * d * 2  # codes, decoder weight and bias
+        if layout == "tiers_padding" and r < v:
+            expected += (v + 7) // 8  # the tier's coverage mask, 1 bit per token
     assert m.compressed_nbytes == expected
     assert m.dense_nbytes == v * d * 4
     assert m.compression_ratio == pytest.approx(v * d * 4 / expected)
 
 
 def test_large_vocab_uses_int32_token_ranks():
-    m = LightTokenEmbedding(40000, 2, stage_bits=[8], stage_rows=[100])
+    m = LightTokenEmbedding(40000, 2, stage_bits=[8], stage_rows=[100], row_index="token_rank")
     assert m.state_dict()["token_rank"].dtype == torch.int32
-    small = LightTokenEmbedding(1000, 2, stage_bits=[8], stage_rows=[100])
+    small = LightTokenEmbedding(1000, 2, stage_bits=[8], stage_rows=[100], row_index="token_rank")
     assert small.state_dict()["token_rank"].dtype == torch.int16
+    assert "token_rank" not in LightTokenEmbedding(1000, 2, stage_bits=[8], stage_rows=[100]).state_dict()
+
+
+def test_coverage_mask_that_disagrees_with_the_row_count_is_a_clear_error():
+    m = random_embedding("tiers_padding")
+    with torch.no_grad():
+        m.coverage_1.fill_(255)  # every token marked, but stage 1 stores 20 rows
+    with pytest.raises(ValueError, match="coverage_1 marks 50 tokens but stage 1 stores codes for 20"):
+        m(torch.tensor([1, 2]))
+
+
+def test_unknown_row_index_is_a_clear_error():
+    with pytest.raises(ValueError, match="row_index must be one of"):
+        LightTokenEmbedding(10, 2, stage_bits=[8], stage_rows=[5], row_index="ranks")
+
+
+def test_coverage_positions_follow_a_reloaded_mask():
+    """The cached id -> row map is rebuilt when the mask changes (load_state_dict after a lookup)."""
+    a, b = random_embedding("tiers_padding", seed=0), random_embedding("tiers_padding", seed=1)
+    ids = torch.arange(50)
+    a(ids)  # builds the cache from a's masks
+    a.load_state_dict(b.state_dict())
+    assert torch.equal(a(ids), b(ids))
 
 
 @pytest.mark.parametrize("target", [torch.bfloat16, torch.float16, torch.float64], ids=str)

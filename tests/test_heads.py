@@ -194,7 +194,8 @@ def test_lm_head_with_low_rank_padding_and_frequency_tiers(name):
         original, ratio=4, svd_rank=4, token_frequencies=freqs, schedule={"max_epochs": 1}, progress=False
     ).eval()
     embedding = model.get_input_embeddings()
-    assert embedding.svd_rank == 4 and embedding.uses_token_rank
+    assert embedding.svd_rank == 4 and embedding.row_index == "coverage"
+    assert min(embedding.stage_rows) < embedding.num_embeddings  # a frequency tier (coverage mask)
     _check_lm_logits(model, _inputs(head, with_labels=False))
     head_module = model.backbone.get_output_embeddings()
     head_module.clear_cache()

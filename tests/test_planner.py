@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lighttoken_hf import LightTokenEmbedding, plan_for_ratio
@@ -167,16 +167,38 @@ def test_stage_width_example():
 def test_frequency_aware_plan_spends_extra_stages_on_frequent_rows():
     plan = plan_for_ratio(30522, 384, 25, frequency_aware=True)
     check_plan(plan, 30522, 384, ratio=25)
-    assert plan.uses_token_rank
+    assert plan.has_tiers
     assert min(plan.stage_rows) < 30522
     # the first stages cover every row, later ones fewer and fewer (most frequent first)
     assert plan.stage_rows[0] == 30522
     assert plan.stage_rows == sorted(plan.stage_rows, reverse=True)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    v=st.integers(2000, 120_000),
+    d=st.sampled_from([64, 128, 384, 768, 1024]),
+    ratio=st.floats(8, 100),
+    share=st.floats(0.1, 0.7),
+    decay=st.floats(0.25, 0.6),
+)
+def test_frequency_aware_plans_spend_the_budget(v, d, ratio, share, decay):
+    """Bytes the tiers leave go to wider base stages and then to more tier rows: nothing is wasted."""
+    try:
+        plan = plan_for_ratio(v, d, ratio, frequency_share=share, tier_decay=decay)
+    except ValueError:
+        return  # not even a uniform plan fits this small matrix at this ratio
+    budget = int(v * d * 4 // ratio)
+    assert plan.nbytes <= budget
+    tiers = [r for r in plan.stage_rows if r < v]
+    if tiers and max(tiers) < v - 1:  # (a tier stretched to every row but one cannot grow further)
+        assert plan.nbytes >= 0.995 * budget, (plan.nbytes, budget, plan.stage_bits, plan.stage_rows)
+        assert plan.stage_rows == sorted(plan.stage_rows, reverse=True)
+
+
 def test_uniform_plan_covers_every_row():
     plan = plan_for_ratio(30522, 384, 25, frequency_aware=False)
-    assert not plan.uses_token_rank
+    assert not plan.has_tiers
     assert plan.stage_rows == [30522] * len(plan.stage_bits)
 
 
@@ -284,3 +306,16 @@ def test_exactly_one_target():
 def test_bad_structure_options(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         plan_for_ratio(1000, 64, 10, **kwargs)
+
+
+def test_default_frequency_share_grows_with_the_ratio_and_is_recorded():
+    from lighttoken_hf.compressor.planner import default_frequency_share
+
+    shares = [default_frequency_share(r) for r in (2, 8, 25, 35, 50, 70, 100, 400)]
+    assert shares == sorted(shares)
+    assert shares[0] == shares[2] == 0.25 and shares[-2] == shares[-1] == 0.55
+    for ratio in (25, 50, 100):
+        plan = plan_for_ratio(30522, 384, ratio)
+        assert plan.notes["frequency_share"] == pytest.approx(default_frequency_share(ratio))
+    explicit = plan_for_ratio(30522, 384, 100, frequency_share=0.25)
+    assert explicit.notes["frequency_share"] == 0.25 and explicit.stage_bits != plan.stage_bits

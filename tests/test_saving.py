@@ -292,3 +292,55 @@ def test_checkpoint_info_rejects_folders_that_are_not_lighttoken_checkpoints(tin
     (broken / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         checkpoint_info(broken)
+
+
+def _as_token_rank_layout(embedding: lighttoken_hf.LightTokenEmbedding) -> lighttoken_hf.LightTokenEmbedding:
+    """The same stored values in the layout written before coverage masks: an int16 ``token_rank``
+    (frequency position of each token) and every stage's rows in that order."""
+    v = embedding.num_embeddings
+    ids = torch.arange(v)
+    level = sum(embedding.stage_index(s, ids)[0].long() for s in range(len(embedding.stage_bits)))
+    order = torch.argsort(-level, stable=True)  # tokens covered by more (nested) tiers first
+    legacy = lighttoken_hf.LightTokenEmbedding(
+        v, embedding.embedding_dim, svd_rank=embedding.svd_rank, stage_bits=embedding.stage_bits,
+        stage_rows=embedding.stage_rows, padding_idx=embedding.padding_idx, row_index="token_rank",
+    )  # fmt: skip
+    state = {k: t for k, t in embedding.state_dict().items() if not k.startswith(("coverage_", "codes_"))}
+    state["token_rank"] = torch.argsort(order).to(torch.int16)
+    for s, rows in enumerate(embedding.stage_rows):
+        inside, row = embedding.stage_index(s, order[:rows])
+        assert inside.all()  # the tiers are nested, so a frequency order exists
+        state[f"codes_{s}"] = getattr(embedding, f"codes_{s}")[row]
+    legacy.load_state_dict(state)
+    return legacy
+
+
+def test_checkpoint_in_the_older_token_rank_layout_still_loads(tiny_bert_config, gen, id_batch, tmp_path):
+    """Checkpoints saved before coverage masks (config without ``row_index``, an int16 token_rank) load
+    and decode exactly as they did."""
+    from transformers import BertModel
+
+    tiny_bert_config.vocab_size = 4000
+    torch.manual_seed(0)
+    zipf = 1.0 / torch.arange(1, 4001, dtype=torch.float32)[torch.randperm(4000, generator=gen)]
+    model = lighttoken_hf.compress(
+        BertModel(tiny_bert_config), ratio=8, token_frequencies=zipf, schedule=FAST_SCHEDULE, progress=False
+    ).eval()
+    embedding = model.get_input_embeddings()
+    assert embedding.row_index == "coverage" and min(embedding.stage_rows) < 4000
+    legacy = _as_token_rank_layout(embedding)
+    assert torch.equal(legacy.weight, embedding.weight)
+    with torch.no_grad():
+        expected = model(**id_batch).last_hidden_state
+    model.set_input_embeddings(legacy)
+    model.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text(encoding="utf-8"))
+    config.pop("row_index", None)  # the field did not exist then
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+
+    from transformers import AutoModel
+
+    reloaded = AutoModel.from_pretrained(tmp_path / "old").eval()
+    assert reloaded.get_input_embeddings().uses_token_rank
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**id_batch).last_hidden_state, expected, rtol=0, atol=0)

@@ -43,7 +43,8 @@ class CompressionSettings:
         loss: ``"mse"`` (default, see docs/method.md), ``"cosine_bound"`` (the paper's) or ``"cosine"``.
         angle_weight: extra weight (>= 1) on the angular term of the cosine-bound loss.
         frequency_aware: spend extra stages on frequent tokens (needs a tokenizer or frequencies).
-        frequency_share: share of the code bytes spent on the frequency tiers.
+        frequency_share: share of the code bytes spent on the frequency tiers (``None``: by the
+            target ratio, :func:`~lighttoken_hf.compressor.planner.default_frequency_share`).
         tier_decay: each frequency tier covers this fraction of the previous tier's rows.
         frequency_power: rows are weighted by ``frequency ** frequency_power`` in the losses (0: uniform).
         sensitivity_weighted: measure the error in the model's own sensitivity metric (see
@@ -68,7 +69,7 @@ class CompressionSettings:
     loss: str = "mse"
     angle_weight: float = 1.0
     frequency_aware: bool = True
-    frequency_share: float = 0.25
+    frequency_share: float | None = None
     tier_decay: float = 0.35
     frequency_power: float = 0.5
     sensitivity_weighted: bool = True
@@ -266,9 +267,9 @@ def compress_matrix(
     if settings.loss == "cosine_bound" and settings.angle_weight != 1:
         base = loss_fn
         loss_fn = lambda x, y, w=None: base(x, y, w, angle_weight=settings.angle_weight)  # noqa: E731
-    # stage rows are stored in frequency order only when some stage skips rare rows
-    rank = frequency_rank(frequencies) if plan.uses_token_rank else torch.arange(v)
-    order = torch.argsort(rank)  # row ids, most frequent first
+    # a frequency tier covers the most frequent rows, stored in id order (a coverage mask marks them)
+    order = torch.argsort(frequency_rank(frequencies)) if plan.has_tiers else torch.arange(v)
+    stage_ids = [order[:rows].sort().values for rows in plan.stage_rows]  # each stage's rows, as stored
     weights = _row_weights(frequencies if use_freq else None, settings.frequency_power, v)
     # with a metric: code E A and store everything that decodes multiplied by A^-1 (docstring above)
     to_metric, from_metric = (
@@ -292,13 +293,16 @@ def compress_matrix(
         residual = whiten(e - module.lowrank_left.float() @ module.lowrank_right.float())
         if padding_idx is not None:
             module.padding_row.copy_(e[padding_idx].to(factor_dtype))
-        if plan.uses_token_rank:
-            module.token_rank.copy_(rank.to(module.token_rank.dtype))
+        for s, ids in enumerate(stage_ids):
+            if plan.stage_rows[s] < v:
+                covered = torch.zeros(1, v, dtype=torch.bool)
+                covered[0, ids] = True
+                getattr(module, f"coverage_{s}").copy_(pack_bits(covered)[0])
     bar.update(1)
     stage_stats = []
     for s, (bits, rows) in enumerate(zip(plan.stage_bits, plan.stage_rows)):
         bar.set_description(f"LightToken: stage {s + 1}/{len(plan.stage_bits)} ({bits} bits x {rows} rows)")
-        ids = order[:rows]
+        ids = stage_ids[s]
         result = train_stage(
             residual[ids],
             bits,
@@ -324,7 +328,9 @@ def compress_matrix(
         joint_weights = weights.clone()
         if padding_idx is not None:
             joint_weights[padding_idx] = 0  # stored exactly: its codes do not matter
-        joint_stats = _refine_jointly(module, whiten(e), order, joint_weights, settings, loss_fn, unwhiten)
+        joint_stats = _refine_jointly(
+            module, whiten(e), stage_ids, joint_weights, settings, loss_fn, unwhiten
+        )
         bar.update(1)
     bar.close()
     if module.compressed_nbytes != plan.nbytes:  # the accounting and the module must agree exactly
@@ -353,7 +359,7 @@ def compress_matrix(
 def _refine_jointly(
     module: LightTokenEmbedding,
     target: torch.Tensor,
-    order: torch.Tensor,
+    stage_ids: list[torch.Tensor],
     weights: torch.Tensor,
     settings: CompressionSettings,
     loss_fn: LossFn,
@@ -361,17 +367,17 @@ def _refine_jointly(
 ) -> dict:
     """Re-fit ``module``'s stages together (:func:`refine_jointly`) and store the result in place.
 
-    ``target`` is the matrix in the metric space the stages were trained in and ``order`` the row
-    ids in storage order. For a loss other than MSE the joint decoders get the same few gradient
+    ``target`` is the matrix in the metric space the stages were trained in and ``stage_ids[s]`` the
+    row ids of stage ``s`` in storage order. For a loss other than MSE the joint decoders get the same few gradient
     steps on that loss as a single stage's decoder does.
     """
     v = target.shape[0]
     signs, covered = [], torch.zeros(v, len(module.stage_bits))
-    for s, (bits, rows) in enumerate(zip(module.stage_bits, module.stage_rows)):
+    for s, (bits, ids) in enumerate(zip(module.stage_bits, stage_ids)):
         stage_signs = torch.zeros(v, bits)
-        stage_signs[order[:rows]] = unpack_bits(getattr(module, f"codes_{s}"), bits).float() * 2 - 1
+        stage_signs[ids] = unpack_bits(getattr(module, f"codes_{s}"), bits).float() * 2 - 1
         signs.append(stage_signs)
-        covered[order[:rows], s] = 1.0
+        covered[ids, s] = 1.0
     left = module.lowrank_left.detach().float()
     fit = refine_jointly(
         target,
@@ -399,8 +405,8 @@ def _refine_jointly(
     signs_per_stage = fit.signs.split(module.stage_bits, dim=1)
     with torch.no_grad():
         module.lowrank_right.copy_(unwhiten(fit.right))
-        for s, rows in enumerate(module.stage_rows):
-            getattr(module, f"codes_{s}").copy_(pack_bits(signs_per_stage[s][order[:rows]] > 0))
+        for s, ids in enumerate(stage_ids):
+            getattr(module, f"codes_{s}").copy_(pack_bits(signs_per_stage[s][ids] > 0))
             getattr(module, f"decoder_{s}_weight").copy_(unwhiten(weights_per_stage[s]))
             getattr(module, f"decoder_{s}_bias").copy_(unwhiten(biases[s]))
     return fit.stats
@@ -598,6 +604,7 @@ def _compress_model(
         stage_rows=module.stage_rows,
         padding_idx=module.padding_idx,
         factor_dtype=settings.factor_dtype,
+        row_index=module.row_index,
         compression_stats=_jsonable(report.to_dict()),
     )
     wrapped = wrapper_cls(config, backbone=backbone)

@@ -2,7 +2,7 @@
 
 The compression ratio is ``V * d * 4`` (the fp32 matrix) divided by the bytes of everything needed to
 rebuild the matrix: packed codes, low-rank factors, decoder weights and biases, the padding row and
-the token-rank table. :func:`plan_nbytes` counts exactly the tensors a
+the coverage masks of the frequency tiers. :func:`plan_nbytes` counts exactly the tensors a
 :class:`~lighttoken_hf.core.lighttoken_codec.LightTokenEmbedding` stores, so a plan's ratio is the
 real ratio of the module it builds.
 
@@ -12,7 +12,8 @@ real ratio of the module it builds.
 * **uniform** plans give every row the same number of code bits, split into stages of at most
   ``max_stage_bits`` bits;
 * **frequency-aware** plans give every row ``base`` bits and spend ``frequency_share`` of the code
-  bytes on extra stages for the most frequent tokens: extra stage ``j`` covers the ``V * q**j`` most
+  bytes (default: :func:`default_frequency_share` of the target ratio) on extra stages for the most
+  frequent tokens: extra stage ``j`` covers the ``V * q**j`` most
   frequent rows (``q = tier_decay``), which is the bit allocation that minimises the
   frequency-weighted error when token frequencies follow Zipf's law and each stage removes a fixed
   fraction of a row's error (frequent rows get ``log``-more stages).
@@ -42,7 +43,8 @@ class CompressionPlan:
     notes: dict = field(default_factory=dict)
 
     @property
-    def uses_token_rank(self) -> bool:
+    def has_tiers(self) -> bool:
+        """Whether some stage covers only the most frequent rows (and so stores a coverage mask)."""
         return any(r < self.num_embeddings for r in self.stage_rows)
 
     @property
@@ -57,9 +59,9 @@ class CompressionPlan:
         return {**asdict(self), "nbytes": self.nbytes, "ratio": self.ratio}
 
 
-def token_rank_bytes(num_embeddings: int) -> int:
-    """Bytes of the token-rank table (int16 up to 32767 rows, else int32)."""
-    return num_embeddings * (2 if num_embeddings <= 32767 else 4)
+def coverage_bytes(num_embeddings: int) -> int:
+    """Bytes of one frequency tier's coverage mask (1 bit per token, packed)."""
+    return (num_embeddings + 7) // 8
 
 
 def plan_nbytes(plan: CompressionPlan) -> int:
@@ -67,9 +69,9 @@ def plan_nbytes(plan: CompressionPlan) -> int:
     v, d, fb = plan.num_embeddings, plan.embedding_dim, plan.factor_bytes
     total = (v + d) * plan.svd_rank * fb
     total += d * fb if plan.has_padding_row else 0
-    total += token_rank_bytes(v) if plan.uses_token_rank else 0
     for bits, rows in zip(plan.stage_bits, plan.stage_rows):
         total += rows * ((bits + 7) // 8) + (bits + 1) * d * fb
+        total += coverage_bytes(v) if rows < v else 0
     return total
 
 
@@ -92,7 +94,7 @@ def plan_for_ratio(
     stage_bits: int | None = None,
     max_stage_bits: int = 256,
     frequency_aware: bool = True,
-    frequency_share: float = 0.25,
+    frequency_share: float | None = None,
     tier_decay: float = 0.35,
     min_tier_rows: int = 256,
     factor_bytes: int = 2,
@@ -122,6 +124,8 @@ def plan_for_ratio(
         raise ValueError(f"num_stages must be >= 0, got {num_stages}")
     if stage_bits is not None and stage_bits < 8:
         raise ValueError(f"stage_bits must be >= 8 (one byte per row per stage), got {stage_bits}")
+    if frequency_share is None:
+        frequency_share = default_frequency_share(dense / budget)
     if not 0 <= frequency_share < 1:
         raise ValueError(f"frequency_share must be in [0, 1), got {frequency_share}")
 
@@ -176,8 +180,7 @@ def _plan_stages(
     rank = default_svd_rank(v, d, budget) if svd_rank is None else svd_rank
     if rank < 0 or rank > min(v, d):
         raise ValueError(f"svd_rank must be in 0..{min(v, d)}, got {rank}")
-    fixed = build(rank, [], []).nbytes + (token_rank_bytes(v) if tiers else 0)
-    avail = budget - fixed
+    avail = budget - build(rank, [], []).nbytes
     # bytes per base bit: a code bit for every row plus one decoder row (fp16) per bit
     per_bit = v / 8 + d * factor_bytes
     share = frequency_share if tiers else 0.0
@@ -199,7 +202,7 @@ def _plan_stages(
                 break
             est_stages = len(base)
         if total_bits < 8:
-            minimal = build(rank, [8], [v]).nbytes + (token_rank_bytes(v) if tiers else 0)
+            minimal = build(rank, [8], [v]).nbytes
             raise ValueError(
                 _impossible(budget, dense, f"one 8-bit stage for all {v} rows needs {minimal} bytes")
             )
@@ -222,7 +225,7 @@ def _plan_stages(
             trial = build(rank, bits + [tier_bits], rows + [n_rows])
             if trial.nbytes > budget:
                 # spend what is left on one more tier for the most frequent rows, as wide as fits
-                spare = budget - plan.nbytes - (0 if plan.uses_token_rank else token_rank_bytes(v))
+                spare = budget - plan.nbytes - coverage_bytes(v)
                 for width in sorted({tier_bits, *(w for w in (128, 64, 32) if w < tier_bits)}, reverse=True):
                     fit = (spare - (width + 1) * d * factor_bytes) // ((width + 7) // 8)
                     if min(n_rows, fit) >= min_tier_rows:
@@ -232,19 +235,80 @@ def _plan_stages(
                 break
             bits, rows, plan = trial.stage_bits, trial.stage_rows, trial
             tier += 1
-        if not plan.uses_token_rank:
+        if not plan.has_tiers:
             raise ValueError("no frequency tier fits")  # the caller falls back to a uniform plan
+        if stage_bits is None:  # the tiers ran out of rows before the budget: widen the base stages
+            plan = _widen_base(plan, budget, per_bit, max_stage_bits, num_stages)
+        plan = _stretch_tiers(plan, budget)
     plan.notes = {
         "budget_bytes": budget,
         "target_ratio": dense / budget,
-        "frequency_aware": plan.uses_token_rank,
+        "frequency_aware": plan.has_tiers,
+        "frequency_share": frequency_share if plan.has_tiers else 0.0,
     }
     return plan
+
+
+def _widen_base(
+    plan: CompressionPlan, budget: int, per_bit: float, max_stage_bits: int, num_stages: int | None
+) -> CompressionPlan:
+    """Spend the bytes the frequency tiers left unused on more base bits (stages covering every row)."""
+    v = plan.num_embeddings
+    base = [b for b, r in zip(plan.stage_bits, plan.stage_rows) if r == v]
+    tier_bits = plan.stage_bits[len(base) :]
+    tier_rows = plan.stage_rows[len(base) :]
+    extra = int((budget - plan.nbytes) // per_bit) // 8 * 8
+    while extra >= 8:
+        total = sum(base) + extra
+        bits = _split_bits(total, max_stage_bits) if num_stages is None else _split_even(total, len(base))
+        trial = CompressionPlan(
+            v, plan.embedding_dim, plan.svd_rank, bits + tier_bits, [v] * len(bits) + tier_rows,
+            plan.factor_bytes, plan.has_padding_row,
+        )  # fmt: skip
+        if trial.nbytes <= budget:
+            return trial
+        extra -= 8
+    return plan
+
+
+def _stretch_tiers(plan: CompressionPlan, budget: int) -> CompressionPlan:
+    """Spend what is still left by letting every tier cover proportionally more of the frequent rows."""
+    v = plan.num_embeddings
+
+    def stretched(factor: float) -> CompressionPlan:
+        rows = [r if r == v else min(v - 1, int(r * factor)) for r in plan.stage_rows]
+        return CompressionPlan(
+            v,
+            plan.embedding_dim,
+            plan.svd_rank,
+            plan.stage_bits,
+            rows,
+            plan.factor_bytes,
+            plan.has_padding_row,
+        )
+
+    low, high = 1.0, float(v)
+    for _ in range(40):  # bisect the largest factor that fits (nbytes grows with it)
+        mid = (low + high) / 2
+        low, high = (mid, high) if stretched(mid).nbytes <= budget else (low, mid)
+    return stretched(low)
 
 
 def _split_even(total_bits: int, stages: int) -> list[int]:
     per = max(8, total_bits // stages // 8 * 8)
     return [per] * stages
+
+
+def default_frequency_share(ratio: float) -> float:
+    """Share of the code bytes spent on frequency tiers: 0.25 up to ratio 25, rising with log2(ratio)
+    to 0.55 at ratio 100 (and no further).
+
+    The fewer bits a row gets, the more it pays to concentrate them on the tokens text is made of:
+    measured on all-MiniLM-L6-v2 (``benchmarks/sweep_defaults.py``, docs/method.md), the best share
+    on end-to-end cosine was 0.25 at ratio 25 (0.4 and 0.55 no better) and 0.55 at ratio 100
+    (0.25 / 0.4 / 0.7 worse).
+    """
+    return float(min(0.55, max(0.25, 0.25 + 0.15 * math.log2(max(ratio, 1e-9) / 25))))
 
 
 def default_svd_rank(num_embeddings: int, embedding_dim: int, budget_bytes: int) -> int:

@@ -28,6 +28,8 @@ class LightTokenConfig(PretrainedConfig):
         stage_rows: rows covered by each stage (most frequent tokens first).
         padding_idx: padding row, stored exactly (``None`` for none).
         factor_dtype: storage dtype of low-rank factors and decoders (``"float16"``...).
+        row_index: how a frequency tier finds a token's row (``LightTokenEmbedding``): ``"coverage"``
+            bit masks, or ``"token_rank"``, the default for configs written before that field existed.
         compression_stats: measured facts (real ratio and bytes, fidelity metrics, settings).
     """
 
@@ -42,6 +44,7 @@ class LightTokenConfig(PretrainedConfig):
     stage_rows: list[int] | None = None
     padding_idx: int | None = None
     factor_dtype: str = "float16"
+    row_index: str = "token_rank"
     compression_stats: dict[str, Any] | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:

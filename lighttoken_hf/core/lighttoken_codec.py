@@ -9,15 +9,20 @@ they round-trip through ``state_dict`` / safetensors):
 * ``lowrank_left`` (V x k) and ``lowrank_right`` (k x d): the rank-k SVD part ``U_k S_k @ V_k^T``,
   stored in ``factor_dtype`` (fp16 by default). ``k`` may be 0.
 * ``padding_row`` (d,): the padding token's row, stored exactly, when ``padding_idx`` is set.
-* ``token_rank`` (V,) int16 (int32 when V > 32767), optional: each token's position in the frequency order used to
-  allocate hashing stages. Stage ``s`` stores codes only for the ``stage_rows[s]`` most frequent
-  tokens; rarer tokens skip that stage. Absent when every stage covers every row.
+* ``coverage_{s}`` (ceil(V / 8),) uint8, only for a stage that covers fewer than V rows (a frequency
+  tier): which tokens the stage stores codes for, one bit per token id, packed like the codes. Its
+  ``stage_rows[s]`` covered tokens are stored in id order, so token ``i``'s row in ``codes_{s}`` is
+  the number of covered ids below ``i`` (computed on first use and cached, never stored).
+* ``token_rank`` (V,) int16 (int32 when V > 32767): the older layout (``row_index="token_rank"``,
+  checkpoints written before the coverage masks). Each token's position in the frequency order;
+  every stage stores its rows in that order and stage ``s`` covers the ``stage_rows[s]`` first. Present only when some
+  stage covers fewer than V rows.
 * ``codes_{s}`` (stage_rows[s] x ceil(B_s / 8)) uint8: stage ``s``'s binary codes, bit-packed
   (1 bit per code bit, little-endian bit order inside a byte).
 * ``decoder_{s}_weight`` (B_s x d) and ``decoder_{s}_bias`` (d,): stage ``s``'s linear decoder,
   applied to the code mapped to {-1, +1}.
 
-A row is rebuilt as ``lowrank_left[i] @ lowrank_right + sum_s [rank(i) < rows_s] * (b_s(i) @ W_s + c_s)``.
+A row is rebuilt as ``lowrank_left[i] @ lowrank_right + sum_s [stage s covers i] * (b_s(i) @ W_s + c_s)``.
 """
 
 from __future__ import annotations
@@ -66,7 +71,12 @@ class LightTokenEmbedding(nn.Module):
         padding_idx: like ``nn.Embedding``: that row is stored exactly (``padding_row``).
         factor_dtype: storage dtype of the low-rank factors and decoders.
         dtype: dtype of the vectors returned by ``forward``.
+        row_index: how a stage that covers fewer than V rows finds a token's row: ``"coverage"``
+            (a packed bit mask per such stage, 1 bit per token) or ``"token_rank"`` (one int16
+            table of frequency positions, the layout of older checkpoints).
     """
+
+    ROW_INDEXES = ("coverage", "token_rank")
 
     def __init__(
         self,
@@ -79,8 +89,11 @@ class LightTokenEmbedding(nn.Module):
         padding_idx: int | None = None,
         factor_dtype: torch.dtype = torch.float16,
         dtype: torch.dtype = torch.float32,
+        row_index: str = "coverage",
     ) -> None:
         super().__init__()
+        if row_index not in self.ROW_INDEXES:
+            raise ValueError(f"row_index must be one of {self.ROW_INDEXES}, got {row_index!r}")
         if num_embeddings <= 0 or embedding_dim <= 0:
             raise ValueError(
                 f"num_embeddings and embedding_dim must be positive, got {num_embeddings}, {embedding_dim}"
@@ -110,11 +123,16 @@ class LightTokenEmbedding(nn.Module):
         if padding_idx is not None:
             # The padding row is kept exactly (an nn.Embedding returns weight[padding_idx] there).
             self.register_buffer("padding_row", torch.zeros(embedding_dim, dtype=factor_dtype))
-        self.uses_token_rank = any(r < num_embeddings for r in stage_rows)
+        self.row_index = row_index
+        self.uses_token_rank = row_index == "token_rank" and any(r < num_embeddings for r in stage_rows)
         if self.uses_token_rank:
             rank_dtype = torch.int16 if num_embeddings <= torch.iinfo(torch.int16).max else torch.int32
             self.register_buffer("token_rank", torch.arange(num_embeddings, dtype=rank_dtype))
+        self._positions: dict[int, tuple[tuple, torch.Tensor]] = {}
         for s, (bits, rows) in enumerate(zip(stage_bits, stage_rows)):
+            if row_index == "coverage" and rows < num_embeddings:  # until loaded: the first `rows` ids
+                first = (torch.arange(num_embeddings) < rows).unsqueeze(0)
+                self.register_buffer(f"coverage_{s}", pack_bits(first)[0])
             self.register_buffer(f"codes_{s}", torch.zeros(rows, (bits + 7) // 8, dtype=torch.uint8))
             self.register_parameter(
                 f"decoder_{s}_weight", nn.Parameter(torch.zeros(bits, embedding_dim, dtype=factor_dtype))
@@ -136,7 +154,7 @@ class LightTokenEmbedding(nn.Module):
     # ------------------------------------------------------------------ accounting
     @property
     def compressed_nbytes(self) -> int:
-        """Bytes of everything needed to rebuild the matrix (codes, factors, decoders, token ranks)."""
+        """Bytes of everything needed to rebuild the matrix (codes, factors, decoders, row index)."""
         return sum(t.numel() * t.element_size() for t in self._stored_tensors())
 
     @property
@@ -160,6 +178,35 @@ class LightTokenEmbedding(nn.Module):
             getattr(self, f"decoder_{s}_bias"),
         )
 
+    def stage_index(self, s: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inside, row)`` for token ``ids`` in stage ``s``: whether the stage covers each id, and its
+        row in ``codes_{s}`` (0 where the stage skips the id)."""
+        rows = self.stage_rows[s]
+        if self.uses_token_rank:  # every stage's rows are in frequency order
+            rank = self.token_rank[ids].long()
+            return rank < rows, rank.clamp(max=rows - 1)
+        if rows == self.num_embeddings:
+            return torch.ones_like(ids, dtype=torch.bool), ids
+        position = self._coverage_positions(s)[ids].long()
+        return position >= 0, position.clamp(min=0)
+
+    def _coverage_positions(self, s: int) -> torch.Tensor:
+        """Each token's row in ``codes_{s}`` (-1 where stage ``s`` skips it), cached per mask version."""
+        mask = getattr(self, f"coverage_{s}")
+        key = (mask.data_ptr(), mask._version, mask.device)
+        cached = self._positions.get(s)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        covered = unpack_bits(mask, self.num_embeddings).bool()
+        if int(covered.sum()) != self.stage_rows[s]:
+            raise ValueError(
+                f"coverage_{s} marks {int(covered.sum())} tokens but stage {s} stores codes for "
+                f"{self.stage_rows[s]}: the checkpoint's tensors do not match its config"
+            )
+        position = torch.where(covered, torch.cumsum(covered, 0, dtype=torch.int32) - 1, -1)
+        self._positions[s] = (key, position)
+        return position
+
     def decode_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rebuild the rows ``ids`` (1-D int tensor) as an (N, d) tensor of ``output_dtype``."""
         dtype = self.output_dtype if self.output_dtype.is_floating_point else torch.float32
@@ -170,12 +217,11 @@ class LightTokenEmbedding(nn.Module):
         if self.svd_rank:
             out += self.lowrank_left[ids].to(compute) @ self.lowrank_right.to(compute)
         if self.stage_bits:
-            rank = self.token_rank[ids].long() if self.uses_token_rank else ids
             signs, weights, biases, covered = [], [], [], []
-            for s, (bits, rows) in enumerate(zip(self.stage_bits, self.stage_rows)):
+            for s, bits in enumerate(self.stage_bits):
                 codes, weight, bias = self._stage(s)
-                inside = rank < rows
-                bits01 = unpack_bits(codes[rank.clamp(max=rows - 1)], bits).to(compute)
+                inside, row = self.stage_index(s, ids)
+                bits01 = unpack_bits(codes[row], bits).to(compute)
                 signs.append((bits01 * 2 - 1) * inside.unsqueeze(1).to(compute))
                 weights.append(weight.to(compute))
                 biases.append(bias.to(compute))
@@ -222,5 +268,6 @@ class LightTokenEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_embeddings}, {self.embedding_dim}, svd_rank={self.svd_rank}, stage_bits={self.stage_bits}, "
-            f"stage_rows={self.stage_rows}, padding_idx={self.padding_idx}, ratio={self.compression_ratio:.1f}x"
+            f"stage_rows={self.stage_rows}, padding_idx={self.padding_idx}, row_index={self.row_index}, "
+            f"ratio={self.compression_ratio:.1f}x"
         )

@@ -48,6 +48,7 @@ def embedding_from_config(config: LightTokenConfig) -> LightTokenEmbedding:
         stage_rows=config.stage_rows,
         padding_idx=config.padding_idx,
         factor_dtype=getattr(torch, config.factor_dtype),
+        row_index=config.row_index,
     )
 
 
@@ -93,11 +94,11 @@ class LightTokenLMHead(nn.Module):
         if self.signs is None:
             with torch.no_grad():
                 ids = torch.arange(emb.num_embeddings, device=emb.lowrank_left.device)
-                rank = emb.token_rank.long() if emb.uses_token_rank else ids
-                inside = [(rank < rows).unsqueeze(1).float() for rows in emb.stage_rows]
-                cols = []
-                for s, (bits, rows) in enumerate(zip(emb.stage_bits, emb.stage_rows)):
-                    codes = getattr(emb, f"codes_{s}")[rank.clamp(max=rows - 1)]
+                cols, inside = [], []
+                for s, bits in enumerate(emb.stage_bits):
+                    covered, row = emb.stage_index(s, ids)
+                    inside.append(covered.unsqueeze(1).float())
+                    codes = getattr(emb, f"codes_{s}")[row]
                     cols.append((unpack_bits(codes, bits).float() * 2 - 1) * inside[s])
                 signs = torch.cat(cols + inside, dim=1)
                 if emb.padding_idx is not None:
