@@ -292,3 +292,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    from lighttoken_hf.tasks.distributed import end_process_group
+
+    end_process_group()  # under torchrun / accelerate: every rank finishes before the group goes away
