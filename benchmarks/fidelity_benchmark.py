@@ -434,6 +434,8 @@ class EvalContext:
     e: torch.Tensor
     sentences: list[str]
     reference_embeddings: torch.Tensor
+    held_out: list[str]
+    held_out_reference: torch.Tensor | None
     sts: tuple[list[str], list[str], list[float]] | None
     sts_reference: float | None
     lookup_ids: torch.Tensor
@@ -447,6 +449,10 @@ def encode_metrics(ctx: EvalContext, model: torch.nn.Module) -> dict[str, float 
     kw = {"batch_size": ctx.args.batch_size, "max_length": ctx.args.max_length}
     embeddings = fidelity_.mean_pooled_embeddings(model, ctx.tokenizer, ctx.sentences, **kw)
     out: dict[str, float | None] = {"e2e_cosine": fidelity_.mean_cosine(ctx.reference_embeddings, embeddings)}
+    out["e2e_held_out"] = None
+    if ctx.held_out_reference is not None:
+        held_out = fidelity_.mean_pooled_embeddings(model, ctx.tokenizer, ctx.held_out, **kw)
+        out["e2e_held_out"] = fidelity_.mean_cosine(ctx.held_out_reference, held_out)
     if ctx.sts is not None:
         rho = fidelity_.sts_spearman(model, ctx.tokenizer, *ctx.sts, **kw)
         out["sts_spearman"] = rho
@@ -525,6 +531,24 @@ def resolve_model(name: str) -> tuple[str, str]:
     return label, str(path)
 
 
+def load_held_out_sentences(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """CoLA dev sentences and RTE dev premises: text no default of LightToken was chosen on (the
+    sweeps choose on SST-2 dev), for the held-out end-to-end cosine. Empty when the files are absent."""
+    fidelity_ = own_module("fidelity")
+
+    glue = Path(args.data_dir) / "glue"
+    parts = [(glue / "CoLA" / "dev.parquet", "sentence"), (glue / "RTE" / "dev.parquet", "sentence1")]
+    if not all(path.is_file() for path, _ in parts):
+        warnings.warn(
+            f"CoLA/RTE dev files not found under {glue}: the held-out e2e cosine is skipped", stacklevel=2
+        )
+        return [], None
+    sentences = [
+        text for path, column in parts for text in fidelity_.load_sentences_from_parquet(path, column)
+    ]
+    return sentences, " + ".join(f"{path} ({column})" for path, column in parts)
+
+
 def load_eval_data(args: argparse.Namespace) -> tuple[list[str], str, tuple | None, str | None]:
     fidelity_ = own_module("fidelity")
 
@@ -578,14 +602,19 @@ def markdown_report(payload: dict[str, Any]) -> str:
             else ""
         ),
         "",
-        f"Sentences: {ref['num_sentences']} from {ref['sentences_source']}. "
-        f"STS: {ref['sts_source'] or 'skipped'}. Uncompressed model: STS-B Spearman "
+        f"Sentences: {ref['num_sentences']} from {ref['sentences_source']}"
+        + (
+            f"; held out: {ref['num_held_out']} from {ref['held_out_source']}. "
+            if ref.get("held_out_source")
+            else ". "
+        )
+        + f"STS: {ref['sts_source'] or 'skipped'}. Uncompressed model: STS-B Spearman "
         f"{fmt(ref['sts_spearman'], '.4f')}, dense nn.Embedding lookup {fmt(ref['lookup_ms'], '.3f')} ms, "
         f"forward {fmt(ref['forward_ms'], '.0f')} ms (batch {FORWARD_SHAPE[0]} x {FORWARD_SHAPE[1]}).",
         "",
-        "| method | target | ratio | size KiB | rel err | mean cos | min cos | NN@k | e2e cos | STS ρ "
-        "| STS rel | compress s | peak MiB | lookup ms | fwd ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | target | ratio | size KiB | rel err | mean cos | min cos | NN@k | e2e cos | e2e held out "
+        "| STS ρ | STS rel | compress s | peak MiB | lookup ms | fwd ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     errors = []
     for row in payload["results"]:
@@ -607,6 +636,7 @@ def markdown_report(payload: dict[str, Any]) -> str:
                     fmt(fid["min_row_cosine"], ".3f"),
                     fmt(fid["nn_overlap"], ".3f"),
                     fmt(row["e2e_cosine"], ".4f"),
+                    fmt(row.get("e2e_held_out"), ".4f"),
                     fmt(row["sts_spearman"], ".4f"),
                     fmt(row["sts_relative"], ".3f"),
                     fmt(row["compress_seconds"], ".2f"),
@@ -621,7 +651,8 @@ def markdown_report(payload: dict[str, Any]) -> str:
         "",
         f"NN@k: overlap of the top-{args['nn_k']} cosine neighbours of {args['nn_queries']} random rows. "
         "e2e cos: mean cosine between the original and the compressed model's mean-pooled sentence "
-        "embeddings. STS rel: STS-B Spearman relative to the uncompressed model. peak MiB: resident-memory "
+        "embeddings (e2e held out: the same on text no default was chosen on; – where not measured). "
+        "STS rel: STS-B Spearman relative to the uncompressed model. peak MiB: resident-memory "
         f"growth during the compression ({payload['settings']['compression_isolation']}; baselines include "
         "their returned dense reconstruction). "
         "lookup ms: one 32 x 128 batch of ids through the method's own decoder (LightTokenEmbedding for "
@@ -798,6 +829,10 @@ def main(argv: list[str] | None = None) -> int:
     kw = {"batch_size": args.batch_size, "max_length": args.max_length}
     log(f"reference: {len(sentences)} sentences, {len(sts[0]) if sts else 0} STS pairs")
     reference_embeddings = fidelity_.mean_pooled_embeddings(model, tokenizer, sentences, **kw)
+    held_out, held_out_source = load_held_out_sentences(args)
+    held_out_reference = (
+        fidelity_.mean_pooled_embeddings(model, tokenizer, held_out, **kw) if held_out else None
+    )
     sts_reference = fidelity_.sts_spearman(model, tokenizer, *sts, **kw) if sts else None
     generator = torch.Generator().manual_seed(args.seed)
     lookup_ids = torch.randint(0, vocab, LOOKUP_SHAPE, generator=generator)
@@ -807,6 +842,8 @@ def main(argv: list[str] | None = None) -> int:
     reference = {
         "num_sentences": len(sentences),
         "sentences_source": sentences_source,
+        "num_held_out": len(held_out),
+        "held_out_source": held_out_source,
         "sts_source": sts_source,
         "sts_spearman": sts_reference,
         "lookup_ms": 1e3 * median_seconds(lambda: dense_lookup(lookup_ids), args.lookup_repeats, warmup=2),
@@ -819,6 +856,8 @@ def main(argv: list[str] | None = None) -> int:
         e,
         sentences,
         reference_embeddings,
+        held_out,
+        held_out_reference,
         sts,
         sts_reference,
         lookup_ids,
