@@ -249,8 +249,15 @@ def test_large_vocab_uses_int32_token_ranks():
 def test_coverage_mask_that_disagrees_with_the_row_count_is_a_clear_error():
     m = random_embedding("tiers_padding")
     with torch.no_grad():
-        m.coverage_1.fill_(255)  # every token marked, but stage 1 stores 20 rows
-    with pytest.raises(ValueError, match="coverage_1 marks 50 tokens but stage 1 stores codes for 20"):
+        m.coverage_1.fill_(255)  # every token (and the 6 padding bits past V = 50) marked; stage 1 stores 20
+    with pytest.raises(ValueError, match="coverage_1 marks 56 tokens but stage 1 stores codes for 20 of 50"):
+        m(torch.tensor([1, 2]))
+    past_v = np.zeros(56, dtype=np.uint8)
+    past_v[:19] = 1
+    past_v[55] = 1  # 20 bits, the right count, but one of them is past the last token
+    with torch.no_grad():
+        m.coverage_1.copy_(torch.from_numpy(np.packbits(past_v, bitorder="little")))
+    with pytest.raises(ValueError, match="coverage_1 marks 20 tokens but stage 1 stores codes for 20 of 50"):
         m(torch.tensor([1, 2]))
 
 

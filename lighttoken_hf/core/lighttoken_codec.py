@@ -12,11 +12,12 @@ they round-trip through ``state_dict`` / safetensors):
 * ``coverage_{s}`` (ceil(V / 8),) uint8, only for a stage that covers fewer than V rows (a frequency
   tier): which tokens the stage stores codes for, one bit per token id, packed like the codes. Its
   ``stage_rows[s]`` covered tokens are stored in id order, so token ``i``'s row in ``codes_{s}`` is
-  the number of covered ids below ``i`` (computed on first use and cached, never stored).
+  the number of covered ids below ``i`` (from a per-byte prefix count computed on first use and
+  cached in memory, 4 bytes per 8 tokens; never stored).
 * ``token_rank`` (V,) int16 (int32 when V > 32767): the older layout (``row_index="token_rank"``,
   checkpoints written before the coverage masks). Each token's position in the frequency order;
-  every stage stores its rows in that order and stage ``s`` covers the ``stage_rows[s]`` first. Present only when some
-  stage covers fewer than V rows.
+  every stage stores its rows in that order and stage ``s`` covers the ``stage_rows[s]`` first.
+  Present only when some stage covers fewer than V rows.
 * ``codes_{s}`` (stage_rows[s] x ceil(B_s / 8)) uint8: stage ``s``'s binary codes, bit-packed
   (1 bit per code bit, little-endian bit order inside a byte).
 * ``decoder_{s}_weight`` (B_s x d) and ``decoder_{s}_bias`` (d,): stage ``s``'s linear decoder,
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 _BIT_WEIGHTS = tuple(1 << i for i in range(8))
+_POPCOUNT = tuple(bin(byte).count("1") for byte in range(256))
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
@@ -128,7 +130,7 @@ class LightTokenEmbedding(nn.Module):
         if self.uses_token_rank:
             rank_dtype = torch.int16 if num_embeddings <= torch.iinfo(torch.int16).max else torch.int32
             self.register_buffer("token_rank", torch.arange(num_embeddings, dtype=rank_dtype))
-        self._positions: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._prefix: dict[int, tuple[tuple, torch.Tensor]] = {}
         for s, (bits, rows) in enumerate(zip(stage_bits, stage_rows)):
             if row_index == "coverage" and rows < num_embeddings:  # until loaded: the first `rows` ids
                 first = (torch.arange(num_embeddings) < rows).unsqueeze(0)
@@ -180,32 +182,39 @@ class LightTokenEmbedding(nn.Module):
 
     def stage_index(self, s: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(inside, row)`` for token ``ids`` in stage ``s``: whether the stage covers each id, and its
-        row in ``codes_{s}`` (0 where the stage skips the id)."""
+        row in ``codes_{s}`` (clamped into range where the stage skips the id)."""
         rows = self.stage_rows[s]
         if self.uses_token_rank:  # every stage's rows are in frequency order
             rank = self.token_rank[ids].long()
             return rank < rows, rank.clamp(max=rows - 1)
         if rows == self.num_embeddings:
             return torch.ones_like(ids, dtype=torch.bool), ids
-        position = self._coverage_positions(s)[ids].long()
-        return position >= 0, position.clamp(min=0)
+        mask = getattr(self, f"coverage_{s}")
+        byte, offset = mask[ids >> 3].long(), ids & 7
+        inside = (byte >> offset) & 1 == 1
+        # row = covered ids in earlier bytes (cached prefix count) + covered ids below `id` in its byte
+        below = byte & ((1 << offset) - 1)
+        row = self._coverage_prefix(s)[ids >> 3] + torch.tensor(_POPCOUNT, device=ids.device)[below]
+        return inside, row.clamp(max=rows - 1)
 
-    def _coverage_positions(self, s: int) -> torch.Tensor:
-        """Each token's row in ``codes_{s}`` (-1 where stage ``s`` skips it), cached per mask version."""
+    def _coverage_prefix(self, s: int) -> torch.Tensor:
+        """Covered ids in the bytes before each byte of ``coverage_{s}`` (int32, V / 8 entries), cached
+        per mask version: the id -> row map costs 4 bytes per 8 tokens of memory and nothing on disk."""
         mask = getattr(self, f"coverage_{s}")
         key = (mask.data_ptr(), mask._version, mask.device)
-        cached = self._positions.get(s)
+        cached = self._prefix.get(s)
         if cached is not None and cached[0] == key:
             return cached[1]
-        covered = unpack_bits(mask, self.num_embeddings).bool()
-        if int(covered.sum()) != self.stage_rows[s]:
+        counts = torch.tensor(_POPCOUNT, dtype=torch.int32, device=mask.device)[mask.long()]
+        valid = (mask[-1].long() >> (self.num_embeddings - 8 * (mask.numel() - 1))) == 0  # no bit past V
+        if int(counts.sum()) != self.stage_rows[s] or not valid:
             raise ValueError(
-                f"coverage_{s} marks {int(covered.sum())} tokens but stage {s} stores codes for "
-                f"{self.stage_rows[s]}: the checkpoint's tensors do not match its config"
+                f"coverage_{s} marks {int(counts.sum())} tokens but stage {s} stores codes for "
+                f"{self.stage_rows[s]} of {self.num_embeddings}: the checkpoint's tensors do not match its config"
             )
-        position = torch.where(covered, torch.cumsum(covered, 0, dtype=torch.int32) - 1, -1)
-        self._positions[s] = (key, position)
-        return position
+        prefix = torch.cumsum(counts, 0, dtype=torch.int32) - counts
+        self._prefix[s] = (key, prefix)
+        return prefix
 
     def decode_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rebuild the rows ``ids`` (1-D int tensor) as an (N, d) tensor of ``output_dtype``."""
