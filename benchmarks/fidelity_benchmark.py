@@ -601,6 +601,7 @@ def markdown_report(payload: dict[str, Any]) -> str:
             if payload.get("complete") is False
             else ""
         ),
+        *(["", payload["note"]] if payload.get("note") else []),
         "",
         f"Sentences: {ref['num_sentences']} from {ref['sentences_source']}"
         + (
