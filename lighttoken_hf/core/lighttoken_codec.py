@@ -130,7 +130,7 @@ class LightTokenEmbedding(nn.Module):
         if self.uses_token_rank:
             rank_dtype = torch.int16 if num_embeddings <= torch.iinfo(torch.int16).max else torch.int32
             self.register_buffer("token_rank", torch.arange(num_embeddings, dtype=rank_dtype))
-        self._prefix: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._prefix: dict[int, tuple[tuple, tuple[torch.Tensor, torch.Tensor]]] = {}
         for s, (bits, rows) in enumerate(zip(stage_bits, stage_rows)):
             if row_index == "coverage" and rows < num_embeddings:  # until loaded: the first `rows` ids
                 first = (torch.arange(num_embeddings) < rows).unsqueeze(0)
@@ -194,18 +194,21 @@ class LightTokenEmbedding(nn.Module):
         inside = (byte >> offset) & 1 == 1
         # row = covered ids in earlier bytes (cached prefix count) + covered ids below `id` in its byte
         below = byte & ((1 << offset) - 1)
-        row = self._coverage_prefix(s)[ids >> 3] + torch.tensor(_POPCOUNT, device=ids.device)[below]
+        prefix, popcount = self._coverage_prefix(s)
+        row = prefix[ids >> 3] + popcount[below]
         return inside, row.clamp(max=rows - 1)
 
-    def _coverage_prefix(self, s: int) -> torch.Tensor:
-        """Covered ids in the bytes before each byte of ``coverage_{s}`` (int32, V / 8 entries), cached
-        per mask version: the id -> row map costs 4 bytes per 8 tokens of memory and nothing on disk."""
+    def _coverage_prefix(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Covered ids in the bytes before each byte of ``coverage_{s}`` (int32, V / 8 entries) and the
+        per-byte popcount table, cached per mask version: the id -> row map costs 4 bytes per 8 tokens
+        of memory and nothing on disk."""
         mask = getattr(self, f"coverage_{s}")
         key = (mask.data_ptr(), mask._version, mask.device)
         cached = self._prefix.get(s)
         if cached is not None and cached[0] == key:
             return cached[1]
-        counts = torch.tensor(_POPCOUNT, dtype=torch.int32, device=mask.device)[mask.long()]
+        popcount = torch.tensor(_POPCOUNT, dtype=torch.int32, device=mask.device)
+        counts = popcount[mask.long()]
         valid = (mask[-1].long() >> (self.num_embeddings - 8 * (mask.numel() - 1))) == 0  # no bit past V
         if int(counts.sum()) != self.stage_rows[s] or not valid:
             raise ValueError(
@@ -213,8 +216,8 @@ class LightTokenEmbedding(nn.Module):
                 f"{self.stage_rows[s]} of {self.num_embeddings}: the checkpoint's tensors do not match its config"
             )
         prefix = torch.cumsum(counts, 0, dtype=torch.int32) - counts
-        self._prefix[s] = (key, prefix)
-        return prefix
+        self._prefix[s] = (key, (prefix, popcount))
+        return prefix, popcount
 
     def decode_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rebuild the rows ``ids`` (1-D int tensor) as an (N, d) tensor of ``output_dtype``."""
