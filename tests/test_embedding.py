@@ -319,6 +319,25 @@ def test_gradients_reach_the_stored_factors():
     assert m.decoder_0_weight.grad is not None
 
 
+@pytest.mark.parametrize("layout", ["tiers_padding", "tiers_token_rank"])
+def test_repeated_ids_give_the_gradients_of_a_dense_gather(layout):
+    # forward decodes each distinct id once and a tier only for the ids it covers; the gradients must
+    # still be those of gathering every position from the full reconstruction
+    m = random_embedding(layout, factor_dtype=torch.float32)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, m.num_embeddings, (6, 40), generator=g)
+    ids[0, :5] = m.padding_idx
+    upstream = torch.randn(6, 40, m.embedding_dim, generator=g)
+    (m(ids) * upstream).sum().backward()
+    lookup = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    (m.weight[ids] * upstream).sum().backward()
+    for name, p in m.named_parameters():
+        torch.testing.assert_close(lookup[name], p.grad, rtol=1e-5, atol=1e-4, msg=name)
+    tier = len(m.stage_bits) - 1
+    assert lookup[f"decoder_{tier}_weight"].abs().sum() > 0  # the smallest tier still learns
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -143,6 +143,7 @@ class LightTokenEmbedding(nn.Module):
                 f"decoder_{s}_bias", nn.Parameter(torch.zeros(embedding_dim, dtype=factor_dtype))
             )
         self._cache: torch.Tensor | None = None
+        self._signs: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch's own signature
         """Follow ``.to(device)`` moves; a dtype cast changes only the output dtype, never the storage."""
@@ -185,17 +186,17 @@ class LightTokenEmbedding(nn.Module):
         row in ``codes_{s}`` (clamped into range where the stage skips the id)."""
         rows = self.stage_rows[s]
         if self.uses_token_rank:  # every stage's rows are in frequency order
-            rank = self.token_rank[ids].long()
+            rank = self.token_rank.index_select(0, ids).long()
             return rank < rows, rank.clamp(max=rows - 1)
         if rows == self.num_embeddings:
             return torch.ones_like(ids, dtype=torch.bool), ids
         mask = getattr(self, f"coverage_{s}")
-        byte, offset = mask[ids >> 3].long(), ids & 7
+        byte, offset = mask.index_select(0, ids >> 3).long(), ids & 7
         inside = (byte >> offset) & 1 == 1
         # row = covered ids in earlier bytes (cached prefix count) + covered ids below `id` in its byte
         below = byte & ((1 << offset) - 1)
         prefix, popcount = self._coverage_prefix(s)
-        row = prefix[ids >> 3] + popcount[below]
+        row = prefix.index_select(0, ids >> 3) + popcount.index_select(0, below)
         return inside, row.clamp(max=rows - 1)
 
     def _coverage_prefix(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,28 +221,54 @@ class LightTokenEmbedding(nn.Module):
         return prefix, popcount
 
     def decode_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rebuild the rows ``ids`` (1-D int tensor) as an (N, d) tensor of ``output_dtype``."""
+        """Rebuild the rows ``ids`` (1-D int tensor) as an (N, d) tensor of ``output_dtype``.
+
+        Each distinct id is decoded once (text repeats its frequent tokens), and a frequency tier's
+        codes are decoded only for the ids it covers."""
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        return self._decode_unique(unique).index_select(0, inverse)
+
+    def _sign_table(self, compute: torch.dtype, device: torch.device) -> torch.Tensor:
+        """(256, 8) table of each byte's 8 code bits as -1/+1 (little-endian), cached per dtype/device."""
+        key = (compute, device)
+        if key not in self._signs:
+            bits = unpack_bits(torch.arange(256, dtype=torch.uint8, device=device).unsqueeze(1), 8)
+            self._signs[key] = bits.to(compute) * 2 - 1
+        return self._signs[key]
+
+    def _decode_unique(self, ids: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode_rows` for ids without repeats (or where repeats are rare)."""
         dtype = self.output_dtype if self.output_dtype.is_floating_point else torch.float32
         compute = (
             torch.float32 if dtype in (torch.float16, torch.bfloat16) and ids.device.type == "cpu" else dtype
         )
+        table = self._sign_table(compute, ids.device)
         out = torch.zeros(ids.shape[0], self.embedding_dim, dtype=compute, device=ids.device)
+        full_signs, full_weights, tiers = [], [], []
+        for s, bits in enumerate(self.stage_bits):
+            codes, weight, bias = self._stage(s)
+            inside, row = self.stage_index(s, ids)
+            where = None
+            if self.stage_rows[s] < self.num_embeddings:  # a frequency tier: only the ids it covers
+                where = inside.nonzero().squeeze(1)
+                if where.numel() == 0:
+                    continue
+                row = row[where]
+            signs = nn.functional.embedding(codes.index_select(0, row).long(), table).flatten(1)[:, :bits]
+            if where is None:  # every stage that covers all ids joins one matmul
+                full_signs.append(signs)
+                full_weights.append(weight.to(compute))
+                out += bias.to(compute)
+            else:
+                tiers.append((where, signs, weight.to(compute), bias.to(compute)))
+        if full_signs:
+            out += torch.cat(full_signs, dim=1) @ torch.cat(full_weights, dim=0)
         if self.svd_rank:
-            out += self.lowrank_left[ids].to(compute) @ self.lowrank_right.to(compute)
-        if self.stage_bits:
-            signs, weights, biases, covered = [], [], [], []
-            for s, bits in enumerate(self.stage_bits):
-                codes, weight, bias = self._stage(s)
-                inside, row = self.stage_index(s, ids)
-                bits01 = unpack_bits(codes[row], bits).to(compute)
-                signs.append((bits01 * 2 - 1) * inside.unsqueeze(1).to(compute))
-                weights.append(weight.to(compute))
-                biases.append(bias.to(compute))
-                covered.append(inside.to(compute))
-            out += torch.cat(signs, dim=1) @ torch.cat(weights, dim=0)
-            out += torch.stack(covered, dim=1) @ torch.stack(biases, dim=0)
+            out += self.lowrank_left.index_select(0, ids).to(compute) @ self.lowrank_right.to(compute)
+        for where, signs, weight, bias in tiers:
+            out.index_add_(0, where, signs @ weight + bias)
         if self.padding_idx is not None:
-            out = torch.where((ids == self.padding_idx).unsqueeze(1), self.padding_row.to(compute), out)
+            out[ids == self.padding_idx] = self.padding_row.to(compute)
         return out.to(dtype)
 
     def materialize(self, enable: bool = True) -> LightTokenEmbedding:
@@ -254,7 +281,7 @@ class LightTokenEmbedding(nn.Module):
 
     def _decode_all(self) -> torch.Tensor:
         ids = torch.arange(self.num_embeddings, device=self.lowrank_left.device)
-        return torch.cat([self.decode_rows(chunk) for chunk in ids.split(8192)])
+        return torch.cat([self._decode_unique(chunk) for chunk in ids.split(8192)])
 
     @property
     def weight(self) -> torch.Tensor:
