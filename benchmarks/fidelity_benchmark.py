@@ -60,6 +60,7 @@ LIGHTTOKEN_VARIANTS: dict[str, dict[str, Any]] = {
     "lighttoken-no-freq": {"frequency_aware": False},
     "lighttoken-no-sensitivity": {"sensitivity_weighted": False},
     "lighttoken-no-joint": {"joint_iterations": 0},
+    "lighttoken-fp16-decoders": {"decoder_dtype": "float16"},
 }
 QUANT_BITS = (8, 4, 2)
 LOOKUP_SHAPE = (32, 128)

@@ -149,11 +149,20 @@ def _info_from_model(model: Any, report: Any = None) -> dict:
             "stage_bits": list(config.stage_bits or []),
             "stage_rows": list(config.stage_rows or []),
             "factor_dtype": config.factor_dtype,
+            "decoder_dtype": config.decoder_dtype,
         },
         "report": report,
         "report_source": source,
         "files": {},
     }
+
+
+def _storage_text(factor_dtype: str, decoder_dtype: str) -> str:
+    if decoder_dtype == factor_dtype:
+        return f"bit-packed codes, {factor_dtype} factors and decoders"
+    if decoder_dtype == "int8":
+        return f"bit-packed codes, {factor_dtype} factors, int8 decoders with a {factor_dtype} scale per code bit"
+    return f"bit-packed codes, {factor_dtype} factors, {decoder_dtype} decoders"
 
 
 def _checkpoint(model_or_dir: Any, report: Any = None) -> dict:
@@ -278,6 +287,7 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
     stage_rows = [int(r) for r in plan["stage_rows"] or []]
     svd_rank = plan["svd_rank"] or 0
     factor_dtype = plan["factor_dtype"] or "float16"
+    decoder_dtype = plan.get("decoder_dtype") or factor_dtype
     if base_model is not None and hub_model_id(base_model) is None:
         raise ValueError(
             f"base_model must be a Hugging Face Hub model id such as 'org/name', got {base_model!r}"
@@ -332,7 +342,7 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
         ("loss", settings.get("loss") or "unknown"),
         ("frequency-aware allocation", frequency_text),
         ("sensitivity metric", _sensitivity_text(settings, report_data.get("sensitivity"))),
-        ("storage", f"bit-packed codes, {factor_dtype} factors and decoders"),
+        ("storage", _storage_text(factor_dtype, decoder_dtype)),
     ]
     if settings:
         training = f"seed {settings.get('seed')}"
@@ -370,6 +380,7 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
         "embedding_text": embedding_text,
         "svd_rank": svd_rank,
         "factor_dtype": factor_dtype,
+        "decoder_dtype": decoder_dtype,
         "stage_bits": stage_bits,
         "stage_rows": stage_rows,
         "stages": [

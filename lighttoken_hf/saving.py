@@ -280,7 +280,8 @@ def checkpoint_info(path: str | os.PathLike[str]) -> dict:
     Returns:
         A dict with ``path``, ``base_model`` (``model_type``, ``architectures``, ``name_or_path`` of the
         uncompressed backbone), ``plan`` (``svd_rank``, ``stage_bits``, ``stage_rows``, ``factor_dtype``,
-        ``num_embeddings``, ``embedding_dim``), ``architectures`` of the compressed model, ``report`` (the
+        ``decoder_dtype``, ``num_embeddings``, ``embedding_dim``), ``architectures`` of the compressed model,
+        ``report`` (the
         contents of ``lighttoken_report.json``, else the ``compression_stats`` recorded in
         ``config.json``), ``report_source``, ``sentence_transformers_modules`` (the module types of
         ``modules.json``, e.g. ``["Transformer", "Pooling", "Normalize"]``, or ``None`` when the checkpoint is
@@ -324,6 +325,7 @@ def checkpoint_info(path: str | os.PathLike[str]) -> dict:
             "stage_bits": config.get("stage_bits") or [],
             "stage_rows": config.get("stage_rows") or [],
             "factor_dtype": config.get("factor_dtype"),
+            "decoder_dtype": config.get("decoder_dtype"),
         },
         "report": report,
         "report_source": source,

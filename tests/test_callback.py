@@ -38,6 +38,11 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 EMB = "backbone.bert.embeddings.word_embeddings."
 BUFFERS = ("codes_", "coverage_", "padding_row", "token_rank")  # the compressed embedding's buffers (never trained)
+
+
+def is_buffer(name: str) -> bool:
+    """Whether a compressed-embedding tensor name (without prefix) is a buffer: codes, masks, int8 weights."""
+    return name.startswith(BUFFERS) or name.endswith("_qweight")
 LOG_KEYS = (
     "lighttoken/ratio",
     "lighttoken/embedding_bytes",
@@ -209,8 +214,8 @@ def test_frozen_policy_keeps_the_embedding_and_trains_the_backbone(model, datase
 
 def test_decoders_policy_trains_factors_and_decoders_not_codes(model, dataset, tmp_path):
     params, buffers = _param_names(model)
-    assert {"lowrank_left", "lowrank_right", "decoder_0_weight", "decoder_0_bias"} <= set(params)
-    assert any(b.startswith("codes_") for b in buffers)
+    assert {"lowrank_left", "lowrank_right", "decoder_0_scale", "decoder_0_bias"} <= set(params)
+    assert any(b.startswith("codes_") for b in buffers) and "decoder_0_qweight" in buffers
     before = _embedding_tensors(model)
     recorder = StepRecorder()
     _train(model, dataset, tmp_path, lt.LightTokenCallback(policy="decoders"), recorder)
@@ -310,7 +315,7 @@ def test_checkpoints_carry_stats_and_store_the_counted_bytes(model, dataset, tmp
         assert config["compression_stats"]["fine_tuning"]["embedding_update_steps"] == step - 1
         # trained in fp32, saved in the storage dtype: the file holds exactly the bytes the ratio counts
         tensors = _embedding_file_tensors(folder)
-        assert {t.dtype for n, t in tensors.items() if not n.startswith(BUFFERS)} == {torch.float16}
+        assert {t.dtype for n, t in tensors.items() if not is_buffer(n)} == {torch.float16}
         assert sum(t.numel() * t.element_size() for t in tensors.values()) == expected_bytes
         assert trainer.state.stateful_callbacks["LightTokenCallback"]["attributes"]["phase"] == "decoders"
 
@@ -395,7 +400,7 @@ def test_ddp_two_processes_identical_parameters(tmp_path):
         final = [load_file(str(tmp_path / policy / f"final_rank{r}.safetensors")) for r in (0, 1)]
         for key, tensor in final[0].items():
             assert torch.equal(tensor, final[1][key]), f"{policy}: {key} differs between the ranks"
-        emb_params = [k for k in initial if k.startswith(EMB) and not k[len(EMB) :].startswith(BUFFERS)]
+        emb_params = [k for k in initial if k.startswith(EMB) and not is_buffer(k[len(EMB) :])]
         emb_buffers = [k for k in initial if k.startswith(EMB) and k not in emb_params]
         assert emb_params and emb_buffers
         assert not torch.equal(final[0]["backbone.classifier.weight"], initial["backbone.classifier.weight"])

@@ -51,7 +51,7 @@ def test_intact_checkpoint_loads_and_keeps_output_loading_info(saved):
     assert not info["missing_keys"] and not info["mismatched_keys"]
 
 
-@pytest.mark.parametrize("name", ["codes_0", "decoder_0_weight", "padding_row"])
+@pytest.mark.parametrize("name", ["codes_0", "decoder_0_qweight", "decoder_0_scale", "padding_row"])
 def test_missing_compressed_tensor_names_tensor_and_file(saved, tmp_path, name):
     folder = shutil.copytree(saved, tmp_path / "ckpt")
     path = _edit(folder, lambda t: t.pop(EMB + name))
@@ -96,12 +96,12 @@ def test_the_check_ships_with_the_remote_code(saved, tmp_path):
 
 def test_wrong_shape_names_tensor_file_and_shapes(saved, tmp_path):
     folder = shutil.copytree(saved, tmp_path / "ckpt")
-    path = _edit(folder, lambda t: t.update({EMB + "decoder_0_weight": t[EMB + "decoder_0_weight"][:5]}))
-    with pytest.raises(ValueError, match=rf"{EMB}decoder_0_weight") as err:
+    path = _edit(folder, lambda t: t.update({EMB + "decoder_0_qweight": t[EMB + "decoder_0_qweight"][:5]}))
+    with pytest.raises(ValueError, match=rf"{EMB}decoder_0_qweight") as err:
         AutoModel.from_pretrained(folder)
     assert path in str(err.value) and "(5, 32)" in str(err.value)
     # the embedding must be right even when the caller tolerates other size mismatches
-    with pytest.raises(ValueError, match="decoder_0_weight"):
+    with pytest.raises(ValueError, match="decoder_0_qweight"):
         AutoModel.from_pretrained(folder, ignore_mismatched_sizes=True)
 
 

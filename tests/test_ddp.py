@@ -71,11 +71,15 @@ def test_ddp_cannot_broadcast_the_int16_token_rank_of_older_checkpoints(gloo_gro
         DistributedDataParallel(_with_token_rank_layout(_frequency_aware(tiny_bert_config, gen)))
 
 
-def test_coverage_masks_are_uint8_and_ddp_wraps_without_help(gloo_group, tiny_bert_config, gen, id_batch):
+def test_coverage_masks_and_int8_decoders_broadcast_and_ddp_wraps_without_help(
+    gloo_group, tiny_bert_config, gen, id_batch
+):
     model = _frequency_aware(tiny_bert_config, gen)
-    assert {t.dtype for _, t in model.get_input_embeddings().named_buffers()} <= {torch.uint8, torch.float16}
+    embedding = model.get_input_embeddings()
+    assert {t.dtype for _, t in embedding.named_buffers()} == {torch.uint8, torch.int8, torch.float16}
     wrapped = DistributedDataParallel(model, find_unused_parameters=True)
     wrapped(**id_batch).last_hidden_state.sum().backward()
+    assert embedding.decoder_0_scale.grad is not None and embedding.decoder_0_bias.grad is not None
 
 
 def test_skipping_the_constant_buffers_lets_ddp_wrap_and_train(gloo_group, tiny_bert_config, gen, id_batch):
@@ -87,7 +91,7 @@ def test_skipping_the_constant_buffers_lets_ddp_wrap_and_train(gloo_group, tiny_
 
     wrapped = DistributedDataParallel(model, find_unused_parameters=True)
     wrapped(**id_batch).last_hidden_state.sum().backward()
-    assert embedding.decoder_0_weight.grad is not None
+    assert embedding.decoder_0_weight.grad is not None  # the older layout: fp16 decoder weights
 
 
 def test_token_loss_under_ddp_equals_the_exact_loss(tmp_path):

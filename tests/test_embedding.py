@@ -14,25 +14,26 @@ from safetensors.torch import load_file, save_file
 
 from lighttoken_hf import LightTokenEmbedding
 
-#: (V, d, svd_rank, stage_bits, stage_rows, padding_idx, row_index): SVD only, hashing only, mixed
-#: with frequency tiers (coverage masks, or the older token-rank table) and a padding row, and a
-#: padding index given from the end.
+#: (V, d, svd_rank, stage_bits, stage_rows, padding_idx, row_index, decoder_dtype): SVD only, hashing
+#: only, mixed with frequency tiers (coverage masks, or the older token-rank table) and a padding row,
+#: the same with int8 decoders, and a padding index given from the end.
 LAYOUTS = {
-    "svd_only": (40, 6, 3, (), None, None, "coverage"),
-    "hashing_only": (40, 6, 0, (5, 16), None, None, "coverage"),
-    "tiers_padding": (50, 12, 3, (9, 16, 8), (50, 20, 7), 0, "coverage"),
-    "tiers_token_rank": (50, 12, 3, (9, 16, 8), (50, 20, 7), 0, "token_rank"),
-    "negative_padding": (30, 4, 2, (1, 12), (30, 11), -1, "coverage"),
+    "svd_only": (40, 6, 3, (), None, None, "coverage", None),
+    "hashing_only": (40, 6, 0, (5, 16), None, None, "coverage", None),
+    "tiers_padding": (50, 12, 3, (9, 16, 8), (50, 20, 7), 0, "coverage", None),
+    "tiers_token_rank": (50, 12, 3, (9, 16, 8), (50, 20, 7), 0, "token_rank", None),
+    "tiers_int8": (50, 12, 3, (9, 16, 8), (50, 20, 7), 0, "coverage", torch.int8),
+    "negative_padding": (30, 4, 2, (1, 12), (30, 11), -1, "coverage", None),
 }
 
 
 def random_embedding(layout: str, seed: int = 0, factor_dtype=torch.float16) -> LightTokenEmbedding:
     """A LightTokenEmbedding with random stored tensors (random code bytes, token ranks a permutation,
     coverage masks a random set of the stage's row count)."""
-    v, d, rank, bits, rows, padding_idx, row_index = LAYOUTS[layout]
+    v, d, rank, bits, rows, padding_idx, row_index, decoder_dtype = LAYOUTS[layout]
     m = LightTokenEmbedding(
         v, d, svd_rank=rank, stage_bits=bits, stage_rows=rows, padding_idx=padding_idx,
-        factor_dtype=factor_dtype, row_index=row_index,
+        factor_dtype=factor_dtype, row_index=row_index, decoder_dtype=decoder_dtype,
     )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -45,6 +46,8 @@ def random_embedding(layout: str, seed: int = 0, factor_dtype=torch.float16) -> 
                 t.copy_(torch.from_numpy(np.packbits(covered, bitorder="little")))
             elif t.dtype == torch.uint8:
                 t.copy_(torch.randint(0, 256, t.shape, generator=g, dtype=torch.uint8))
+            elif t.dtype == torch.int8:
+                t.copy_(torch.randint(-127, 128, t.shape, generator=g, dtype=torch.int8))
             else:
                 t.copy_(torch.randn(t.shape, generator=g).to(t.dtype))
     return m
@@ -54,7 +57,8 @@ def reference_matrix(m: LightTokenEmbedding) -> torch.Tensor:
     """The documented reconstruction, computed independently in float64 from the stored tensors.
 
     row i = lowrank_left[i] @ lowrank_right + sum_s [rank(i) < rows_s] (b_s(i) @ W_s + c_s), with b_s
-    the stage's little-endian packed bits mapped to {-1, +1}; the padding row is stored exactly.
+    the stage's little-endian packed bits mapped to {-1, +1} and W_s = qweight * scale[:, None] for int8
+    decoders; the padding row is stored exactly.
     """
     state = m.state_dict()
     v = m.num_embeddings
@@ -65,7 +69,12 @@ def reference_matrix(m: LightTokenEmbedding) -> torch.Tensor:
         assert codes.shape == (rows, (bits + 7) // 8)
         b01 = np.unpackbits(codes.numpy(), axis=1, bitorder="little")[:, :bits]
         signs = torch.from_numpy(b01).double() * 2 - 1
-        decoded = signs @ state[f"decoder_{s}_weight"].double() + state[f"decoder_{s}_bias"].double()
+        if f"decoder_{s}_qweight" in state:
+            assert state[f"decoder_{s}_qweight"].dtype == torch.int8 and f"decoder_{s}_weight" not in state
+            weight = state[f"decoder_{s}_qweight"].double() * state[f"decoder_{s}_scale"].double().unsqueeze(1)
+        else:
+            weight = state[f"decoder_{s}_weight"].double()
+        decoded = signs @ weight + state[f"decoder_{s}_bias"].double()
         if f"coverage_{s}" in state:  # covered ids in id order: row = number of covered ids below
             covered = torch.from_numpy(
                 np.unpackbits(state[f"coverage_{s}"].numpy(), bitorder="little")[:v].astype(bool)
@@ -211,10 +220,11 @@ def test_safetensors_round_trip(layout, tmp_path, gen):
     save_file(m.state_dict(), str(path))
     loaded = load_file(str(path))
     assert sum(t.numel() * t.element_size() for t in loaded.values()) == m.compressed_nbytes
-    v, d, rank, bits, rows, padding_idx, row_index = LAYOUTS[layout]
+    v, d, rank, bits, rows, padding_idx, row_index, decoder_dtype = LAYOUTS[layout]
     fresh = LightTokenEmbedding(
-        v, d, svd_rank=rank, stage_bits=bits, stage_rows=rows, padding_idx=padding_idx, row_index=row_index
-    )
+        v, d, svd_rank=rank, stage_bits=bits, stage_rows=rows, padding_idx=padding_idx, row_index=row_index,
+        decoder_dtype=decoder_dtype,
+    )  # fmt: skip
     fresh.load_state_dict(loaded)
     ids = torch.randint(0, v, (4, 9), generator=gen)
     assert torch.equal(fresh(ids), m(ids))
@@ -230,8 +240,10 @@ def test_compressed_nbytes_counts_every_stored_tensor(layout):
     if layout == "tiers_token_rank":
         expected += v * 2  # int16 token ranks
     for b, r in zip(m.stage_bits, m.stage_rows, strict=True):
-        expected += r * ((b + 7) // 8) + (b + 1) * d * 2  # codes, decoder weight and bias
-        if layout == "tiers_padding" and r < v:
+        expected += r * ((b + 7) // 8) + d * 2  # codes, decoder bias
+        # decoder weight: fp16, or int8 with an fp16 scale per code bit
+        expected += b * d + b * 2 if layout == "tiers_int8" else b * d * 2
+        if layout in ("tiers_padding", "tiers_int8") and r < v:
             expected += (v + 7) // 8  # the tier's coverage mask, 1 bit per token
     assert m.compressed_nbytes == expected
     assert m.dense_nbytes == v * d * 4
@@ -319,7 +331,7 @@ def test_gradients_reach_the_stored_factors():
     assert m.decoder_0_weight.grad is not None
 
 
-@pytest.mark.parametrize("layout", ["tiers_padding", "tiers_token_rank"])
+@pytest.mark.parametrize("layout", ["tiers_padding", "tiers_token_rank", "tiers_int8"])
 def test_repeated_ids_give_the_gradients_of_a_dense_gather(layout):
     # forward decodes each distinct id once and a tier only for the ids it covers; the gradients must
     # still be those of gathering every position from the full reconstruction
@@ -335,7 +347,8 @@ def test_repeated_ids_give_the_gradients_of_a_dense_gather(layout):
     for name, p in m.named_parameters():
         torch.testing.assert_close(lookup[name], p.grad, rtol=1e-5, atol=1e-4, msg=name)
     tier = len(m.stage_bits) - 1
-    assert lookup[f"decoder_{tier}_weight"].abs().sum() > 0  # the smallest tier still learns
+    trained = f"decoder_{tier}_scale" if m.int8_decoders else f"decoder_{tier}_weight"
+    assert lookup[trained].abs().sum() > 0  # the smallest tier still learns
 
 
 @pytest.mark.parametrize(
@@ -357,3 +370,30 @@ def test_constructor_rejects_bad_shapes(kwargs):
 def test_constructor_rejects_empty(v, d):
     with pytest.raises(ValueError, match="positive"):
         LightTokenEmbedding(v, d, svd_rank=0)
+
+
+def test_set_decoder_rounds_to_int8_with_a_scale_per_code_bit():
+    m = LightTokenEmbedding(10, 6, stage_bits=[3], decoder_dtype=torch.int8)
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(3, 6, generator=g) * torch.tensor([[1.0], [1e-3], [50.0]])
+    bias = torch.randn(6, generator=g)
+    m.set_decoder(0, weight, bias)
+    assert m.decoder_0_qweight.dtype == torch.int8 and m.decoder_0_qweight.abs().max() <= 127
+    assert m.decoder_0_qweight.abs().amax(dim=1).tolist() == [127, 127, 127]  # each row uses the full range
+    scale = m.decoder_0_scale.float().unsqueeze(1)
+    # every entry within half a quantisation step of its row (plus the scale's own fp16 rounding)
+    assert ((m.decoder_weight(0) - weight).abs() <= 0.5 * scale + 1e-3 * weight.abs()).all()
+    torch.testing.assert_close(m.decoder_0_bias.float(), bias, rtol=1e-3, atol=1e-3)
+    close(m.weight, (unpack_signs(m, 0) @ m.decoder_weight(0) + m.decoder_0_bias.float()))
+
+
+def unpack_signs(m: LightTokenEmbedding, s: int) -> torch.Tensor:
+    codes = getattr(m, f"codes_{s}")
+    bits01 = np.unpackbits(codes.numpy(), axis=1, bitorder="little")[:, : m.stage_bits[s]]
+    return torch.from_numpy(bits01).float() * 2 - 1
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.uint8, torch.bool])
+def test_unsupported_decoder_dtype_is_a_clear_error(dtype):
+    with pytest.raises(ValueError, match="decoder_dtype must be a float dtype or torch.int8"):
+        LightTokenEmbedding(10, 6, stage_bits=[3], decoder_dtype=dtype)

@@ -25,6 +25,7 @@ def module_for(plan) -> LightTokenEmbedding:
         stage_rows=plan.stage_rows,
         padding_idx=0 if plan.has_padding_row else None,
         factor_dtype=FACTOR_DTYPES[plan.factor_bytes],
+        decoder_dtype=torch.int8 if plan.int8_decoders else None,
     )
 
 
@@ -76,8 +77,11 @@ def assert_informative(err: BaseException | pytest.ExceptionInfo) -> None:
 )
 @pytest.mark.parametrize("frequency_aware", [False, True])
 @pytest.mark.parametrize("padding", [False, True])
-def test_plan_meets_ratio_and_counts_bytes_exactly(v, d, ratio, frequency_aware, padding):
-    plan = plan_for_ratio(v, d, ratio, frequency_aware=frequency_aware, has_padding_row=padding)
+@pytest.mark.parametrize("int8_decoders", [False, True])
+def test_plan_meets_ratio_and_counts_bytes_exactly(v, d, ratio, frequency_aware, padding, int8_decoders):
+    plan = plan_for_ratio(
+        v, d, ratio, frequency_aware=frequency_aware, has_padding_row=padding, int8_decoders=int8_decoders
+    )
     check_plan(plan, v, d, ratio=ratio)
     assert plan.stage_bits, "a feasible target should get at least one hashing stage"
 
@@ -89,13 +93,15 @@ def test_plan_meets_ratio_and_counts_bytes_exactly(v, d, ratio, frequency_aware,
     frequency_aware=st.booleans(),
     padding=st.booleans(),
     factor_bytes=st.sampled_from([2, 4]),
+    int8_decoders=st.booleans(),
 )
-def test_plan_property(v, d, ratio, frequency_aware, padding, factor_bytes):
+def test_plan_property(v, d, ratio, frequency_aware, padding, factor_bytes, int8_decoders):
     assume(v * d * 4 // ratio >= 1)  # a zero-byte budget is covered by test_ratio_above_dense_bytes
     try:
         plan = plan_for_ratio(
-            v, d, ratio, frequency_aware=frequency_aware, has_padding_row=padding, factor_bytes=factor_bytes
-        )
+            v, d, ratio, frequency_aware=frequency_aware, has_padding_row=padding, factor_bytes=factor_bytes,
+            int8_decoders=int8_decoders,
+        )  # fmt: skip
     except ValueError as err:
         # refusing is only allowed when the target is really out of reach, and must say why
         assert "ratio" in str(err).lower()
@@ -181,11 +187,12 @@ def test_frequency_aware_plan_spends_extra_stages_on_frequent_rows():
     ratio=st.floats(8, 100),
     share=st.floats(0.1, 0.7),
     decay=st.floats(0.25, 0.6),
+    int8_decoders=st.booleans(),
 )
-def test_frequency_aware_plans_spend_the_budget(v, d, ratio, share, decay):
+def test_frequency_aware_plans_spend_the_budget(v, d, ratio, share, decay, int8_decoders):
     """Bytes the tiers leave go to wider base stages and then to more tier rows: nothing is wasted."""
     try:
-        plan = plan_for_ratio(v, d, ratio, frequency_share=share, tier_decay=decay)
+        plan = plan_for_ratio(v, d, ratio, frequency_share=share, tier_decay=decay, int8_decoders=int8_decoders)
     except ValueError:
         return  # not even a uniform plan fits this small matrix at this ratio
     budget = int(v * d * 4 // ratio)
@@ -319,3 +326,12 @@ def test_default_frequency_share_grows_with_the_ratio_and_is_recorded():
         assert plan.notes["frequency_share"] == pytest.approx(default_frequency_share(ratio))
     explicit = plan_for_ratio(30522, 384, 100, frequency_share=0.25)
     assert explicit.notes["frequency_share"] == 0.25 and explicit.stage_bits != plan.stage_bits
+
+
+@pytest.mark.parametrize("ratio", [25, 100])
+def test_int8_decoders_leave_more_bytes_for_codes(ratio):
+    fp16 = plan_for_ratio(30522, 384, ratio)
+    int8 = plan_for_ratio(30522, 384, ratio, int8_decoders=True)
+    codes = lambda p: sum(r * ((b + 7) // 8) for b, r in zip(p.stage_bits, p.stage_rows))  # noqa: E731
+    assert int8.nbytes <= 30522 * 384 * 4 // ratio and int8.ratio >= ratio
+    assert codes(int8) > 1.05 * codes(fp16)

@@ -316,15 +316,16 @@ def _as_token_rank_layout(embedding: lighttoken_hf.LightTokenEmbedding) -> light
 
 
 def test_checkpoint_in_the_older_token_rank_layout_still_loads(tiny_bert_config, gen, id_batch, tmp_path):
-    """Checkpoints saved before coverage masks (config without ``row_index``, an int16 token_rank) load
-    and decode exactly as they did."""
+    """Checkpoints saved before coverage masks and int8 decoders (config without ``row_index`` and
+    ``decoder_dtype``, an int16 token_rank, fp16 decoder weights) load and decode exactly as they did."""
     from transformers import BertModel
 
     tiny_bert_config.vocab_size = 4000
     torch.manual_seed(0)
     zipf = 1.0 / torch.arange(1, 4001, dtype=torch.float32)[torch.randperm(4000, generator=gen)]
     model = lighttoken_hf.compress(
-        BertModel(tiny_bert_config), ratio=8, token_frequencies=zipf, schedule=FAST_SCHEDULE, progress=False
+        BertModel(tiny_bert_config), ratio=8, token_frequencies=zipf, schedule=FAST_SCHEDULE, progress=False,
+        decoder_dtype="float16",
     ).eval()
     embedding = model.get_input_embeddings()
     assert embedding.row_index == "coverage" and min(embedding.stage_rows) < 4000
@@ -335,7 +336,8 @@ def test_checkpoint_in_the_older_token_rank_layout_still_loads(tiny_bert_config,
     model.set_input_embeddings(legacy)
     model.save_pretrained(tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text(encoding="utf-8"))
-    config.pop("row_index", None)  # the field did not exist then
+    config.pop("row_index", None)  # the fields did not exist then
+    config.pop("decoder_dtype", None)
     (tmp_path / "old" / "config.json").write_text(json.dumps(config), encoding="utf-8")
 
     from transformers import AutoModel

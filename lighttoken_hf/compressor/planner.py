@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 _FP32 = 4
 
@@ -40,6 +40,7 @@ class CompressionPlan:
     stage_rows: list[int]
     factor_bytes: int = 2
     has_padding_row: bool = False
+    int8_decoders: bool = False
     notes: dict = field(default_factory=dict)
 
     @property
@@ -58,6 +59,18 @@ class CompressionPlan:
     def to_dict(self) -> dict:
         return {**asdict(self), "nbytes": self.nbytes, "ratio": self.ratio}
 
+    def with_stages(self, svd_rank: int, stage_bits: list[int], stage_rows: list[int]) -> CompressionPlan:
+        """The same storage formats with other shapes (and no notes)."""
+        return replace(
+            self, svd_rank=svd_rank, stage_bits=list(stage_bits), stage_rows=list(stage_rows), notes={}
+        )
+
+    def decoder_nbytes(self, bits: int) -> int:
+        """Bytes of one stage's decoder: its weight (int8 plus a scale per bit, or factor dtype) and bias."""
+        d, fb = self.embedding_dim, self.factor_bytes
+        weight = bits * d + bits * fb if self.int8_decoders else bits * d * fb
+        return weight + d * fb
+
 
 def coverage_bytes(num_embeddings: int) -> int:
     """Bytes of one frequency tier's coverage mask (1 bit per token, packed)."""
@@ -70,7 +83,7 @@ def plan_nbytes(plan: CompressionPlan) -> int:
     total = (v + d) * plan.svd_rank * fb
     total += d * fb if plan.has_padding_row else 0
     for bits, rows in zip(plan.stage_bits, plan.stage_rows):
-        total += rows * ((bits + 7) // 8) + (bits + 1) * d * fb
+        total += rows * ((bits + 7) // 8) + plan.decoder_nbytes(bits)
         total += coverage_bytes(v) if rows < v else 0
     return total
 
@@ -99,12 +112,15 @@ def plan_for_ratio(
     min_tier_rows: int = 256,
     factor_bytes: int = 2,
     has_padding_row: bool = False,
+    int8_decoders: bool = False,
 ) -> CompressionPlan:
     """Choose rank, stages, bits and rows so that the real ratio is at least ``ratio``.
 
     Give either ``ratio`` (> 1) or ``budget_bytes``. ``num_stages``/``stage_bits`` pin the uniform
     part's stage count or width (``num_stages=0`` gives the SVD-only ablation, which then uses the
-    budget for a larger rank). Raises ``ValueError`` with what is possible when the target cannot be met.
+    budget for a larger rank). ``factor_bytes`` and ``int8_decoders`` give the storage formats (an int8
+    decoder weight carries one ``factor_bytes`` scale per code bit). Raises ``ValueError`` with what is
+    possible when the target cannot be met.
     """
     v, d = num_embeddings, embedding_dim
     dense = v * d * _FP32
@@ -129,8 +145,8 @@ def plan_for_ratio(
     if not 0 <= frequency_share < 1:
         raise ValueError(f"frequency_share must be in [0, 1), got {frequency_share}")
 
-    def build(rank: int, bits: list[int], rows: list[int]) -> CompressionPlan:
-        return CompressionPlan(v, d, rank, bits, rows, factor_bytes, has_padding_row)
+    shell = CompressionPlan(v, d, 0, [], [], factor_bytes, has_padding_row, int8_decoders)
+    build = shell.with_stages
 
     if num_stages == 0:  # SVD-only ablation: the largest rank within budget
         rank = (
@@ -147,8 +163,8 @@ def plan_for_ratio(
         return plan
 
     plan_stages = functools.partial(
-        _plan_stages, v, d, budget, svd_rank, num_stages, stage_bits, max_stage_bits, frequency_share,
-        tier_decay, min_tier_rows, factor_bytes, has_padding_row,
+        _plan_stages, shell, budget, svd_rank, num_stages, stage_bits, max_stage_bits, frequency_share,
+        tier_decay, min_tier_rows,
     )  # fmt: skip
     if frequency_aware:
         with contextlib.suppress(ValueError):  # the tiers do not fit: a uniform plan may still
@@ -157,8 +173,7 @@ def plan_for_ratio(
 
 
 def _plan_stages(
-    v: int,
-    d: int,
+    shell: CompressionPlan,
     budget: int,
     svd_rank: int | None,
     num_stages: int | None,
@@ -167,22 +182,21 @@ def _plan_stages(
     frequency_share: float,
     tier_decay: float,
     min_tier_rows: int,
-    factor_bytes: int,
-    has_padding_row: bool,
     tiers: bool = True,
 ) -> CompressionPlan:
-    """Base stages for all rows plus (``tiers``) frequency tiers; raises ValueError if nothing fits."""
-    dense = v * d * _FP32
+    """Base stages for all rows plus (``tiers``) frequency tiers; raises ValueError if nothing fits.
 
-    def build(rank: int, bits: list[int], rows: list[int]) -> CompressionPlan:
-        return CompressionPlan(v, d, rank, bits, rows, factor_bytes, has_padding_row)
+    ``shell`` carries the matrix shape and storage formats (its own stages are ignored)."""
+    v, d, factor_bytes = shell.num_embeddings, shell.embedding_dim, shell.factor_bytes
+    dense = v * d * _FP32
+    build = shell.with_stages
 
     rank = default_svd_rank(v, d, budget) if svd_rank is None else svd_rank
     if rank < 0 or rank > min(v, d):
         raise ValueError(f"svd_rank must be in 0..{min(v, d)}, got {rank}")
     avail = budget - build(rank, [], []).nbytes
-    # bytes per base bit: a code bit for every row plus one decoder row (fp16) per bit
-    per_bit = v / 8 + d * factor_bytes
+    # bytes per base bit: a code bit for every row plus one decoder row per bit
+    per_bit = v / 8 + shell.decoder_nbytes(1) - d * factor_bytes
     share = frequency_share if tiers else 0.0
     if stage_bits is not None:
         stages = num_stages or max(1, int((avail * (1 - share)) // (stage_bits * per_bit + d * factor_bytes)))
@@ -227,7 +241,7 @@ def _plan_stages(
                 # spend what is left on one more tier for the most frequent rows, as wide as fits
                 spare = budget - plan.nbytes - coverage_bytes(v)
                 for width in sorted({tier_bits, *(w for w in (128, 64, 32) if w < tier_bits)}, reverse=True):
-                    fit = (spare - (width + 1) * d * factor_bytes) // ((width + 7) // 8)
+                    fit = (spare - plan.decoder_nbytes(width)) // ((width + 7) // 8)
                     if min(n_rows, fit) >= min_tier_rows:
                         trial = build(rank, bits + [width], rows + [int(min(n_rows, fit))])
                         bits, rows, plan = trial.stage_bits, trial.stage_rows, trial
@@ -261,10 +275,7 @@ def _widen_base(
     while extra >= 8:
         total = sum(base) + extra
         bits = _split_bits(total, max_stage_bits) if num_stages is None else _split_even(total, len(base))
-        trial = CompressionPlan(
-            v, plan.embedding_dim, plan.svd_rank, bits + tier_bits, [v] * len(bits) + tier_rows,
-            plan.factor_bytes, plan.has_padding_row,
-        )  # fmt: skip
+        trial = plan.with_stages(plan.svd_rank, bits + tier_bits, [v] * len(bits) + tier_rows)
         if trial.nbytes <= budget:
             return trial
         extra -= 8
@@ -277,15 +288,7 @@ def _stretch_tiers(plan: CompressionPlan, budget: int) -> CompressionPlan:
 
     def stretched(factor: float) -> CompressionPlan:
         rows = [r if r == v else min(v - 1, int(r * factor)) for r in plan.stage_rows]
-        return CompressionPlan(
-            v,
-            plan.embedding_dim,
-            plan.svd_rank,
-            plan.stage_bits,
-            rows,
-            plan.factor_bytes,
-            plan.has_padding_row,
-        )
+        return plan.with_stages(plan.svd_rank, plan.stage_bits, rows)
 
     low, high = 1.0, float(v)
     for _ in range(40):  # bisect the largest factor that fits (nbytes grows with it)

@@ -27,7 +27,9 @@ class LightTokenConfig(PretrainedConfig):
         stage_bits: code bits of each hashing stage.
         stage_rows: rows covered by each stage (most frequent tokens first).
         padding_idx: padding row, stored exactly (``None`` for none).
-        factor_dtype: storage dtype of low-rank factors and decoders (``"float16"``...).
+        factor_dtype: storage dtype of the low-rank factors, decoder biases and scales (``"float16"``...).
+        decoder_dtype: storage dtype of the decoder weights (``"int8"`` or a float dtype); ``None``, the
+            default for configs written before int8 decoders, means ``factor_dtype``.
         row_index: how a frequency tier finds a token's row (``LightTokenEmbedding``): ``"coverage"``
             bit masks, or ``"token_rank"``, the default for configs written before that field existed.
         compression_stats: measured facts (real ratio and bytes, fidelity metrics, settings).
@@ -44,6 +46,7 @@ class LightTokenConfig(PretrainedConfig):
     stage_rows: list[int] | None = None
     padding_idx: int | None = None
     factor_dtype: str = "float16"
+    decoder_dtype: str | None = None
     row_index: str = "token_rank"
     compression_stats: dict[str, Any] | None = None
 

@@ -21,7 +21,9 @@ they round-trip through ``state_dict`` / safetensors):
 * ``codes_{s}`` (stage_rows[s] x ceil(B_s / 8)) uint8: stage ``s``'s binary codes, bit-packed
   (1 bit per code bit, little-endian bit order inside a byte).
 * ``decoder_{s}_weight`` (B_s x d) and ``decoder_{s}_bias`` (d,): stage ``s``'s linear decoder,
-  applied to the code mapped to {-1, +1}.
+  applied to the code mapped to {-1, +1}, stored in ``factor_dtype``. With ``decoder_dtype=torch.int8``
+  the weight is stored instead as ``decoder_{s}_qweight`` (B_s x d, int8) and ``decoder_{s}_scale``
+  (B_s,) in ``factor_dtype``: ``W_s = qweight * scale[:, None]`` (symmetric, one scale per code bit).
 
 A row is rebuilt as ``lowrank_left[i] @ lowrank_right + sum_s [stage s covers i] * (b_s(i) @ W_s + c_s)``.
 """
@@ -71,7 +73,11 @@ class LightTokenEmbedding(nn.Module):
         stage_rows: rows covered by each stage (the ``stage_rows[s]`` most frequent tokens);
             ``None`` means every stage covers all V rows.
         padding_idx: like ``nn.Embedding``: that row is stored exactly (``padding_row``).
-        factor_dtype: storage dtype of the low-rank factors and decoders.
+        factor_dtype: storage dtype of the low-rank factors, the decoder biases (and scales) and the
+            padding row.
+        decoder_dtype: storage dtype of the decoder weights: a float dtype, or ``torch.int8`` (one
+            ``factor_dtype`` scale per code bit); ``None`` means ``factor_dtype`` (the layout of
+            checkpoints written before int8 decoders).
         dtype: dtype of the vectors returned by ``forward``.
         row_index: how a stage that covers fewer than V rows finds a token's row: ``"coverage"``
             (a packed bit mask per such stage, 1 bit per token) or ``"token_rank"`` (one int16
@@ -92,10 +98,14 @@ class LightTokenEmbedding(nn.Module):
         factor_dtype: torch.dtype = torch.float16,
         dtype: torch.dtype = torch.float32,
         row_index: str = "coverage",
+        decoder_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if row_index not in self.ROW_INDEXES:
             raise ValueError(f"row_index must be one of {self.ROW_INDEXES}, got {row_index!r}")
+        decoder_dtype = factor_dtype if decoder_dtype is None else decoder_dtype
+        if not (decoder_dtype.is_floating_point or decoder_dtype == torch.int8):
+            raise ValueError(f"decoder_dtype must be a float dtype or torch.int8, got {decoder_dtype}")
         if num_embeddings <= 0 or embedding_dim <= 0:
             raise ValueError(
                 f"num_embeddings and embedding_dim must be positive, got {num_embeddings}, {embedding_dim}"
@@ -120,6 +130,8 @@ class LightTokenEmbedding(nn.Module):
         self.stage_bits = stage_bits
         self.stage_rows = stage_rows
         self.output_dtype = dtype
+        self.decoder_dtype = decoder_dtype
+        self.int8_decoders = decoder_dtype == torch.int8
         self.lowrank_left = nn.Parameter(torch.zeros(num_embeddings, self.svd_rank, dtype=factor_dtype))
         self.lowrank_right = nn.Parameter(torch.zeros(self.svd_rank, embedding_dim, dtype=factor_dtype))
         if padding_idx is not None:
@@ -136,9 +148,17 @@ class LightTokenEmbedding(nn.Module):
                 first = (torch.arange(num_embeddings) < rows).unsqueeze(0)
                 self.register_buffer(f"coverage_{s}", pack_bits(first)[0])
             self.register_buffer(f"codes_{s}", torch.zeros(rows, (bits + 7) // 8, dtype=torch.uint8))
-            self.register_parameter(
-                f"decoder_{s}_weight", nn.Parameter(torch.zeros(bits, embedding_dim, dtype=factor_dtype))
-            )
+            if self.int8_decoders:  # fixed int8 directions; the per-bit scales stay trainable
+                self.register_buffer(
+                    f"decoder_{s}_qweight", torch.zeros(bits, embedding_dim, dtype=torch.int8)
+                )
+                self.register_parameter(
+                    f"decoder_{s}_scale", nn.Parameter(torch.zeros(bits, dtype=factor_dtype))
+                )
+            else:
+                self.register_parameter(
+                    f"decoder_{s}_weight", nn.Parameter(torch.zeros(bits, embedding_dim, dtype=decoder_dtype))
+                )
             self.register_parameter(
                 f"decoder_{s}_bias", nn.Parameter(torch.zeros(embedding_dim, dtype=factor_dtype))
             )
@@ -174,12 +194,27 @@ class LightTokenEmbedding(nn.Module):
         return [t for _, t in self.named_parameters()] + [t for _, t in self.named_buffers()]
 
     # ------------------------------------------------------------------ decoding
-    def _stage(self, s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (
-            getattr(self, f"codes_{s}"),
-            getattr(self, f"decoder_{s}_weight"),
-            getattr(self, f"decoder_{s}_bias"),
-        )
+    def decoder_weight(self, s: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Stage ``s``'s decoder weight (B_s x d) in ``dtype``, dequantized when stored as int8."""
+        if self.int8_decoders:
+            scale = getattr(self, f"decoder_{s}_scale").to(dtype)
+            return getattr(self, f"decoder_{s}_qweight").to(dtype) * scale.unsqueeze(1)
+        return getattr(self, f"decoder_{s}_weight").to(dtype)
+
+    @torch.no_grad()
+    def set_decoder(self, s: int, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Store stage ``s``'s decoder (``weight`` B_s x d, ``bias`` d), rounding it to the storage
+        format: with int8 decoders each row gets the scale ``max|row| / 127`` (rounded to its storage
+        dtype first, so the int8 values are exact for the stored scale)."""
+        getattr(self, f"decoder_{s}_bias").copy_(bias)
+        if not self.int8_decoders:
+            getattr(self, f"decoder_{s}_weight").copy_(weight)
+            return
+        stored = getattr(self, f"decoder_{s}_scale")
+        stored.copy_(weight.float().abs().amax(dim=1) / 127)
+        scale = stored.float().clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(1)
+        quantized = (weight.float() / scale).round().clamp(-127, 127)
+        getattr(self, f"decoder_{s}_qweight").copy_(quantized.to(torch.int8))
 
     def stage_index(self, s: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(inside, row)`` for token ``ids`` in stage ``s``: whether the stage covers each id, and its
@@ -246,7 +281,8 @@ class LightTokenEmbedding(nn.Module):
         out = torch.zeros(ids.shape[0], self.embedding_dim, dtype=compute, device=ids.device)
         full_signs, full_weights, tiers = [], [], []
         for s, bits in enumerate(self.stage_bits):
-            codes, weight, bias = self._stage(s)
+            codes, bias = getattr(self, f"codes_{s}"), getattr(self, f"decoder_{s}_bias")
+            weight = self.decoder_weight(s, compute)
             inside, row = self.stage_index(s, ids)
             where = None
             if self.stage_rows[s] < self.num_embeddings:  # a frequency tier: only the ids it covers
@@ -257,10 +293,10 @@ class LightTokenEmbedding(nn.Module):
             signs = nn.functional.embedding(codes.index_select(0, row).long(), table).flatten(1)[:, :bits]
             if where is None:  # every stage that covers all ids joins one matmul
                 full_signs.append(signs)
-                full_weights.append(weight.to(compute))
+                full_weights.append(weight)
                 out += bias.to(compute)
             else:
-                tiers.append((where, signs, weight.to(compute), bias.to(compute)))
+                tiers.append((where, signs, weight, bias.to(compute)))
         if full_signs:
             out += torch.cat(full_signs, dim=1) @ torch.cat(full_weights, dim=0)
         if self.svd_rank:
@@ -308,5 +344,6 @@ class LightTokenEmbedding(nn.Module):
         return (
             f"{self.num_embeddings}, {self.embedding_dim}, svd_rank={self.svd_rank}, stage_bits={self.stage_bits}, "
             f"stage_rows={self.stage_rows}, padding_idx={self.padding_idx}, row_index={self.row_index}, "
+            f"decoder_dtype={str(self.decoder_dtype).removeprefix('torch.')}, "
             f"ratio={self.compression_ratio:.1f}x"
         )

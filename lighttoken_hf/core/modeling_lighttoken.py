@@ -49,6 +49,7 @@ def embedding_from_config(config: LightTokenConfig) -> LightTokenEmbedding:
         padding_idx=config.padding_idx,
         factor_dtype=getattr(torch, config.factor_dtype),
         row_index=config.row_index,
+        decoder_dtype=getattr(torch, config.decoder_dtype) if config.decoder_dtype else None,
     )
 
 
@@ -122,9 +123,11 @@ class LightTokenLMHead(nn.Module):
                 lowrank = lowrank.index_fill(-1, torch.tensor([emb.padding_idx], device=h.device), 0)
             logits = logits + lowrank
         if emb.stage_bits:
-            decoders = [getattr(emb, f"decoder_{s}_weight") for s in range(len(emb.stage_bits))]
-            decoders += [getattr(emb, f"decoder_{s}_bias").unsqueeze(0) for s in range(len(emb.stage_bits))]
-            logits = logits + (h @ torch.cat(decoders).to(compute).T) @ self._signs(compute).T
+            decoders = [emb.decoder_weight(s, compute) for s in range(len(emb.stage_bits))]
+            decoders += [
+                getattr(emb, f"decoder_{s}_bias").to(compute).unsqueeze(0) for s in range(len(emb.stage_bits))
+            ]
+            logits = logits + (h @ torch.cat(decoders).T) @ self._signs(compute).T
         if emb.padding_idx is not None:
             pad = (h @ emb.padding_row.to(compute)).unsqueeze(-1)
             logits = logits.index_add(-1, torch.tensor([emb.padding_idx], device=h.device), pad)

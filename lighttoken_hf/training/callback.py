@@ -4,6 +4,8 @@ The callback decides what happens to the compressed input embedding during fine-
 
 * ``policy="frozen"`` (default): no embedding tensor changes (factors, decoders and codes are fixed);
 * ``policy="decoders"``: the low-rank factors and the hashing decoders train, the codes (buffers) stay fixed;
+  with int8 decoders (the default since they were introduced) the int8 weights are buffers too, so each
+  decoder trains its per-bit scales and its bias;
 * ``policy="frozen", unfreeze_at_step=N``: frozen for the first ``N`` optimizer steps, then ``"decoders"``.
 
 How it hooks into ``Trainer`` (transformers 5, ``Trainer._inner_training_loop``): ``create_optimizer`` and the
@@ -20,7 +22,7 @@ Design decisions (docs/finetuning.md has the longer version):
   for their gradients. The callback checks ``TrainingArguments`` when the Trainer is built and raises if the
   flag is off (or ``ddp_static_graph`` is on together with a schedule). Globally unused parameters keep
   ``grad=None`` under DDP, so the AdamW argument above holds on every rank.
-* **fp16 storage.** The factors and decoders are stored in fp16 (``factor_dtype``). AdamW updates of size
+* **fp16 storage.** The factors, decoder biases and scales are stored in fp16 (``factor_dtype``). AdamW updates of size
   ``lr`` are mostly rounded away on fp16 weights, so the callback upcasts them to fp32 when the Trainer is
   built (before the optimizer and the DDP wrap, whose gradient hooks are tied to the parameter's dtype) and
   casts them back to their storage dtype when training ends. While training, a ``state_dict`` hook writes
@@ -125,9 +127,10 @@ def apply_embedding_policy(model: nn.Module, policy: str) -> EmbeddingPolicyCoun
     """Freeze (``"frozen"``) or unfreeze (``"decoders"``) the compressed embedding's parameters in place.
 
     Only the :class:`LightTokenEmbedding` parameters change (``lowrank_left``, ``lowrank_right``,
-    ``decoder_{s}_weight``, ``decoder_{s}_bias``); the codes, token ranks and padding row are buffers and never
-    train; the rest of the model is left as it is. A frozen parameter also loses its gradient (``grad=None``),
-    which makes AdamW skip it (no weight decay, no momentum). Unfreezing drops a materialized dense cache,
+    ``decoder_{s}_weight`` or, for int8 decoders, ``decoder_{s}_scale``, and ``decoder_{s}_bias``); the codes,
+    int8 decoder weights, coverage masks and padding row are buffers and never train; the rest of the model is
+    left as it is. A frozen parameter also loses its gradient (``grad=None``), which makes AdamW skip it (no
+    weight decay, no momentum). Unfreezing drops a materialized dense cache,
     which gradients cannot flow through.
 
     For a custom training loop: build the optimizer over all parameters *first*, then call this (an
