@@ -586,6 +586,20 @@ def load_eval_data(args: argparse.Namespace) -> tuple[list[str], str, tuple | No
 
 
 # ------------------------------------------------------------------------------------ output
+def _joined_text(sources: list[Any]) -> str:
+    """One line naming the runs a joined table comes from (older joins list only file names)."""
+    if all(isinstance(src, dict) for src in sources):
+        parts = [
+            f"`{src['file']}` ({', '.join(src['methods'])}; run {src['date']}, commit "
+            f"`{(src['git'].get('commit') or 'none')[:7]}`{' dirty' if src['git'].get('dirty') else ''})"
+            for src in sources
+        ]
+    else:
+        parts = [f"`{src}`" for src in sources]
+    return "Rows joined from " + "; ".join(parts) + " (a later run's row replaces an earlier one's)."
+
+
+# ------------------------------------------------------------------------------------ output
 def markdown_report(payload: dict[str, Any]) -> str:
     ref = payload["reference"]
     args = payload["args"]
@@ -603,6 +617,7 @@ def markdown_report(payload: dict[str, Any]) -> str:
             else ""
         ),
         *(["", payload["note"]] if payload.get("note") else []),
+        *(["", _joined_text(payload["joined_from"])] if payload.get("joined_from") else []),
         "",
         f"Sentences: {ref['num_sentences']} from {ref['sentences_source']}"
         + (
@@ -767,6 +782,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="JSON",
         help="only write the table and plot (.md, .png beside it) of an earlier run's JSON (also a .partial.json)",
     )
+    parser.add_argument(
+        "--join",
+        nargs="+",
+        metavar="JSON",
+        help="join the rows of earlier runs of the same model, sentences and STS pairs into one table "
+        "(a row of a later file replaces the same method and target of an earlier one); needs --output-name",
+    )
+    parser.add_argument(
+        "--note", default=None, help="with --join: a sentence saying why and how the runs differ"
+    )
     parser.add_argument("--output-dir", default=str(BENCH_DIR / "results"))
     parser.add_argument(
         "--output-name",
@@ -803,10 +828,54 @@ def render(json_path: Path) -> int:
     return 0
 
 
+#: reference fields that must agree for rows of two runs to share one table
+JOIN_KEYS = ("num_sentences", "sentences_source", "num_held_out", "held_out_source", "sts_source")
+
+
+def join_runs(paths: list[Path], out: Path, note: str | None) -> int:
+    """Write ``out`` (JSON, .md, .png) with the rows of ``paths`` (later files win on the same method and
+    target); the header and reference line are the first file's. Refuses runs on other data."""
+    payloads = [json.loads(p.read_text()) for p in paths]
+    first = payloads[0]
+    for path, payload in zip(paths[1:], payloads[1:]):
+        if payload["model"]["path"] != first["model"]["path"]:
+            raise SystemExit(f"error: {path} is a run on another model ({payload['model']['path']})")
+        for key in JOIN_KEYS:
+            if payload["reference"].get(key) != first["reference"].get(key):
+                raise SystemExit(f"error: {path} used other evaluation data ({key} differs from {paths[0]})")
+    rows: dict[tuple, dict] = {}
+    for payload in payloads:
+        for row in payload["results"]:
+            rows[(row["method"], row["target_ratio"])] = row
+    joined = {
+        **first,
+        "results": list(rows.values()),
+        "complete": all(p.get("complete", True) for p in payloads),
+        "note": note or "",
+        "joined_from": [
+            {
+                "file": p.name,
+                "date": d["date"],
+                "git": d["git"],
+                "methods": sorted({r["method"] for r in d["results"]}),
+            }
+            for p, d in zip(paths, payloads)
+        ],
+    }
+    out.write_text(json.dumps(joined, indent=2))
+    return render(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         return render(Path(args.render))
+    if args.join:
+        if not args.output_name:
+            raise SystemExit("error: --join needs --output-name (the joined file's stem)")
+        return join_runs(
+            [Path(p) for p in args.join], Path(args.output_dir) / f"{args.output_name}.json", args.note
+        )
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the compression children
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _set_threads(args.threads)
