@@ -63,7 +63,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def git_info() -> dict[str, Any]:
-    """``{"commit", "dirty"}`` of this repository (``None`` values outside a git checkout)."""
+    """``{"commit", "dirty"}`` of this repository (``None`` values outside a git checkout).
+
+    ``dirty`` means tracked files differ from the commit; untracked files (such as the results a run is
+    writing) do not count."""
 
     def run(*cmd: str) -> str | None:
         try:
@@ -74,7 +77,7 @@ def git_info() -> dict[str, Any]:
             return None
         return done.stdout.strip() if done.returncode == 0 else None
 
-    status = run("status", "--porcelain")
+    status = run("status", "--porcelain", "--untracked-files=no")
     return {"commit": run("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
