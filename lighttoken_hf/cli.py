@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--joint-iterations", type=_int_at_least(0), metavar="N",
                       help="rounds of joint refinement of all stages after training "
                       "(default: the library's, 8; 0: each stage stays as trained)")
+    comp.add_argument("--decoder-dtype", choices=("int8", "float16", "bfloat16", "float32"), default=None,
+                      help="storage of the decoder weights (default: the library's, int8 with a scale per "
+                      "code bit; float16: the plain method's layout)")
     comp.add_argument("--sentences", metavar="FILE",
                       help="text file, one sentence a line, for the end-to-end check "
                       "(default: 120 built-in sentences)")
@@ -262,6 +265,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         options["loss"] = args.loss
     if args.joint_iterations is not None:
         options["joint_iterations"] = args.joint_iterations
+    if args.decoder_dtype is not None:
+        options["decoder_dtype"] = args.decoder_dtype
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
     if args.epochs is not None:

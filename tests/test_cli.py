@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lighttoken_hf import LightTokenEmbedding
+from lighttoken_hf import LightTokenEmbedding, LightTokenModel
 from lighttoken_hf.cli import main
 
 
@@ -80,6 +80,23 @@ def test_joint_iterations_flag_reaches_the_report(tiny_model_dir, tmp_path, caps
     assert main(["compress", str(tiny_model_dir), "--out", str(out), "--ratio", "4",
                  "--joint-iterations", "-1"]) != 0  # fmt: skip
     assert "joint-iterations" in capsys.readouterr().err
+
+
+def test_decoder_dtype_flag_reaches_the_checkpoint(tiny_model_dir, tmp_path, capsys):
+    sizes = {}
+    for dtype in ("float16", "int8"):
+        out = tmp_path / dtype
+        code = main(["compress", str(tiny_model_dir), "--out", str(out), "--ratio", "4", "--epochs", "1",
+                     "--no-progress", "--no-sensitivity", "--decoder-dtype", dtype])  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        config = json.loads((out / "config.json").read_text())
+        assert config["decoder_dtype"] == dtype
+        emb = LightTokenModel.from_pretrained(out).get_input_embeddings()
+        assert emb.int8_decoders == (dtype == "int8")
+        sizes[dtype] = sum(b for b in emb.stage_bits)
+    assert sizes["int8"] > sizes["float16"]  # the bytes int8 frees become code bits
+    assert main(["compress", str(tiny_model_dir), "--out", str(tmp_path / "bad"), "--decoder-dtype", "int4"]) != 0
+    assert "decoder-dtype" in capsys.readouterr().err
 
 
 def test_existing_non_empty_out_dir_is_refused_and_untouched(tiny_model_dir, tmp_path, capsys):

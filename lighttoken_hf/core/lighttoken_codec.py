@@ -281,8 +281,6 @@ class LightTokenEmbedding(nn.Module):
         out = torch.zeros(ids.shape[0], self.embedding_dim, dtype=compute, device=ids.device)
         full_signs, full_weights, tiers = [], [], []
         for s, bits in enumerate(self.stage_bits):
-            codes, bias = getattr(self, f"codes_{s}"), getattr(self, f"decoder_{s}_bias")
-            weight = self.decoder_weight(s, compute)
             inside, row = self.stage_index(s, ids)
             where = None
             if self.stage_rows[s] < self.num_embeddings:  # a frequency tier: only the ids it covers
@@ -290,6 +288,8 @@ class LightTokenEmbedding(nn.Module):
                 if where.numel() == 0:
                     continue
                 row = row[where]
+            codes, bias = getattr(self, f"codes_{s}"), getattr(self, f"decoder_{s}_bias")
+            weight = self.decoder_weight(s, compute)
             signs = nn.functional.embedding(codes.index_select(0, row).long(), table).flatten(1)[:, :bits]
             if where is None:  # every stage that covers all ids joins one matmul
                 full_signs.append(signs)
