@@ -823,7 +823,10 @@ def render(json_path: Path) -> int:
     stem = json_path.name.removesuffix(".json").removesuffix(".partial")
     table = markdown_report(payload)
     (json_path.parent / f"{stem}.md").write_text(table)
-    plot_results(payload, json_path.parent / f"{stem}.png")
+    try:
+        plot_results(payload, json_path.parent / f"{stem}.png")
+    except ImportError as exc:  # the table is written; only the plot needs the bench extra
+        log(f"no plot ({exc}): pip install -e '.[bench]' for matplotlib")
     print(table)
     return 0
 

@@ -56,7 +56,8 @@ def test_join_keeps_every_method_and_a_later_row_wins(tmp_path):
     assert [src["file"] for src in joined["joined_from"]] == ["a.json", "b.json"]
     table = (tmp_path / "joined.md").read_text()
     assert "why" in table and "`a.json` (pq;" in table and "`b.json` (lighttoken-default, pq;" in table
-    assert (tmp_path / "joined.png").stat().st_size > 0
+    if importlib.util.find_spec("matplotlib") is not None:  # the plot needs the bench extra; the table does not
+        assert (tmp_path / "joined.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(("section", "key"), [("reference", "num_held_out"), ("reference", "sts_source"),
