@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ds = _load("downstream_benchmark")
-update_readme = _load("update_readme")
+ds = load_benchmark("downstream_benchmark")
+update_readme = load_benchmark("update_readme")
 
 TASKS = ["sst2", "rte", "squad"]
 

@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-RESULTS = BENCH_DIR / "results"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCH_DIR))  # the benchmark imports its sibling bench_io
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fb = _load("fidelity_benchmark")
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+fb = load_benchmark("fidelity_benchmark")
 
 
 def _payload(method: str, targets: list[float], value: float) -> dict:
@@ -56,8 +43,6 @@ def test_join_keeps_every_method_and_a_later_row_wins(tmp_path):
     assert [src["file"] for src in joined["joined_from"]] == ["a.json", "b.json"]
     table = (tmp_path / "joined.md").read_text()
     assert "why" in table and "`a.json` (pq;" in table and "`b.json` (lighttoken-default, pq;" in table
-    if importlib.util.find_spec("matplotlib") is not None:  # the plot needs the bench extra; the table does not
-        assert (tmp_path / "joined.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(("section", "key"), [("reference", "num_held_out"), ("reference", "sts_source"),
@@ -69,3 +54,11 @@ def test_join_refuses_runs_on_other_data(tmp_path, section, key):
     with pytest.raises(SystemExit, match="another model" if key == "path" else key):
         fb.join_runs([first, _write(tmp_path, "b", other)], tmp_path / "joined.json", None)
     assert not (tmp_path / "joined.json").exists()  # nothing half-written
+
+
+def test_join_also_writes_the_plot(tmp_path):
+    pytest.importorskip("matplotlib", reason="the plot needs the bench extra: pip install -e '.[bench]'")
+    first = _write(tmp_path, "a", _payload("pq", [25.0], 0.5))
+    second = _write(tmp_path, "b", _payload("lighttoken-default", [25.0], 0.9))
+    assert fb.join_runs([first, second], tmp_path / "joined.json", None) == 0
+    assert (tmp_path / "joined.png").stat().st_size > 0
