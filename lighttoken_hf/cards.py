@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import importlib.resources
 import os
-import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
+
+from .compressor.provenance import hub_model_id
 
 __all__ = [
     "CARD_TAGS",
@@ -58,7 +58,6 @@ _LOSS_DESCRIPTIONS = {
     "cosine": "cosine distance only",
 }
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _PLACEHOLDER_REPO = "path/to/this-checkpoint"
 
 
@@ -97,24 +96,6 @@ def _fmt_target(value: float) -> str:
 
 
 # ------------------------------------------------------------------------------------------ sources
-def hub_model_id(name: Any) -> str | None:
-    """``name`` if it looks like a Hugging Face Hub model id (``org/name`` or ``name``), else ``None``.
-
-    Local paths are skipped: absolute or home-relative paths, Windows paths, anything that exists on
-    disk (relative to the current folder) and anything with more than one ``/``.
-    """
-    if not isinstance(name, str) or not name or not _HUB_ID.match(name):
-        return None
-    if "--" in name or ".." in name or name.endswith((".git", ".")):
-        return None
-    try:
-        if Path(name).expanduser().exists():
-            return None
-    except OSError:
-        return None
-    return name
-
-
 def _is_lighttoken_model(obj: Any) -> bool:
     from .core.modeling_lighttoken import LightTokenPreTrainedModel
 

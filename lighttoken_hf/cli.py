@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -113,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--sentences", metavar="FILE",
                       help="text file, one sentence a line, for the end-to-end check "
                       "(default: 120 built-in sentences)")
-    comp.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+    comp.add_argument("--overwrite", action="store_true",
+                      help="replace --out if it is a LightToken checkpoint (nothing else is ever replaced)")
+    comp.add_argument("--base-model", metavar="ID",
+                      help="Hub id of MODEL, for the saved config and model card (default: inferred from "
+                      "the Hub cache, the bundled packages, MODEL's README or config; local paths are "
+                      "never saved)")
     comp.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     comp.add_argument("--json", action="store_true",
                       help="print the report as JSON (as saved in lighttoken_report.json) instead of "
@@ -203,17 +211,6 @@ def _resolve_model(name: str | None) -> tuple[str, Path | None]:
     return name, None
 
 
-def _check_out_vs_model(out: Path, model_dir: Path | None) -> None:
-    if model_dir is None:
-        return
-    source = model_dir.resolve()
-    target = out.resolve()
-    if source == target or target in source.parents:
-        raise _UsageError(
-            f"--out {out} would replace the source model folder {model_dir}; choose another output folder"
-        )
-
-
 def _sentence_transformers_source(model_id: str, model_dir: Path | None) -> Path | None:
     """The folder with MODEL's sentence-transformers files (None: not a sentence-transformers model).
 
@@ -236,16 +233,30 @@ def _sentence_transformers_source(model_id: str, model_dir: Path | None) -> Path
     return folder
 
 
-def _cmd_compress(args: argparse.Namespace) -> int:
+def _check_out(args: argparse.Namespace, model_dir: Path | None) -> Path:
     from .saving import check_output_dir
 
-    # every argument check first: nothing below may fail on a bad argument after minutes of work
     try:
-        out = check_output_dir(args.out, overwrite=args.overwrite)
-    except (FileExistsError, PermissionError) as err:
+        return check_output_dir(args.out, overwrite=args.overwrite, source=model_dir)
+    except (FileExistsError, PermissionError, ValueError) as err:
         raise _UsageError(str(err)) from None
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .compressor.provenance import hub_model_id
+    from .saving import reserve_output
+
+    # every argument check first: nothing below may fail on a bad argument after minutes of work
     model_id, model_dir = _resolve_model(args.model)
-    _check_out_vs_model(out, model_dir)
+    out = _check_out(args, model_dir)
+    if args.base_model is not None and hub_model_id(args.base_model) is None:
+        raise _UsageError(f"--base-model must be a Hub model id such as org/name, got {args.base_model!r}")
+    with reserve_output(out):  # a second run writing the same --out is refused now, not after the work
+        _check_out(args, model_dir)  # again: the reservation may have recovered an interrupted overwrite
+        return _compress_and_save(args, out, model_id, model_dir)
+
+
+def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model_dir: Path | None) -> int:
     st_source = _sentence_transformers_source(model_id, model_dir)
     if args.sentences is not None:
         sentences = _read_sentences(args.sentences)
@@ -276,6 +287,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from . import compress
+    from .compressor.provenance import record_base_model
     from .fidelity import sentence_embedding_cosine
     from .saving import REPORT_FILENAME, save_compressed
 
@@ -287,6 +299,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         model = AutoModel.from_pretrained(model_id)
         tokenizer = AutoTokenizer.from_pretrained(model_id)
         compressed = compress(model, args.ratio, tokenizer=tokenizer, progress=args.progress, **options)
+        if args.base_model is not None:
+            record_base_model(compressed.config.backbone, model_id, args.base_model)
         report = compressed.compression_report
         _log(f"Measuring the end-to-end sentence-embedding cosine on {len(sentences)} sentences")
         report.end_to_end["sentence_embedding_cosine"] = sentence_embedding_cosine(
@@ -354,7 +368,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ push
 def _cmd_push(args: argparse.Namespace) -> int:
-    from .cards import hub_model_id
+    from .compressor.provenance import hub_model_id
     from .hub import DEFAULT_COMMIT_MESSAGE, _check_checkpoint, push_to_hub
 
     try:
@@ -387,6 +401,31 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ entry point
+class _StderrHandler(logging.StreamHandler):
+    """Library warnings on the current ``sys.stderr`` (looked up per message, so redirection is followed)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _show_library_warnings() -> None:
+    logger = logging.getLogger("lighttoken_hf")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``lighttoken`` command line; returns the process exit code."""
     parser = build_parser()
@@ -394,6 +433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and argument errors (argparse prints them)
         return exit_.code if isinstance(exit_.code, int) else 2
+    _show_library_warnings()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (kill, a job scheduler's time limit) unwinds like Ctrl-C: no staging folder is left behind
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.handler(args)
     except _UsageError as err:
@@ -408,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

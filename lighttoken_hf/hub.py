@@ -18,16 +18,55 @@ checkpoint and card.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REMOTE_CODE_FILES", "push_to_hub"]
+from .sentence_transformers_support import (
+    MODEL_CONFIG_FILENAME,
+    MODULES_FILENAME,
+    TRANSFORMER_CONFIG_FILENAMES,
+)
+
+__all__ = ["CHECKPOINT_FILES", "PICKLE_SUFFIXES", "REMOTE_CODE_FILES", "publishable_files", "push_to_hub"]
+
+logger = logging.getLogger(__name__)
 
 #: The files a checkpoint needs for ``trust_remote_code=True`` loading.
 REMOTE_CODE_FILES = ("configuration_lighttoken.py", "modeling_lighttoken.py", "lighttoken_codec.py")
+#: Top-level files of a checkpoint that are published (besides ``*.safetensors``): config, remote code,
+#: tokenizer, generation settings, report, card and sentence-transformers settings.
+CHECKPOINT_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "README.md",
+        "lighttoken_report.json",
+        "model.safetensors.index.json",
+        *REMOTE_CODE_FILES,
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+        "chat_template.jinja",
+        "chat_template.json",
+        MODULES_FILENAME,
+        MODEL_CONFIG_FILENAME,
+        *TRANSFORMER_CONFIG_FILENAMES,
+    }
+)
+#: Suffixes of pickle-based files, never published.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 DEFAULT_COMMIT_MESSAGE = "Upload LightToken-compressed model"
 
 
@@ -50,13 +89,60 @@ def _check_checkpoint(folder: Path) -> dict:
     return info
 
 
-def _mirror(folder: Path, staging: Path, skip: str) -> None:
-    """Make ``staging`` look like ``folder`` (symlinks, or copies where symlinks fail) without ``skip``."""
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if rel.as_posix() == skip or not path.is_file():
+def _st_module_folders(folder: Path) -> set[str]:
+    """The sub-folders that ``modules.json`` names (sentence-transformers' Pooling, Normalize, Dense...)."""
+    try:
+        modules = json.loads((folder / MODULES_FILENAME).read_text(encoding="utf-8"))
+        paths = {str(m.get("path") or "").strip("/") for m in modules if isinstance(m, dict)}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return set()
+    return {p for p in paths if p and "/" not in p and not p.startswith(".")}
+
+
+def _is_checkpoint_file(parts: list[str], modules: set[str]) -> bool:
+    name = parts[-1]
+    if len(parts) == 1:
+        return name in CHECKPOINT_FILES or name.endswith(".safetensors")
+    return len(parts) == 2 and parts[0] in modules and name.endswith((".json", ".safetensors", ".txt"))
+
+
+def publishable_files(folder: str | os.PathLike[str]) -> tuple[list[str], dict[str, str]]:
+    """Split the files below a checkpoint ``folder`` into those to publish and those to leave out.
+
+    Published (an allow-list): :data:`CHECKPOINT_FILES`, ``*.safetensors``, the remote-code files and, in
+    the sentence-transformers module folders that ``modules.json`` names, their JSON, safetensors and text
+    files. Everything else stays local: hidden files (``.env``), notes, logs, other code, and every pickle
+    (``*.bin``, ``*.pt``, ``*.pkl``...), which could run code on whoever loads it.
+
+    Returns:
+        (relative POSIX paths to upload, {relative path: why it is left out}).
+    """
+    root = Path(folder)
+    modules = _st_module_folders(root)
+    upload: list[str] = []
+    skipped: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        if not path.is_file():
             continue
-        target = staging / rel
+        rel = path.relative_to(root).as_posix()
+        name, parts = path.name, rel.split("/")
+        if name.endswith(PICKLE_SUFFIXES):
+            skipped[rel] = "pickle (only safetensors weights are published)"
+        elif any(part.startswith(".") for part in parts):
+            skipped[rel] = "hidden file"
+        elif _is_checkpoint_file(parts, modules):
+            upload.append(rel)
+        else:
+            skipped[rel] = "not a checkpoint file"
+    return upload, skipped
+
+
+def _stage(folder: Path, staging: Path, files: list[str], skip: str | None = None) -> None:
+    """Make ``staging`` hold ``files`` of ``folder`` (symlinks, or copies where symlinks fail)."""
+    for rel in files:
+        if rel == skip:
+            continue
+        path, target = folder / rel, staging / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.symlink(path.absolute(), target)
@@ -119,7 +205,9 @@ def push_to_hub(
         eval_results: ``huggingface_hub.EvalResult`` (or a list) for the card's ``model-index``.
         endpoint: Hub endpoint (default: ``HF_ENDPOINT`` or https://huggingface.co).
 
-    For a folder, its README.md is uploaded as is if it was edited by hand; the card lighttoken wrote (or
+    For a folder, only the checkpoint's own files are uploaded (:func:`publishable_files`: never hidden
+    files such as ``.env``, pickles or anything else that is not part of the checkpoint; what is left out
+    is logged). Its README.md is uploaded as is if it was edited by hand; the card lighttoken wrote (or
     a missing one) is replaced by a card naming ``repo_id`` in its code snippets. Passing ``base_model``
     or ``eval_results`` always writes a new card. The folder itself is never modified.
 
@@ -157,10 +245,16 @@ def push_to_hub(
             card = {"repo_id": repo_id, "base_model": base_model, "eval_results": eval_results}
             upload = save_compressed(model_or_dir, Path(tmp) / "checkpoint", tokenizer=tokenizer, card=card)
         else:
+            files, skipped = publishable_files(folder)
+            if skipped:
+                logger.warning(
+                    "not uploaded from %s: %s",
+                    folder,
+                    "; ".join(f"{name} ({why})" for name, why in skipped.items()),
+                )
             card = _card_for_repo(folder, repo_id, base_model, eval_results)
-            upload = folder
+            upload = Path(tmp) / "checkpoint"
+            _stage(folder, upload, files, skip="README.md" if card is not None else None)
             if card is not None:
-                upload = Path(tmp) / "checkpoint"
-                _mirror(folder, upload, skip="README.md")
                 card.save(upload / "README.md")
         return api.upload_folder(repo_id=repo_id, folder_path=upload, commit_message=commit_message)

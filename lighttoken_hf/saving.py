@@ -18,15 +18,31 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
+import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CARD_FILENAME", "REPORT_FILENAME", "check_output_dir", "checkpoint_info", "save_compressed"]
+from .core.modeling_lighttoken import recover_interrupted_saves
+
+__all__ = [
+    "CARD_FILENAME",
+    "REPORT_FILENAME",
+    "IncompleteCheckpointError",
+    "check_output_dir",
+    "check_weights_complete",
+    "checkpoint_info",
+    "is_lighttoken_checkpoint",
+    "reserve_output",
+    "save_compressed",
+]
+
+logger = logging.getLogger(__name__)
 
 REPORT_FILENAME = "lighttoken_report.json"
 CARD_FILENAME = "README.md"
@@ -47,38 +63,165 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_output_dir(out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
+def _protected(path: Path, source: str | os.PathLike[str] | None) -> str | None:
+    """Why ``path`` may never be (re)written as an output folder, or ``None``."""
+    resolved = path.resolve()
+    if resolved.parent == resolved:
+        return "it is a filesystem root"
+    cwd = Path.cwd().resolve()
+    if resolved == cwd:
+        return "it is the current directory"
+    if resolved in cwd.parents:
+        return "it holds the current directory"
+    home = Path.home().resolve()
+    if resolved == home or resolved in home.parents:
+        return "it is your home directory" if resolved == home else "it holds your home directory"
+    if source is not None:
+        src = Path(source).expanduser().resolve()
+        if resolved == src or resolved in src.parents:
+            return f"it {'is' if resolved == src else 'holds'} the source model {source}"
+    return None
+
+
+def is_lighttoken_checkpoint(folder: str | os.PathLike[str]) -> bool:
+    """True when ``folder`` has a ``config.json`` of model type ``lighttoken`` (complete or not)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == _MODEL_TYPE
+
+
+def check_output_dir(
+    out_dir: str | os.PathLike[str],
+    overwrite: bool = False,
+    *,
+    source: str | os.PathLike[str] | None = None,
+) -> Path:
     """Check that a compressed model can be saved to ``out_dir``, before doing any work.
 
     Args:
         out_dir: destination folder; it may not exist yet (missing parents are created on save).
-        overwrite: allow replacing an existing, non-empty folder.
+        overwrite: allow replacing an existing, non-empty folder, which must then be a LightToken
+            checkpoint (``--overwrite`` never deletes anything else).
+        source: the uncompressed model's folder or file, which the output may not replace.
 
     Returns:
         The absolute destination path.
 
     Raises:
-        FileExistsError: ``out_dir`` is a non-empty folder and ``overwrite`` is false, or it is a file.
+        ValueError: ``out_dir`` is empty, or is the current directory, one of its parents, the home
+            directory, a filesystem root or the source model's folder (or holds it).
+        FileExistsError: ``out_dir`` is a non-empty folder and ``overwrite`` is false, it is a non-empty
+            folder that is not a LightToken checkpoint, or it is a file.
         PermissionError: the folder that would hold ``out_dir`` is not writable.
     """
+    if not str(out_dir).strip():
+        raise ValueError("the output path is empty; name a new folder for the compressed model")
     path = _target(out_dir)
+    why = _protected(path, source)
+    if why is not None:
+        raise ValueError(f"refusing to write the output to {path}: {why}; choose a new folder for the output")
     if path.exists():
         if not path.is_dir():
             raise FileExistsError(
                 f"the output path {path} exists and is not a directory; choose a directory path for the "
                 "output"
             )
-        if not overwrite and any(path.iterdir()):
-            raise FileExistsError(
-                f"the output directory {path} already exists and is not empty; choose another directory, "
-                "or pass overwrite=True (command line: --overwrite) to replace it"
-            )
+        if any(path.iterdir()):
+            if not overwrite:
+                raise FileExistsError(
+                    f"the output directory {path} already exists and is not empty; choose another "
+                    "directory, or pass overwrite=True (command line: --overwrite) to replace it"
+                )
+            if not is_lighttoken_checkpoint(path):
+                raise FileExistsError(
+                    f"refusing to overwrite {path}: it is not a LightToken checkpoint (no config.json with "
+                    "model_type 'lighttoken'), and overwrite only replaces a folder that lighttoken wrote; "
+                    "choose another output folder, or move that folder away yourself"
+                )
     anchor = _nearest_existing(path.parent)
     if not anchor.is_dir():
         raise FileExistsError(f"cannot create {path}: {anchor} exists and is not a directory")
     if not os.access(anchor, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write {path}: the directory {anchor} is not writable")
     return path
+
+
+_HELD: dict[Path, int] = {}  # destinations this process has reserved -> nesting depth
+
+
+@contextlib.contextmanager
+def reserve_output(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Reserve ``out_dir`` for this process while the block runs, before any slow work.
+
+    A lock file ``.{name}.lock`` beside the destination is held (``fcntl.flock``, released by the
+    system even if the process is killed), so a second process writing the same folder is refused at
+    once instead of after its whole compression. Holding the lock, stale staging folders of interrupted
+    saves to the same destination are cleaned up, and an overwrite interrupted between its two renames is
+    undone (the previous checkpoint is moved back); each such step is logged. Missing parent folders are
+    created, and removed again on exit if nothing was saved. Re-entrant within one process.
+
+    Raises:
+        FileExistsError: another process holds the reservation.
+    """
+    path = _target(out_dir)
+    if path in _HELD:
+        _HELD[path] += 1
+        try:
+            yield path
+        finally:
+            _HELD[path] -= 1
+        return
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    handle = _acquire(lock, path)
+    _HELD[path] = 1
+    try:
+        for message in recover_interrupted_saves(path, legacy=True):
+            logger.warning("lighttoken: %s", message)
+        yield path
+    finally:
+        del _HELD[path]
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        handle.close()
+        if not path.exists():
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def _acquire(lock: Path, target: Path) -> Any:
+    """Open and lock ``lock`` without waiting; the open file holds the lock until closed."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; saving stays atomic, concurrent runs are not refused
+        return open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - closed by reserve_output
+    while True:
+        handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - closed by reserve_output
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise FileExistsError(
+                f"another process (pid {owner}) is writing {target}; wait for it to finish, or choose "
+                "another output folder"
+            ) from None
+        try:
+            same = os.fstat(handle.fileno()).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file that its previous holder unlinked meanwhile
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            return handle
+        handle.close()
 
 
 def _jsonable(obj: Any) -> Any:
@@ -123,10 +266,12 @@ def save_compressed(
 ) -> Path:
     """Save a compressed model (and its tokenizer, report and model card) to ``out_dir``, atomically.
 
-    Everything is written into a temporary sibling folder ``.{name}.tmp-<random>`` (same parent, so the
-    final rename is atomic), which is then renamed to ``out_dir``. With ``overwrite=True`` an existing
-    folder is renamed away, the new one renamed in, and only then is the old one deleted. On any error
-    or ``KeyboardInterrupt`` the temporary folder is removed and ``out_dir`` is left untouched.
+    Everything is written into a temporary sibling folder ``.{name}.tmp-{pid}-<random>`` (same parent, so
+    the final rename is atomic), which is then renamed to ``out_dir``. With ``overwrite=True`` an existing
+    LightToken checkpoint is renamed away (``.{name}.old-{pid}-<random>``), the new one renamed in, and only
+    then is the old one deleted. On any error or ``KeyboardInterrupt`` the temporary folder is removed and
+    ``out_dir`` is left untouched; after a ``kill -9`` the next save to ``out_dir`` cleans up (see
+    :func:`reserve_output`). The destination is reserved for the whole save.
 
     Args:
         model: the model to save, usually the LightToken model returned by :func:`lighttoken_hf.compress`;
@@ -154,12 +299,14 @@ def save_compressed(
 
     Raises:
         FileExistsError: ``out_dir`` exists and is not empty and ``overwrite`` is false (or another
-            process created it meanwhile), or ``out_dir`` is a file.
+            process created it meanwhile, or is writing it now), it is not a LightToken checkpoint, or it
+            is a file.
         FileNotFoundError: ``source_dir`` is not a folder.
-        ValueError: ``source_dir`` is a sentence-transformers model whose modules cannot be kept (broken
+        ValueError: ``out_dir`` is a folder that is never overwritten (see :func:`check_output_dir`), or
+            ``source_dir`` is a sentence-transformers model whose modules cannot be kept (broken
             ``modules.json``, or no single Transformer module first).
     """
-    target = check_output_dir(out_dir, overwrite=overwrite)
+    target = check_output_dir(out_dir, overwrite=overwrite, source=source_dir)
     st_layout = None
     if source_dir is not None:
         from .sentence_transformers_support import sentence_transformers_layout
@@ -173,9 +320,18 @@ def save_compressed(
         report = getattr(model, "compression_report", None)
     report_data = _jsonable(_report_dict(report)) if report is not None else None
 
-    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    with reserve_output(target):
+        check_output_dir(target, overwrite=overwrite, source=source_dir)  # again, after any recovery
+        _save_staged(model, target, tokenizer, st_layout, report_data, card, overwrite)
+    return target
+
+
+def _save_staged(
+    model: Any, target: Path, tokenizer: Any, st_layout: Any, report_data: Any, card: Any, overwrite: bool
+) -> None:
+    """Write the checkpoint into a staging folder beside ``target`` and rename it into place."""
+    pid = os.getpid()
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{pid}-", dir=target.parent))
     retired: Path | None = None
     try:
         os.chmod(staging, _umask_mode())
@@ -201,7 +357,7 @@ def save_compressed(
                     f"the output directory {target} was created by someone else while saving; choose another "
                     "directory, or pass overwrite=True (command line: --overwrite) to replace it"
                 )
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{pid}-", dir=target.parent))
             os.rename(target, retired / target.name)
             os.rename(staging, target)
         else:
@@ -228,11 +384,6 @@ def save_compressed(
                     os.rename(old, target)  # the swap failed: put the old checkpoint back
             if target.exists():  # never delete the only copy of the old checkpoint
                 shutil.rmtree(retired, ignore_errors=True)
-        if not target.exists():  # failed: remove the parent folders this call created
-            for folder in created:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-    return target
 
 
 def _write_card(folder: Path, card: Any) -> None:
@@ -274,6 +425,59 @@ def _st_module_types(folder: Path) -> list[str] | None:
         return None
 
 
+class IncompleteCheckpointError(ValueError):
+    """A LightToken checkpoint folder whose weights are missing or cut short (an interrupted save or copy)."""
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why the safetensors file ``path`` is unreadable or cut short, or ``None`` if its size adds up."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > size - 8:
+                return f"{path.name} is cut short ({size:,} bytes, its header alone needs {header_len + 8:,})"
+            header = json.loads(f.read(header_len))
+    except (OSError, struct.error, ValueError, UnicodeDecodeError) as err:
+        return f"{path.name} is not a readable safetensors file ({err})"
+    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    expected = 8 + header_len + max(ends, default=0)
+    if size != expected:
+        return f"{path.name} has {size:,} bytes where its header describes {expected:,}"
+    return None
+
+
+def check_weights_complete(folder: str | os.PathLike[str]) -> None:
+    """Raise :class:`IncompleteCheckpointError` unless ``folder``'s safetensors weights are all there, whole.
+
+    Reads only the file headers and sizes: ``model.safetensors``, or every shard that
+    ``model.safetensors.index.json`` names.
+    """
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(_read_json(index)["weight_map"].values()))
+        except (KeyError, AttributeError, ValueError) as err:
+            raise IncompleteCheckpointError(f"{index} is broken ({err})") from None
+    elif (folder / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    else:
+        raise IncompleteCheckpointError(
+            f"{folder} is an incomplete LightToken checkpoint: config.json is there but model.safetensors is "
+            "missing (an interrupted save or copy?); save or download it again"
+        )
+    for shard in shards:
+        problem = (
+            f"{shard} is missing" if not (folder / shard).is_file() else _safetensors_problem(folder / shard)
+        )
+        if problem:
+            raise IncompleteCheckpointError(
+                f"{folder} is an incomplete LightToken checkpoint: {problem} (an interrupted save or copy?); "
+                "save or download it again"
+            )
+
+
 def checkpoint_info(path: str | os.PathLike[str]) -> dict:
     """Facts of a saved LightToken checkpoint, read from its JSON files (no weights are loaded).
 
@@ -289,6 +493,7 @@ def checkpoint_info(path: str | os.PathLike[str]) -> dict:
 
     Raises:
         FileNotFoundError: ``path`` is not a folder or has no ``config.json``.
+        IncompleteCheckpointError: the weights are missing or cut short (a ``ValueError``).
         ValueError: the folder is not a LightToken checkpoint (another ``model_type``) or its JSON is broken.
     """
     folder = Path(path).expanduser()
@@ -296,6 +501,11 @@ def checkpoint_info(path: str | os.PathLike[str]) -> dict:
         raise FileNotFoundError(f"{folder} is not a directory")
     config_file = folder / "config.json"
     if not config_file.is_file():
+        if any(folder.glob("*.safetensors")) or (folder / "modeling_lighttoken.py").is_file():
+            raise IncompleteCheckpointError(
+                f"{folder} is an incomplete checkpoint: it has weights or model code but no config.json (an "
+                "interrupted save or copy?); save or download it again"
+            )
         raise FileNotFoundError(f"{folder} has no config.json: it is not a saved model checkpoint")
     config = _read_json(config_file)
     if config.get("model_type") != _MODEL_TYPE:
@@ -304,6 +514,7 @@ def checkpoint_info(path: str | os.PathLike[str]) -> dict:
             f"{config.get('model_type')!r}, expected {_MODEL_TYPE!r}); compress a model first with "
             "`lighttoken compress`"
         )
+    check_weights_complete(folder)
     backbone = config.get("backbone") or {}
     report_file = folder / REPORT_FILENAME
     if report_file.is_file():

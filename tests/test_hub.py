@@ -402,6 +402,30 @@ def test_push_refuses_what_cannot_be_loaded_from_the_hub(hub_env, compressed, ti
     assert len(hub.requests) == before, "nothing may be sent for a checkpoint that cannot be published"
 
 
+def test_push_publishes_only_the_checkpoints_own_files(hub_env, compressed, tiny_tokenizer, tmp_path, capsys):
+    hub = hub_env
+    ckpt = save_compressed(compressed, tmp_path / "ckpt", tokenizer=tiny_tokenizer)
+    saved = sorted(p.name for p in ckpt.iterdir())
+    (ckpt / ".env").write_text("HF_TOKEN=hf_secret_do_not_publish\n")
+    (ckpt / "pytorch_model.bin").write_bytes(b"\x80\x04 a pickle")
+    (ckpt / "notes.txt").write_text("private notes")
+    (ckpt / "scratch").mkdir()
+    (ckpt / "scratch" / "data.json").write_text("{}")
+    (ckpt / "scratch" / "weights.pt").write_bytes(b"\x80\x04 another pickle")
+    repo_id = f"{hub.user}/allow-list"
+
+    assert main(["push", str(ckpt), repo_id, "--token", hub.token]) == 0
+
+    published = sorted(hub.files(repo_id))
+    assert [name for name in published if name != ".gitattributes"] == saved
+    assert not any(b"hf_secret" in data for data in hub.files(repo_id).values())
+    err = capsys.readouterr().err
+    for name in (".env", "pytorch_model.bin", "notes.txt", "scratch/data.json", "scratch/weights.pt"):
+        assert name in err, err
+    assert "pickle" in err
+    assert (ckpt / ".env").is_file()  # the folder itself is never modified
+
+
 def test_push_without_a_token_is_refused_by_the_hub(hub_env, compressed, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_DISABLE_IMPLICIT_TOKEN", True)  # no saved token
     ckpt = save_compressed(compressed, tmp_path / "ckpt")

@@ -125,3 +125,20 @@ def test_default_measures_an_anisotropic_sensitivity_metric(compressed):
     assert info["calibration"] == "wordfreq pseudo-sentences" and info["calibration_texts"] == 256
     # an isotropic metric would put 1/8 of its trace in its top eighth of directions
     assert info["top_eighth_share"] > 0.2
+
+
+def test_bundled_model_card_names_its_hub_id_and_no_local_path(minilm, compressed, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from lighttoken_hf.saving import save_compressed
+
+    _, tokenizer = minilm
+    source = default_model_path()
+    out = save_compressed(compressed, tmp_path / "ckpt", tokenizer=tokenizer, source_dir=source)
+    card = ModelCard((out / "README.md").read_text(encoding="utf-8"))
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "sentence-transformers/all-MiniLM-L6-v2" in card.text
+    for path in out.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert str(source).encode() not in data and b"site-packages" not in data, path

@@ -172,7 +172,7 @@ def test_failed_overwrite_leaves_the_old_checkpoint_byte_identical(
 
 def test_overwrite_replaces_the_old_checkpoint(compressed, tiny_tokenizer, tmp_path):
     out = tmp_path / "ckpt"
-    out.mkdir()
+    save_compressed(compressed, out)
     (out / "stale.txt").write_text("from an older run")
     (out / "pytorch_model.bin").write_bytes(b"old pickle")
 

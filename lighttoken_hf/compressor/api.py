@@ -23,6 +23,7 @@ from .hashing import StageSchedule, train_stage, tune_decoder
 from .joint import refine_jointly
 from .losses import LossFn, get_loss
 from .planner import CompressionPlan, plan_for_ratio
+from .provenance import record_base_model
 from .sensitivity import embedding_sensitivity, whitening
 from .svd import low_rank_factors
 
@@ -607,6 +608,8 @@ def _compress_model(
         sensitivity_info=sensitivity_info,
     )
     backbone = model if inplace else copy.deepcopy(model)
+    # the saved config names the base model by its Hub id, never by a local path
+    record_base_model(backbone.config, getattr(model, "name_or_path", "") or model.config._name_or_path)
     attn_implementation = backbone.config._attn_implementation
     config = LightTokenConfig(
         backbone=backbone.config,

@@ -16,6 +16,8 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import shutil
+import tempfile
 import types
 from typing import Any
 
@@ -152,6 +154,99 @@ def _weights_files(path: Any) -> str:
         names = sorted(n for n in os.listdir(path) if n.endswith((".safetensors", ".safetensors.index.json")))
         return ", ".join(os.path.join(path, n) for n in names) or path
     return f"model.safetensors of {path!r}"
+
+
+#: Hidden folders of a save in progress beside its destination ``name``: ``.{name}.tmp-{pid}-{random}`` (the
+#: files being written) and ``.{name}.old-{pid}-{random}`` (a checkpoint being replaced, kept until the new
+#: one is in place). Older releases wrote them without the ``{pid}-`` part.
+STAGING_FOLDER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # Windows: os.kill would end the process, so never guess
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def recover_interrupted_saves(target: str | os.PathLike[str], *, legacy: bool = False) -> list[str]:
+    """Clean up after saves to ``target`` whose process died (``kill -9``, power loss); returns what was done.
+
+    A staging folder is stale when the process its name records has exited. A stale ``.tmp-`` folder is
+    removed. A stale ``.old-`` folder holds the previous checkpoint of an interrupted overwrite: it is moved
+    back when ``target`` is missing, and removed when the new checkpoint is in place. Folders of older
+    releases (no process id in the name) count as stale only with ``legacy=True``, for a caller that holds
+    the destination's lock. Nothing else is touched.
+    """
+    target = os.path.abspath(os.fspath(target))
+    parent, name = os.path.split(target)
+    done: list[str] = []
+    try:
+        entries = sorted(os.listdir(parent))
+    except OSError:
+        return done
+    for entry in entries:
+        match = STAGING_FOLDER.match(entry)
+        path = os.path.join(parent, entry)
+        if match is None or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        owner = match["name"]
+        while owner != name and STAGING_FOLDER.match(owner):  # a save staged inside another save's staging
+            owner = STAGING_FOLDER.match(owner)["name"]
+        if owner != name:
+            continue
+        pid = match["pid"]
+        if (pid is None and not legacy) or (pid is not None and _pid_alive(int(pid))):
+            continue
+        old = os.path.join(path, name)
+        if match["kind"] == "old" and os.path.isdir(old) and not os.path.lexists(target):
+            os.rename(old, target)
+            done.append(f"restored the previous {target} from an interrupted overwrite ({entry})")
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            done.append(f"removed {entry}, left by an interrupted save")
+    return done
+
+
+def _apply_umask(folder: str) -> None:
+    """Give ``folder`` and the files in it the modes of ordinary new files (some writers use 0600 temp files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.chmod(path, 0o666 & ~mask)
+
+
+def _move_into_place(staging: str, target: str) -> None:
+    """Move the saved files in ``staging`` to ``target``: one rename if ``target`` is new or empty.
+
+    Into a folder that already holds files (a tokenizer saved first, an older checkpoint), the files are
+    moved one by one with ``config.json`` last, after the old ``config.json`` and any weight file that the
+    new save does not replace are deleted; until the move ends the folder has no config and loads as nothing.
+    """
+    if not os.path.isdir(target) or not os.listdir(target):
+        try:
+            os.replace(staging, target)
+            return
+        except OSError:
+            if not os.path.isdir(target):
+                raise
+    names = sorted(os.listdir(staging), key=lambda n: n == "config.json")
+    if os.path.lexists(os.path.join(target, "config.json")):
+        os.unlink(os.path.join(target, "config.json"))
+    for old in os.listdir(target):
+        weights = old.endswith(".safetensors") or old.endswith(".safetensors.index.json")
+        if weights and old.startswith("model") and old not in names:
+            os.unlink(os.path.join(target, old))
+    for new in names:
+        os.replace(os.path.join(staging, new), os.path.join(target, new))
 
 
 def _run_backbone(self: LightTokenPreTrainedModel, *args: Any, **kwargs: Any) -> Any:
@@ -345,13 +440,35 @@ class LightTokenPreTrainedModel(PreTrainedModel):
         transformers records only the saved class; listing every head lets a base checkpoint load into
         any task head by remote code, e.g. ``AutoModelForSequenceClassification.from_pretrained(repo,
         trust_remote_code=True)`` where lighttoken_hf is not installed.
+
+        The save is atomic: the files are written into a hidden sibling folder and moved into place when
+        complete (``config.json`` last), so an interrupted save never leaves a loadable-looking checkpoint
+        with missing weights; stale folders of saves whose process died are cleaned up first (see
+        :func:`recover_interrupted_saves`). Files get the modes of the user's umask.
         """
         module = type(self).__module__.rsplit(".", 1)[-1]
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         for auto_cls, model_cls in LIGHTTOKEN_CLASSES:
             auto_map[auto_cls.__name__] = f"{module}.{model_cls.__name__}"
         self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        if not kwargs.get("is_main_process", True) or os.path.isfile(os.fspath(save_directory)):
+            return super().save_pretrained(save_directory, *args, **kwargs)  # writes nothing
+        # Written into a hidden sibling folder, then moved into place: an interrupted save never leaves
+        # a config.json beside missing or partial weights.
+        target = os.path.abspath(os.path.expanduser(os.fspath(save_directory)))
+        parent, name = os.path.split(target)
+        os.makedirs(parent, exist_ok=True)
+        recover_interrupted_saves(target)
+        if kwargs.get("push_to_hub"):
+            kwargs.setdefault("repo_id", name)
+        staging = tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent)
+        try:
+            result = super().save_pretrained(staging, *args, **kwargs)
+            _apply_umask(staging)
+            _move_into_place(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return result
 
     def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(
