@@ -157,7 +157,7 @@ TASK_METRIC_LABELS = {
 }
 
 #: The full run's budget. A first small budget (2,500 SST-2 / 800 RTE / 2,000 CoLA / 3,000 STS-B examples,
-#: one epoch; ``results/downstream_minilm_run1.md``, ``_run2.md``) left RTE at chance and CoLA at MCC 0 for
+#: one epoch; ``downstream_minilm_run1.md`` and ``_run2.md`` in git history) left RTE at chance and CoLA at MCC 0 for
 #: every method and STS-B unstable, so nothing but SST-2 told the methods apart. With all training data for
 #: RTE, CoLA and STS-B (3 epochs) the original reaches RTE 58.8 / CoLA MCC 22.9 (2 epochs) / STS-B 82.9.
 #: Rates: 5e-5 for RTE and CoLA, 3e-5 for STS-B (1e-4 left it unstable), 1e-4 for SST-2 and SQuAD (one

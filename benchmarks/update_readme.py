@@ -1,76 +1,153 @@
-"""Copy benchmark result tables (written by the benchmark scripts) into README.md between markers.
+"""Write the README's results tables from the benchmark result files: no number in them is typed by hand.
 
-    python benchmarks/update_readme.py benchmarks/results/fidelity_minilm.md [more.md ...]
-    python benchmarks/update_readme.py benchmarks/results/downstream_minilm.md
+    python benchmarks/update_readme.py           # rewrite every results block of README.md
+    python benchmarks/update_readme.py --check   # exit 1 if a block differs from its result file (the suite runs this)
 
-Each Markdown file goes into the README block of its benchmark (each followed by its plot, if a PNG of
-the same stem exists), so the README only ever shows numbers that a script in this repository produced:
-
-* ``downstream_*.md`` (``benchmarks/downstream_benchmark.py``) between ``<!-- DOWNSTREAM-RESULTS -->``
-  and ``<!-- /DOWNSTREAM-RESULTS -->``;
-* every other file (the fidelity benchmark) between ``<!-- BENCHMARK-RESULTS -->`` and
-  ``<!-- /BENCHMARK-RESULTS -->``.
-
-Only the blocks that receive at least one file are replaced, so updating one benchmark leaves the other's
-tables as they are.
+Each block sits between ``<!-- RESULTS:<name> -->`` and ``<!-- /RESULTS:<name> -->``; :data:`BLOCKS` names its
+result file (in ``benchmarks/results/``) and how it is rendered. The full tables, with every metric and
+alternative, are the ``.md`` files the benchmarks write beside the JSON (see benchmarks/README.md).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- BENCHMARK-RESULTS -->", "<!-- /BENCHMARK-RESULTS -->"
-DOWNSTREAM_START, DOWNSTREAM_END = "<!-- DOWNSTREAM-RESULTS -->", "<!-- /DOWNSTREAM-RESULTS -->"
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+
+#: Downstream method -> label in the README (methods missing here are not shown).
+DOWNSTREAM_LABELS = {
+    "original": "original (dense, fp32)",
+    "lighttoken-25x": "**LightToken 25x**",
+    "lighttoken-100x": "LightToken 100x",
+    "pq-25x": "PQ 25x",
+    "svd-25x": "truncated SVD 25x",
+}
 
 
-def render(md: Path, level: str = "###") -> list[str]:
-    """The README parts for one results file: its text (top heading at ``level``) and its plot."""
-    text = md.read_text(encoding="utf-8").strip()
-    text = text.replace("\n# ", f"\n{level} ").removeprefix("# ")
-    parts = [f"{level} " + text if not text.startswith(level) else text]
-    png = md.with_suffix(".png")
-    if png.exists():
-        parts.append(f"![{md.stem}]({png.relative_to(ROOT).as_posix()})")
-    return parts
+def _source(name: str, data: dict, threads: int | None) -> str:
+    machine = data.get("machine") or {}
+    cpu = machine.get("cpu_model") or "unknown CPU"
+    cores = machine.get("cpu_count")
+    where = f"{cpu}, {cores} cores" if cores else cpu
+    per = f", {threads} thread(s) per process" if threads else ""
+    return f"`benchmarks/results/{name}` ({str(data.get('date', ''))[:10]}, {where}{per})"
 
 
-def replace_block(content: str, start: str, end: str, parts: list[str]) -> str:
-    """``content`` with everything between ``start`` and ``end`` replaced by ``parts``."""
-    if start not in content:
-        raise ValueError(f"README.md has no {start} marker")
-    head, rest = content.split(start, 1)
-    tail = rest.split(end, 1)[1] if end in rest else rest
-    return head + start + "\n" + "\n\n".join(parts) + "\n" + end + tail
+def _cos(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}" if value < 0.995 else f"{value:.4f}"
 
 
-def main(argv: list[str]) -> int:
-    if not argv:
-        print(__doc__, file=sys.stderr)
-        return 2
-    fidelity: list[str] = []
-    downstream: list[str] = []
-    for name in argv:
-        md = Path(name).resolve()
-        if md.stem.startswith("downstream"):
-            downstream += render(md, "####")
-        else:
-            fidelity += render(md)
-    readme = ROOT / "README.md"
-    content = readme.read_text(encoding="utf-8")
-    try:
-        if fidelity:
-            content = replace_block(content, START, END, fidelity)
-        if downstream:
-            content = replace_block(content, DOWNSTREAM_START, DOWNSTREAM_END, downstream)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    readme.write_text(content, encoding="utf-8")
-    print(f"updated {readme}")
+def _pair(row: dict | None) -> str:
+    if row is None:
+        return "–"
+    held = row.get("e2e_held_out")
+    return _cos(row.get("e2e_cosine")) + (f" / {_cos(held)}" if held is not None else "")
+
+
+def render_fidelity(name: str, data: dict) -> str:
+    """Condensed fidelity table: per target ratio, LightToken's default against PQ and truncated SVD."""
+    rows: dict[tuple[str, float], dict] = {}
+    for row in data["results"]:
+        if row.get("target_ratio") is not None and row.get("e2e_cosine") is not None:
+            rows[(row["method"], float(row["target_ratio"]))] = row
+    targets = sorted(t for (m, t) in rows if m == "lighttoken-default")
+    lines = [
+        f"Source: {_source(name, data, (data.get('args') or {}).get('threads'))}. e2e cos: mean cosine between "
+        "the original and the compressed model's sentence embeddings (SST-2 dev / held-out CoLA + RTE text).",
+        "",
+        "| target | LightToken e2e cos | LightToken rel err | PQ e2e cos (real ratio) | truncated SVD e2e cos |",
+        "|---|---|---:|---|---|",
+    ]
+    for target in targets:
+        light, pq, svd = (rows.get((m, target)) for m in ("lighttoken-default", "pq", "svd-fp16"))
+        rel = light["matrix_fidelity"]["rel_error"]
+        pq_text = f"{_pair(pq)} ({pq['real_ratio']:.1f}x)" if pq else "–"
+        lines.append(f"| {target:g}x | **{_pair(light)}** | {rel:.3f} | {pq_text} | {_pair(svd)} |")
+    return "\n".join(lines)
+
+
+def render_downstream(name: str, data: dict) -> str:
+    """Average downstream score (0-100) per storage method, word embedding frozen in all of them."""
+    lines = [
+        f"Source: {_source(name, data, (data.get('args') or {}).get('threads'))}; SST-2, RTE, CoLA, STS-B and "
+        "SQuAD v1.1, word embedding frozen in every method.",
+        "",
+        "| method | real ratio | average score | vs original |",
+        "|---|---:|---:|---:|",
+    ]
+    for method, label in DOWNSTREAM_LABELS.items():
+        summary = (data.get("summary") or {}).get(method)
+        if not summary or not summary.get("average_complete"):
+            continue
+        ratio = data["methods_info"][method]["real_ratio"]
+        delta = summary.get("delta_average") or 0.0
+        lines.append(f"| {label} | {ratio:.1f}x | {summary['average']:.2f} | {delta:+.2f} |")
+    return "\n".join(lines)
+
+
+def render_commands(name: str, data: dict) -> str:
+    """How long the README's two commands took (without their installs)."""
+    timings = data["timings"]
+    lines = [f"Source: {_source(name, data, None)}.", ""]
+    for key, what in (("compress", "the main job"), ("tests", "the whole test suite")):
+        timing = timings.get(key)
+        if timing is None:
+            continue
+        seconds = timing["seconds"]
+        took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+        load = timing.get("load_average_before")
+        busy = f", load average {load:.1f} before" if load is not None else ""
+        lines.append(f"* {what}, `{timing['command']}`: {took}{busy}")
+    return "\n".join(lines)
+
+
+#: block name -> (result file, renderer)
+BLOCKS: dict[str, tuple[str, Callable[[str, dict], str]]] = {
+    "commands": ("commands_timing.json", render_commands),
+    "minilm": ("fidelity_minilm_int8_joined.json", render_fidelity),
+    "mpnet": ("fidelity_mpnet_int8.json", render_fidelity),
+    "downstream": ("downstream_minilm.json", render_downstream),
+}
+
+
+def render_block(name: str) -> str:
+    file, renderer = BLOCKS[name]
+    return renderer(file, json.loads((RESULTS / file).read_text(encoding="utf-8")))
+
+
+def updated(content: str) -> str:
+    """``content`` (a README) with every results block rendered anew from its result file."""
+    for name in BLOCKS:
+        start, end = f"<!-- RESULTS:{name} -->", f"<!-- /RESULTS:{name} -->"
+        pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), flags=re.S)
+        if not pattern.search(content):
+            raise ValueError(f"README.md has no block {start} ... {end}")
+        match = pattern.search(content)
+        content = content[: match.start()] + f"{start}\n{render_block(name)}\n{end}" + content[match.end() :]
+    return content
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only report whether README.md is up to date")
+    args = parser.parse_args(argv)
+    content = README.read_text(encoding="utf-8")
+    new = updated(content)
+    if args.check:
+        if new != content:
+            print("README.md results are out of date: run python benchmarks/update_readme.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new, encoding="utf-8")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    sys.exit(main())

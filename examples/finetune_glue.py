@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=default_data_dir(),
         help="folder with glue/<TASK>/train.* and dev.* (default: $LIGHTTOKEN_DATA_DIR or ../shared/data)",
     )
-    data.add_argument("--dataset", default=None, help="Hub dataset name used when no local file is found")
+    data.add_argument("--dataset", default="nyu-mll/glue",
+                      help="Hub dataset used when --data-dir has no local file (default: %(default)s)")
     data.add_argument("--train-file", default=None)
     data.add_argument("--validation-file", default=None)
     data.add_argument(

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=default_data_dir(),
         help="folder with squad/*.parquet (default: $LIGHTTOKEN_DATA_DIR or ../shared/data)",
     )
-    data.add_argument("--dataset", default=None, help="Hub dataset name used when no local file is found")
+    data.add_argument("--dataset", default="rajpurkar/squad",
+                      help="Hub dataset used when --data-dir has no local file (default: %(default)s)")
     data.add_argument("--train-file", default=None)
     data.add_argument("--validation-file", default=None)
     data.add_argument("--dev-size", type=float, default=0.1, help="held-out share (<1) or number of articles")

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("LIGHTTOKEN_DATA_DIR", str(DEFAULT_DATA_DIR)),
         help="folder with glue/<TASK>/train.* and dev.* (default: $LIGHTTOKEN_DATA_DIR or ../shared/data)",
     )
-    parser.add_argument("--dataset", default=None, help="Hub dataset name used when no local file is found")
+    parser.add_argument("--dataset", default="nyu-mll/glue",
+                        help="Hub dataset used when --data-dir has no local file (default: %(default)s)")
     parser.add_argument("--max-train-samples", type=int, default=256, help="seeded subset; 0 = all")
     parser.add_argument("--max-eval-samples", type=int, default=128, help="seeded subset; 0 = all")
     parser.add_argument("--max-length", type=int, default=64)

@@ -11,10 +11,13 @@ citation. :func:`card_facts` computes the facts the card shows; ``lighttoken inf
 from __future__ import annotations
 
 import importlib.resources
+import json
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from .compressor.api import fmt_size
 from .compressor.provenance import hub_model_id
 
 __all__ = [
@@ -62,15 +65,6 @@ _PLACEHOLDER_REPO = "path/to/this-checkpoint"
 
 
 # ------------------------------------------------------------------------------------------ formatting
-def fmt_size(nbytes: float) -> str:
-    """``1,234 B`` / ``1.2 KB`` / ``3.4 MB`` / ``1.0 GB``."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if nbytes < 1024 or unit == "GB":
-            return f"{int(nbytes):,} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return str(nbytes)
-
-
 def _fmt_value(value: Any) -> str:
     if value is None:
         return "n/a"
@@ -162,6 +156,26 @@ def _checkpoint(model_or_dir: Any, report: Any = None) -> dict:
         "expected a LightToken-compressed model (from lighttoken_hf.compress) or the folder of a saved "
         f"LightToken checkpoint, got {type(model_or_dir).__name__}"
     )
+
+
+def _tokenizer_class(folder: str | None) -> str:
+    """The transformers class of the checkpoint's tokenizer (its ``tokenizer_config.json``).
+
+    The card names it instead of ``AutoTokenizer``: transformers 5's ``AutoTokenizer`` reads the model's
+    ``config.json`` first, which for a LightToken checkpoint asks to run remote code; the concrete class does not.
+    """
+    import transformers
+
+    name = None
+    if folder is not None:
+        try:
+            config = json.loads((Path(folder) / "tokenizer_config.json").read_text(encoding="utf-8"))
+            name = config.get("tokenizer_class") if isinstance(config, dict) else None
+        except (OSError, ValueError, UnicodeDecodeError):
+            name = None
+    if isinstance(name, str) and name.isidentifier() and hasattr(transformers, name):
+        return name
+    return "PreTrainedTokenizerFast"
 
 
 # ------------------------------------------------------------------------------------------ facts
@@ -383,6 +397,7 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
         "end_to_end": end_to_end,
         "sentences": end_to_end.get("sentences"),
         "has_tokenizer": any(name in info["files"] for name in _TOKENIZER_FILES),
+        "tokenizer_class": _tokenizer_class(info["path"]),
         "sentence_transformers_modules": list(info.get("sentence_transformers_modules") or []),
         "report": report_data,
         "report_source": info["report_source"],

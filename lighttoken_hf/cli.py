@@ -61,7 +61,7 @@ def _int_at_least(minimum: int) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """The ``lighttoken`` argument parser (subcommands ``compress``, ``info`` and ``push``)."""
     from . import __version__
-    from .compressor.hashing import StageSchedule
+    from .compressor.settings import StageSchedule
 
     parser = argparse.ArgumentParser(
         prog="lighttoken",
@@ -439,6 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM (kill, a job scheduler's time limit) unwinds like Ctrl-C: no staging folder is left behind
         previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        from . import register
+
+        register()  # deferred by the console script (lighttoken_hf_cli) so that --help starts fast
         return args.handler(args)
     except _UsageError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -386,6 +386,7 @@ def test_embedding_frozen_before_the_optimizer_is_refused(model, dataset, tmp_pa
 
 
 # ---------------------------------------------------------------------------------------------- DDP
+@pytest.mark.slow
 def test_ddp_two_processes_identical_parameters(tmp_path):
     script = Path(__file__).with_name("ddp_callback_script.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

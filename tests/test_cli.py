@@ -125,3 +125,37 @@ def test_missing_model_folder_is_a_usage_error(tmp_path):
     out = tmp_path / "out"
     assert main(["compress", str(tmp_path / "nowhere" / "model"), "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def _console(args, cwd):
+    """Run the installed ``lighttoken`` console entry point (``lighttoken_hf_cli:main``) in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lighttoken_hf_cli\n"
+        f"sys.argv = ['lighttoken', *{list(args)!r}]\n"
+        "code = lighttoken_hf_cli.main()\n"
+        "print('IMPORTED', 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_help_and_version_start_without_importing_torch(tmp_path):
+    for args in (["--help"], ["compress", "--help"], ["--version"]):
+        result = _console(args, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "IMPORTED False False" in result.stderr, (args, result.stderr)
+    assert "--ratio" in _console(["compress", "--help"], tmp_path).stdout
+
+
+def test_console_entry_point_registers_before_a_command(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    assert main(["compress", str(tiny_model_dir), "--out", str(out), "--ratio", "4", "--epochs", "1",
+                 "--no-progress"]) == 0  # fmt: skip
+    result = _console(["info", str(out), "--json"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["plan"]["num_embeddings"] == 200

@@ -388,3 +388,22 @@ def test_shared_input_embeddings_are_a_clear_error():
     t5 = T5Model(T5Config(vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8))
     with pytest.raises(ValueError, match="shares its input-embedding weight with encoder.embed_tokens"):
         fast(t5, 4, frequency_aware=False)
+
+
+def test_report_gives_the_whole_model_size_and_how_to_read_it(tiny_bert):
+    from lighttoken_hf.compressor.api import fmt_size
+
+    dense = sum(p.numel() * p.element_size() for p in tiny_bert.parameters()) + sum(
+        b.numel() * b.element_size() for b in tiny_bert.buffers()
+    )
+    model = compress(tiny_bert, ratio=4, schedule=FAST_SCHEDULE, progress=False)
+    report = model.compression_report
+    assert report.model_nbytes_before == dense
+    embedding = tiny_bert.get_input_embeddings().weight
+    saved = embedding.numel() * embedding.element_size() - report.compressed_nbytes
+    assert report.model_nbytes_after == dense - saved
+    summary = report.summary()
+    assert f"{fmt_size(dense)} -> {fmt_size(dense - saved)}" in summary
+    assert "how to read it" in summary and "end-to-end cosine is what matters" in summary
+    assert model.config.compression_stats["model_nbytes_before"] == dense
+    assert [fmt_size(n) for n in (1000, 2048, 44.7 * 2**20, 3 * 2**30)] == ["1,000 B", "2.0 KiB", "44.7 MiB", "3.0 GiB"]

@@ -94,6 +94,7 @@ def test_skipping_the_constant_buffers_lets_ddp_wrap_and_train(gloo_group, tiny_
     assert embedding.decoder_0_weight.grad is not None  # the older layout: fp16 decoder weights
 
 
+@pytest.mark.slow
 def test_token_loss_under_ddp_equals_the_exact_loss(tmp_path):
     """2 processes with unequal labelled tokens per rank log the exact loss (num_items_in_batch across ranks)."""
     script = Path(__file__).with_name("ddp_loss_script.py")

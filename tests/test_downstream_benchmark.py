@@ -192,21 +192,22 @@ def test_markdown_report_has_one_row_per_method_and_the_budget():
     assert "frozen everywhere" in md
 
 
-def test_update_readme_replaces_only_its_own_block(tmp_path):
-    content = "intro\n<!-- BENCHMARK-RESULTS -->\nold fidelity\n<!-- /BENCHMARK-RESULTS -->\nmid\n" + (
-        "<!-- DOWNSTREAM-RESULTS -->\nold downstream\n<!-- /DOWNSTREAM-RESULTS -->\nend\n"
+def test_update_readme_renders_every_block_from_its_result_file():
+    content = "intro\n" + "".join(
+        f"<!-- RESULTS:{name} -->\nold {name}\n<!-- /RESULTS:{name} -->\nbetween\n" for name in update_readme.BLOCKS
     )
-    out = update_readme.replace_block(
-        content, update_readme.DOWNSTREAM_START, update_readme.DOWNSTREAM_END, ["new table"]
-    )
-    assert "old fidelity" in out and "old downstream" not in out and "new table" in out
-    assert out.startswith("intro\n") and out.endswith("end\n")
-    with pytest.raises(ValueError, match="marker"):
-        update_readme.replace_block("no markers", update_readme.START, update_readme.END, ["x"])
-    md = tmp_path / "downstream_x.md"
-    md.write_text("# Title\n\ntext\n# Second\n", encoding="utf-8")
-    parts = update_readme.render(md, "####")
-    assert parts == ["#### Title\n\ntext\n#### Second"]
+    out = update_readme.updated(content)
+    assert out.startswith("intro\n") and "old " not in out
+    assert out.count("between\n") == len(update_readme.BLOCKS)
+    minilm = update_readme.render_block("minilm")
+    assert "| 25x | **" in minilm and "fidelity_minilm_int8_joined.json" in minilm
+    assert "/work" not in out and "commit" not in out  # no machine paths or commit hashes in the README
+    with pytest.raises(ValueError, match="has no block"):
+        update_readme.updated("no blocks")
+
+
+def test_readme_results_are_those_of_the_result_files():
+    assert update_readme.main(["--check"]) == 0, "run python benchmarks/update_readme.py"
 
 
 def _shard(tasks: list[str], date: str) -> dict:

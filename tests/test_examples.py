@@ -2,8 +2,9 @@
 a remote-code base gives equal outputs, and 2-process runs (torchrun, accelerate) end with identical
 parameters on both ranks.
 
-Real data comes from ../shared/data (skipped when absent); the real model is the bundled all-MiniLM-L6-v2
-(skipped when its package is not installed), compressed once per session at 25x with a short schedule.
+Real data comes from $LIGHTTOKEN_DATA_DIR or ../shared/data beside the clone (skipped when absent); the
+real model is the bundled all-MiniLM-L6-v2 (skipped when its package is not installed), compressed once per
+session at 25x with a short schedule.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("LIGHTTOKEN_DATA_DIR", REPO.parent / "shared" / "data"))
 NO_DATA = (
-    "needs the real GLUE/SQuAD files in ../shared/data (see its README.md; not shipped with the package)"
+    f"needs real GLUE/SQuAD parquet files under {DATA}: set LIGHTTOKEN_DATA_DIR to a folder holding "
+    "glue/<TASK>/train.parquet (+ dev.parquet) for SST-2 and STS-B, and squad/<any>.parquet (SQuAD v1.1, "
+    "Hugging Face columns)"
 )
 TIMEOUT = 900
 
@@ -84,6 +87,7 @@ def _read(path: Path) -> dict:
 # ------------------------------------------------------------------------------------------ single process
 
 
+@pytest.mark.slow
 @needs_minilm
 @_needs("glue", "SST-2")
 def test_glue_sst2_steps_lower_the_loss(minilm_25x, tmp_path, single_thread):
@@ -104,6 +108,7 @@ def test_glue_sst2_steps_lower_the_loss(minilm_25x, tmp_path, single_thread):
     assert saved["lighttoken/trainable_params"] > 0
 
 
+@pytest.mark.slow
 @needs_minilm
 @_needs("glue", "STS-B")
 def test_glue_stsb_regression_steps_lower_the_loss(minilm_25x, tmp_path, single_thread):
@@ -117,6 +122,7 @@ def test_glue_stsb_regression_steps_lower_the_loss(minilm_25x, tmp_path, single_
     assert metrics["eval_score"] == pytest.approx((metrics["eval_pearson"] + metrics["eval_spearmanr"]) / 2)
 
 
+@pytest.mark.slow
 @needs_minilm
 @_needs("squad")
 def test_squad_steps_lower_the_loss(minilm_25x, tmp_path, single_thread):
@@ -146,6 +152,7 @@ def test_dense_baseline_trains_without_the_callback(tiny_dense_dir, tmp_path, si
     assert metrics["train_loss_after"] < metrics["train_loss_before"]
 
 
+@pytest.mark.slow
 @needs_minilm
 @_needs("glue", "SST-2")
 def test_lora_adapter_round_trip_on_a_remote_code_base(minilm_25x, tmp_path, single_thread):
@@ -195,6 +202,7 @@ ACCELERATE = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @needs_minilm
 @_needs("glue", "SST-2")
 @pytest.mark.parametrize("launcher", [TORCHRUN, ACCELERATE], ids=["torchrun", "accelerate"])
@@ -223,6 +231,7 @@ def test_two_process_glue_ends_with_identical_parameters(launcher, minilm_25x, t
     assert not any("word_embeddings" in name for name in changed)  # the compressed embedding stayed frozen
 
 
+@pytest.mark.slow
 @_needs("squad")
 def test_torchrun_squad_compressing_on_the_fly(tiny_dense_dir, tmp_path):
     """Rank 0 compresses the dense model and shares the starting point; the ranks train in lockstep."""

@@ -515,9 +515,7 @@ def test_save_compressed_writes_the_card_it_would_build_from_the_folder(compress
     text = (out / "README.md").read_text(encoding="utf-8")
     assert text == str(model_card(out))
     assert ModelCard.load(out / "README.md").data.tags == ["lighttoken", "embedding-compression"]
-    assert (
-        'AutoTokenizer.from_pretrained("path/to/this-checkpoint")' in text
-    )  # the tokenizer is in the folder
+    assert 'BertTokenizer.from_pretrained("path/to/this-checkpoint")' in text  # the tokenizer is in the folder
 
     bare = save_compressed(compressed, tmp_path / "bare")  # no tokenizer: same card as from the model
     assert (bare / "README.md").read_text(encoding="utf-8") == str(model_card(compressed))
@@ -530,6 +528,25 @@ def test_save_compressed_writes_the_card_it_would_build_from_the_folder(compress
     assert _same_eval_results(data.eval_results, _eval_results())
 
     assert not (save_compressed(compressed, tmp_path / "none", card=False) / "README.md").exists()
+
+
+def test_card_tokenizer_snippet_loads_without_remote_code_or_warnings(compressed, tiny_tokenizer, tmp_path):
+    import re
+
+    out = save_compressed(compressed, tmp_path / "ckpt", tokenizer=tiny_tokenizer)
+    text = (out / "README.md").read_text(encoding="utf-8")
+    found = re.search(r'^tokenizer = (\w+)\.from_pretrained\("path/to/this-checkpoint"\)', text, flags=re.M)
+    assert found, "the card shows how to load the tokenizer"
+    cls = found.group(1)
+    code = f"from transformers import {cls}\nprint({cls}.from_pretrained({str(out)!r})('the man')['input_ids'])"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
+        cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip()) == tiny_tokenizer("the man")["input_ids"]
+    assert "custom code" not in result.stderr and "model of type" not in result.stderr, result.stderr
 
 
 def test_info_prints_the_facts_the_card_shows(compressed, tmp_path, capsys):

@@ -4,6 +4,7 @@ data loading and splits, and loading compressed checkpoints with a task head's A
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,13 @@ import torch
 from lighttoken_hf.tasks import distributed, glue, metrics, squad
 from lighttoken_hf.tasks.models import is_lighttoken_checkpoint, load_model_for_task, lora_target_modules
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(
+    os.environ.get("LIGHTTOKEN_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 NO_DATA = (
-    "needs the real GLUE/SQuAD files in ../shared/data (see its README.md; not shipped with the package)"
+    f"needs real GLUE/SQuAD parquet files under {DATA}: set LIGHTTOKEN_DATA_DIR to a folder holding "
+    "glue/<TASK>/train.parquet (+ dev.parquet) for SST-2 and STS-B, and squad/<any>.parquet (SQuAD v1.1, "
+    "Hugging Face columns)"
 )
 
 

@@ -24,30 +24,7 @@ import torch
 from torch import nn
 
 from .losses import LossFn
-
-
-@dataclass
-class StageSchedule:
-    """Training schedule of one hashing stage (defaults chosen by measurement, see docs/method.md)."""
-
-    max_epochs: int = 12
-    batch_size: int = 4096
-    lr: float = 3e-3
-    tau_start: float = 1.0
-    tau_decay: float = 0.75
-    saturation_level: float = 0.98
-    stop_saturation: float = 0.9
-    decoder_steps: int = 10
-    refine_sweeps: int = 2
-    ridge: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if self.max_epochs < 1 or self.batch_size < 1:
-            raise ValueError("max_epochs and batch_size must be >= 1")
-        if not 0 < self.tau_decay <= 1 or self.tau_start <= 0:
-            raise ValueError("need tau_start > 0 and 0 < tau_decay <= 1")
-        if not 0 < self.stop_saturation <= 1 or not 0 < self.saturation_level < 1:
-            raise ValueError("stop_saturation must be in (0, 1] and saturation_level in (0, 1)")
+from .settings import StageSchedule
 
 
 @dataclass
