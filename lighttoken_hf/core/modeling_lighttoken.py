@@ -37,7 +37,7 @@ from transformers import (
 )
 
 from .configuration_lighttoken import LightTokenConfig
-from .lighttoken_codec import LightTokenEmbedding, unpack_bits
+from .lighttoken_codec import LightTokenEmbedding
 
 
 def embedding_from_config(config: LightTokenConfig) -> LightTokenEmbedding:
@@ -52,6 +52,7 @@ def embedding_from_config(config: LightTokenConfig) -> LightTokenEmbedding:
         factor_dtype=getattr(torch, config.factor_dtype),
         row_index=config.row_index,
         decoder_dtype=getattr(torch, config.decoder_dtype) if config.decoder_dtype else None,
+        output_scale=getattr(config, "embedding_scale", 1.0),
     )
 
 
@@ -61,53 +62,35 @@ class LightTokenLMHead(nn.Module):
     Replaces a backbone output layer (``nn.Linear``, V x d) that was tied to the input embedding. With
     ``W_hat = L @ R + A @ D`` (see ``lighttoken_codec``) the logits are
     ``(hidden @ R^T) @ L^T + (hidden @ D^T) @ A^T``, where ``D`` stacks every stage's decoder weight and
-    bias (``(sum B_s + S) x d``) and ``A`` (``V x (sum B_s + S)``) holds each token's code signs (+-1) and
-    its stage-coverage flags (1), zero where a stage skips the token; the padding row is exact. No V x d
-    matrix is ever built, and gradients reach the hidden states and the embedding's factors.
+    bias (``(sum B_s + S) x d``) and ``A`` holds each token's code signs (+-1) and stage-coverage flags
+    (1), zero where a stage skips the token; the padding row is exact.
 
-    Memory trade-off: ``A`` is unpacked from the bit-packed codes on first use and cached as a float
-    matrix in the non-persistent buffer ``signs`` (never saved), i.e. ``4 * V * (sum B_s + S)`` bytes
-    in fp32 -- 32x the packed codes, and as large as the dense matrix when ``sum B_s + S`` nears ``d``.
-    Call :meth:`clear_cache` to free it (it is rebuilt on the next call) or after changing the codes.
+    ``A`` is unpacked from the packed codes one block of ``block_rows`` tokens at a time and never
+    kept, so the head adds no V x d (or V x sum B_s) tensor to the model: its memory is the packed
+    codes the input embedding already holds plus one block. Gradients reach the hidden states and the
+    embedding's factors.
 
     Args:
         embedding: the compressed input embedding (kept as a plain reference, not a submodule, so its
             tensors are stored once, under the input embedding).
         bias: the output layer's bias (V,), stored as a parameter, or ``None``.
+        block_rows: tokens decoded per block (``None``: about 4 MB of unpacked signs per block).
     """
 
-    def __init__(self, embedding: LightTokenEmbedding, bias: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, embedding: LightTokenEmbedding, bias: torch.Tensor | None = None, block_rows: int | None = None
+    ) -> None:
         super().__init__()
         self.in_features = embedding.embedding_dim
         self.out_features = embedding.num_embeddings
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
-        self.register_buffer("signs", None, persistent=False)
+        width = sum(embedding.stage_bits) + len(embedding.stage_bits)
+        self.block_rows = block_rows or max(1024, (1 << 20) // max(width, 1))
         self.set_embedding(embedding)
 
     def set_embedding(self, embedding: LightTokenEmbedding) -> None:
-        """Point the head at ``embedding`` (and drop the sign cache built from the previous one)."""
+        """Point the head at ``embedding``."""
         self.__dict__["embedding"] = embedding  # not registered: its tensors belong to the input embedding
-        self.clear_cache()
-
-    def clear_cache(self) -> None:
-        self.signs = None
-
-    def _signs(self, compute: torch.dtype) -> torch.Tensor:
-        emb = self.embedding
-        if self.signs is None:
-            with torch.no_grad():
-                ids = torch.arange(emb.num_embeddings, device=emb.lowrank_left.device)
-                cols, inside = [], []
-                for s, bits in enumerate(emb.stage_bits):
-                    covered, row = emb.stage_index(s, ids)
-                    inside.append(covered.unsqueeze(1).float())
-                    codes = getattr(emb, f"codes_{s}")[row]
-                    cols.append((unpack_bits(codes, bits).float() * 2 - 1) * inside[s])
-                signs = torch.cat(cols + inside, dim=1)
-                if emb.padding_idx is not None:
-                    signs[emb.padding_idx] = 0
-            self.signs = signs
-        return self.signs.to(compute)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         emb = self.embedding
@@ -118,21 +101,24 @@ class LightTokenLMHead(nn.Module):
             else dtype
         )
         h = hidden.to(compute)
-        logits = h.new_zeros(*h.shape[:-1], emb.num_embeddings)
-        if emb.svd_rank:
-            lowrank = (h @ emb.lowrank_right.to(compute).T) @ emb.lowrank_left.to(compute).T
-            if emb.padding_idx is not None:  # the padding row is stored exactly, not in the factors
-                lowrank = lowrank.index_fill(-1, torch.tensor([emb.padding_idx], device=h.device), 0)
-            logits = logits + lowrank
-        if emb.stage_bits:
-            decoders = [emb.decoder_weight(s, compute) for s in range(len(emb.stage_bits))]
-            decoders += [
-                getattr(emb, f"decoder_{s}_bias").to(compute).unsqueeze(0) for s in range(len(emb.stage_bits))
-            ]
-            logits = logits + (h @ torch.cat(decoders).T) @ self._signs(compute).T
-        if emb.padding_idx is not None:
-            pad = (h @ emb.padding_row.to(compute)).unsqueeze(-1)
-            logits = logits.index_add(-1, torch.tensor([emb.padding_idx], device=h.device), pad)
+        stages = range(len(emb.stage_bits))
+        decoders = [emb.decoder_weight(s, compute) for s in stages]
+        decoders += [getattr(emb, f"decoder_{s}_bias").to(compute).unsqueeze(0) for s in stages]
+        coded = h @ torch.cat(decoders).T if decoders else None
+        lowrank = h @ emb.lowrank_right.to(compute).T if emb.svd_rank else None
+        blocks = []
+        for start in range(0, emb.num_embeddings, self.block_rows):
+            ids = torch.arange(start, min(start + self.block_rows, emb.num_embeddings), device=h.device)
+            block = h.new_zeros(*h.shape[:-1], ids.numel())
+            if lowrank is not None:
+                block = block + lowrank @ emb.lowrank_left.index_select(0, ids).to(compute).T
+            if coded is not None:
+                block = block + coded @ emb.code_signs(ids, compute).T
+            blocks.append(block)
+        logits = torch.cat(blocks, dim=-1)
+        if emb.padding_idx is not None:  # the padding row is stored exactly, not in the factors
+            pad = torch.tensor([emb.padding_idx], device=h.device)
+            logits = logits.index_copy(-1, pad, (h @ emb.padding_row.to(compute)).unsqueeze(-1))
         if self.bias is not None:
             logits = logits + self.bias.to(compute)
         return logits.to(dtype)

@@ -1,0 +1,362 @@
+"""Decoder LMs: a faithful embedding swap on every supported family (Gemma's scale included), the tied LM head's
+logits and memory, the LM report, GGUF input, remote-code generation without the package."""
+
+from __future__ import annotations
+
+import math
+import resource
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    BertConfig,
+    BertModel,
+    Gemma3TextConfig,
+    GPT2Config,
+    LlamaConfig,
+)
+
+import lighttoken_hf as lt
+from lighttoken_hf.compressor.api import embedding_scale
+from lighttoken_hf.gguf import load_gguf
+from lighttoken_hf.lm_fidelity import lm_fidelity, perplexity
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+FAST = {"schedule": {"max_epochs": 1}, "joint_iterations": 1, "progress": False}
+
+
+class _IdTokenizer:
+    """Whitespace-separated integers as token ids: enough for the LM metric and the LM report."""
+
+    pad_token = "<pad>"
+    pad_token_id = 0
+    eos_token_id = 2
+    all_special_ids = [0, 2]
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+
+    def __len__(self) -> int:
+        return self.vocab
+
+    def _id(self, token: str) -> int:
+        return int(token) % self.vocab if token.isdigit() else 3 + sum(token.encode()) % (self.vocab - 3)
+
+    def __call__(self, texts, padding=False, truncation=True, max_length=64, return_tensors=None, **_):
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        rows = [[self._id(t) for t in text.split()][:max_length] or [3] for text in batch]
+        if return_tensors is None:
+            return {"input_ids": rows}
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return _Batch(input_ids=ids, attention_mask=mask)
+
+    def decode(self, ids, skip_special_tokens=True) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+
+class _Batch(dict):
+    def to(self, device):
+        return _Batch({k: v.to(device) for k, v in self.items()})
+
+
+def _texts(vocab: int, n: int = 24, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    return [" ".join(str(int(t)) for t in torch.randint(3, vocab, (20,), generator=g)) for _ in range(n)]
+
+
+def _gemma(vocab: int = 300) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=64,
+        sliding_window=16,
+        pad_token_id=0,
+    )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _llama(vocab: int = 300, tied: bool = True) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=tied,
+        pad_token_id=0,
+        initializer_range=0.2,
+    )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_a_scaled_embedding_keeps_its_scale_in_input_and_output(tmp_path):
+    model = _gemma()
+    embedding = model.get_input_embeddings()
+    assert type(embedding).__name__ == "Gemma3TextScaledWordEmbedding"
+    assert embedding_scale(embedding) == pytest.approx(math.sqrt(32), rel=1e-3)
+    tok = _IdTokenizer(300)
+    compressed = lt.compress(model, ratio=4, tokenizer=tok, calibration_texts=_texts(300), **FAST)
+    assert compressed.config.embedding_scale == pytest.approx(math.sqrt(32), rel=1e-3)
+    module = compressed.get_input_embeddings()
+    ids = torch.arange(300)
+    with torch.no_grad():
+        assert torch.allclose(module(ids), module.weight * compressed.config.embedding_scale, atol=1e-5)
+        # the tied output layer reads the unscaled matrix, as Gemma's own tied lm_head does
+        hidden = torch.randn(2, 3, 32)
+        head = compressed.get_output_embeddings()
+        assert torch.allclose(head(hidden), hidden @ module.weight.T, atol=1e-4)
+    compressed.save_pretrained(tmp_path / "ckpt")
+    reloaded = type(compressed).from_pretrained(tmp_path / "ckpt").eval()
+    batch = {"input_ids": torch.tensor([[5, 17, 42, 99]])}
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, compressed(**batch).logits, atol=1e-5)
+    # the LM report of a scaled model: close to the original at 4x, not broken
+    report = lm_fidelity(model, compressed, tok, _texts(300, seed=1), prompt=None)
+    assert report["perplexity_increase"] < 0.5
+
+
+def test_an_embedding_doing_more_than_a_constant_scale_is_refused():
+    class Shifted(torch.nn.Embedding):
+        def forward(self, ids):
+            return super().forward(ids) + 1.0
+
+    model = _llama()
+    model.set_input_embeddings(Shifted(300, 32))
+    with pytest.raises(ValueError, match="more than multiply"):
+        embedding_scale(model.get_input_embeddings())
+
+
+def test_lm_report_fields_and_identity():
+    model = _llama()
+    tok = _IdTokenizer(300)
+    same = lm_fidelity(model, model, tok, _texts(300), prompt="5 6 7", sample_tokens=4)
+    assert same["next_token_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert same["top1_agreement"] == 1.0 and same["perplexity_increase"] == pytest.approx(0.0, abs=1e-9)
+    assert same["sample_original"] == same["sample_compressed"]
+    assert same["perplexity_original"] == pytest.approx(perplexity(model, tok, _texts(300)), rel=1e-6)
+    compressed = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=_texts(300), **FAST)
+    report = lm_fidelity(model, compressed, tok, _texts(300, seed=3), prompt="5 6 7", sample_tokens=4)
+    for key in (
+        "perplexity_original",
+        "perplexity_compressed",
+        "perplexity_increase",
+        "next_token_kl",
+        "top1_agreement",
+        "sample_original",
+        "sample_compressed",
+    ):
+        assert key in report
+    assert report["next_token_kl"] > 0 and 0 <= report["top1_agreement"] <= 1
+    with pytest.raises(ValueError, match="causal or two masked"):
+        lm_fidelity(model, lt.compress(torch.randn(50, 8), ratio=2, progress=False), tok, ["1 2 3"])
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused():
+    with pytest.raises(ValueError, match="tokens but the embedding matrix has only"):
+        lt.compress(_llama(), ratio=4, tokenizer=_IdTokenizer(400), **FAST)
+
+
+def test_head_memory_stays_below_the_dense_matrix():
+    """Logits of a 200k-token head in a fresh process: the peak memory growth stays below the dense matrix."""
+    script = textwrap.dedent(
+        """
+        import resource, torch
+        from lighttoken_hf.core.lighttoken_codec import LightTokenEmbedding, pack_bits
+        from lighttoken_hf.core.modeling_lighttoken import LightTokenLMHead
+        torch.manual_seed(0)
+        emb = LightTokenEmbedding(200_000, 64, svd_rank=8, stage_bits=[32, 32], stage_rows=[200_000, 50_000])
+        for name, buf in emb.named_buffers():
+            if name.startswith("codes_"):
+                buf.random_(0, 256)
+        covered = torch.zeros(1, 200_000, dtype=torch.bool)
+        covered[0, :50_000] = True
+        emb.coverage_1.copy_(pack_bits(covered)[0])
+        head = LightTokenLMHead(emb)
+        hidden = torch.randn(1, 1, 64)
+        with torch.no_grad():
+            head(hidden)  # warm-up: allocator and kernels
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            logits = head(hidden)
+            after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert logits.shape == (1, 1, 200_000)
+        print((after - before) * 1024)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    growth = int(out.stdout.split()[-1])
+    dense = 200_000 * 64 * 4
+    assert growth < dense / 4, f"peak growth {growth} bytes vs dense {dense}"
+    assert resource.getpagesize() > 0
+
+
+def test_a_file_that_is_not_gguf_is_refused(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        load_gguf(bad)
+    with pytest.raises(FileNotFoundError):
+        load_gguf(tmp_path / "missing.gguf")
+
+
+def test_a_gguf_file_that_is_not_a_causal_lm_is_refused(tmp_path):
+    gguf = pytest.importorskip("gguf", reason="needs `pip install gguf`")
+    path = tmp_path / "encoder.gguf"
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", torch.zeros(8, 4).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match="'bert'"):
+        load_gguf(path)
+
+
+def test_a_gpt2_style_untied_model_keeps_its_dense_output_layer():
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=150, n_embd=32, n_layer=1, n_head=2, n_positions=32, tie_word_embeddings=False
+    )
+    model = AutoModelForCausalLM.from_config(config).eval()
+    compressed = lt.compress(
+        model, ratio=4, tokenizer=_IdTokenizer(150), calibration_texts=_texts(150), **FAST
+    )
+    assert isinstance(compressed.get_output_embeddings(), torch.nn.Linear)
+    assert compressed.compression_report.output_layer.startswith("untied: kept dense")
+    assert "output layer" in compressed.compression_report.summary()
+
+
+def _family_configs(vocab: int) -> dict:
+    from transformers import Gemma2Config, GemmaConfig, PhiConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=64, pad_token_id=0,
+    )  # fmt: skip
+    return {
+        "llama": LlamaConfig(**common, num_key_value_heads=1),
+        "qwen2": Qwen2Config(**common, num_key_value_heads=1, tie_word_embeddings=True),
+        "gemma": GemmaConfig(**common, num_key_value_heads=1, head_dim=16),
+        "gemma2": Gemma2Config(**common, num_key_value_heads=1, head_dim=16, sliding_window=16),
+        "gemma3": Gemma3TextConfig(**common, num_key_value_heads=1, head_dim=16, sliding_window=16),
+        "phi": PhiConfig(**common),
+        "gpt2": GPT2Config(vocab_size=vocab, n_embd=32, n_layer=1, n_head=2, n_positions=64),
+        "bert": BertConfig(
+            vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        ),
+    }
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "gemma2", "gemma3", "phi", "gpt2", "bert"])
+def test_the_swap_equals_the_original_with_the_decoded_matrix(family):
+    """The compressed model gives the outputs of the original whose embedding weight is the decoded matrix:
+    everything the embedding module did beyond the lookup (Gemma's scale) is kept, nothing is added."""
+    import copy
+
+    vocab = 300
+    config = _family_configs(vocab)[family]
+    torch.manual_seed(0)
+    model = (BertModel(config) if family == "bert" else AutoModelForCausalLM.from_config(config)).eval()
+    tok = _IdTokenizer(vocab)
+    compressed = lt.compress(model, ratio=4, tokenizer=tok, calibration_texts=_texts(vocab), **FAST).eval()
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        decoded = compressed.get_input_embeddings().weight.float()
+        reference.get_input_embeddings().weight.copy_(decoded)  # a tied output layer shares this weight
+    batch = {"input_ids": torch.tensor([[5, 17, 42, 99, 7, 250]]), "attention_mask": torch.ones(1, 6, dtype=torch.long)}
+    with torch.no_grad():
+        want, got = reference(**batch), compressed(**batch)
+    key = "last_hidden_state" if family == "bert" else "logits"
+    assert torch.allclose(got[key], want[key], atol=1e-4, rtol=1e-4), (got[key] - want[key]).abs().max()
+    tied = getattr(model.get_output_embeddings(), "weight", None) is model.get_input_embeddings().weight
+    head = compressed.get_output_embeddings()
+    assert isinstance(head, lt.LightTokenLMHead) == (tied and family != "bert")
+    assert (compressed.compression_report.output_layer or "").startswith("tied") == (tied and family != "bert")
+
+
+def test_remote_code_load_and_generate_without_the_package(tmp_path):
+    model = _llama()
+    compressed = lt.compress(model, ratio=4, tokenizer=_IdTokenizer(300), calibration_texts=_texts(300), **FAST)
+    compressed.save_pretrained(tmp_path / "ckpt")
+    with torch.no_grad():
+        expected = compressed.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=5, do_sample=False)
+    script = textwrap.dedent(
+        """
+        import importlib.abc, json, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "lighttoken_hf":
+                    raise ModuleNotFoundError(name)
+        sys.meta_path.insert(0, Block())
+        import torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+        with torch.no_grad():
+            out = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=5, do_sample=False)
+        print(json.dumps({"class": type(model).__name__, "ids": out[0].tolist()}))
+        """
+    )
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "ckpt")], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    assert result["class"] == "LightTokenForCausalLM"
+    assert result["ids"] == expected[0].tolist()
+
+
+def test_a_truncated_gguf_file_is_a_clear_error(tmp_path):
+    gguf = pytest.importorskip("gguf", reason="needs `pip install gguf`")
+    path = tmp_path / "cut.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", torch.zeros(64, 16).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match="cut.gguf"):
+        load_gguf(path)
+
+
+def test_a_model_without_token_embeddings_is_refused():
+    class NoEmbedding(torch.nn.Module):
+        pass
+
+    with pytest.raises(TypeError, match="PreTrainedModel or a 2-D tensor"):
+        lt.compress(NoEmbedding(), ratio=4, progress=False)
+
+
+def test_short_model_names_resolve_to_the_bundled_files():
+    from lighttoken_hf.cli import SHORT_NAMES, _resolve_model
+    from lighttoken_hf.pretrained import smollm2_gguf_path
+
+    assert set(SHORT_NAMES) == {"smollm2", "gemma3"}
+    try:
+        path = smollm2_gguf_path()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    assert _resolve_model("smollm2") == (str(path), path)
