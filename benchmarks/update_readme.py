@@ -108,11 +108,35 @@ def render_commands(name: str, data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_lm(name: str, data: dict) -> str:
+    """Decoder LM through the CLI: held-out perplexity, KL, top-1, time and memory per ratio."""
+    texts = data["texts"]
+    lines = [
+        f"Source: {_source(name, data, None)}; {data['model']['file']} (GGUF, dequantized, is the original); "
+        f"perplexity on {texts['count']} held-out Wikipedia paragraphs (SQuAD v1.1 contexts, up to "
+        f"{texts['max_length']} tokens).",
+        "",
+        "| real ratio | perplexity (original → compressed) | next-token KL | top-1 agreement | compression "
+        "| peak memory | generation tokens/s (original) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for run in data["runs"]:
+        held = run["held_out"]
+        lines.append(
+            f"| {run['ratio']:.1f}x | {held['perplexity_original']:.2f} → {held['perplexity_compressed']:.2f} "
+            f"({held['perplexity_increase']:+.1%}) | {held['next_token_kl']:.3f} | {held['top1_agreement']:.3f} "
+            f"| {run['seconds']:.0f} s | {run['peak_rss_bytes'] / 2**30:.1f} GiB "
+            f"| {run['tokens_per_second']:.1f} ({data['original_tokens_per_second']:.1f}) |"
+        )
+    return "\n".join(lines)
+
+
 #: block name -> (result file, renderer)
 BLOCKS: dict[str, tuple[str, Callable[[str, dict], str]]] = {
     "commands": ("commands_timing.json", render_commands),
     "minilm": ("fidelity_minilm_int8_joined.json", render_fidelity),
     "mpnet": ("fidelity_mpnet_int8.json", render_fidelity),
+    "smollm2": ("lm_cli_smollm2.json", render_lm),
     "downstream": ("downstream_minilm.json", render_downstream),
 }
 

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--decoder-dtype", choices=("int8", "float16", "bfloat16", "float32"), default=None,
                       help="storage of the decoder weights (default: the library's, int8 with a scale per "
                       "code bit; float16: the plain method's layout)")
+    comp.add_argument("--output-layer", choices=("compress", "dense"), default=None,
+                      help="an untied output layer (its own V x d matrix): compress it too, at the same ratio "
+                      "(default), or keep it dense; a tied one always shares the compressed matrix")
     comp.add_argument("--sentences", metavar="FILE",
                       help="text file, one sentence a line, for the end-to-end check "
                       "(default: 120 built-in sentences)")
@@ -301,6 +304,8 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
         options["joint_iterations"] = args.joint_iterations
     if args.decoder_dtype is not None:
         options["decoder_dtype"] = args.decoder_dtype
+    if args.output_layer is not None:
+        options["output_layer"] = args.output_layer
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
     if args.epochs is not None:

@@ -202,13 +202,38 @@ def test_lm_head_with_low_rank_padding_and_frequency_tiers(name):
     _check_lm_logits(model, _inputs(head, with_labels=False))
 
 
-def test_untied_output_layer_stays_dense(tmp_path):
+def test_untied_output_layer_is_compressed_on_its_own(tmp_path):
     torch.manual_seed(0)
     config = CONFIGS["gpt2"]()
     config.tie_word_embeddings = False
     original = AutoModelForCausalLM.from_config(config).eval()
     model = lt.compress(original, ratio=4, schedule={"max_epochs": 1}, progress=False).eval()
-    assert model.config.compressed_lm_head is False
+    assert model.config.compressed_lm_head is False and model.config.output_embedding
+    head = model.backbone.get_output_embeddings()
+    assert isinstance(head, lt.LightTokenLMHead) and not head.tied
+    assert head.embedding is not model.get_input_embeddings()
+    report = model.compression_report
+    dense = 2 * original.lm_head.weight.numel() * 4
+    assert report.ratio == pytest.approx(dense / (report.compressed_nbytes + report.output_compressed_nbytes))
+    assert report.ratio >= 4 and report.output_layer.startswith("untied: compressed on its own")
+    batch = _inputs("causal-lm", with_labels=False)
+    with torch.no_grad():  # the logits are those of the decoded output matrix
+        hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
+        want = hidden @ head.embedding.weight.T + (head.bias if head.bias is not None else 0)
+        assert torch.allclose(model(**batch).logits, want, atol=1e-4)
+    model.save_pretrained(tmp_path / "compressed")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "compressed").eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+
+
+def test_untied_output_layer_stays_dense_on_request(tmp_path):
+    torch.manual_seed(0)
+    config = CONFIGS["gpt2"]()
+    config.tie_word_embeddings = False
+    original = AutoModelForCausalLM.from_config(config).eval()
+    model = lt.compress(original, ratio=4, schedule={"max_epochs": 1}, progress=False, output_layer="dense").eval()
+    assert model.config.compressed_lm_head is False and not model.config.output_embedding
     assert torch.equal(model.backbone.lm_head.weight, original.lm_head.weight)
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()

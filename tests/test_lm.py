@@ -232,14 +232,14 @@ def test_a_gguf_file_that_is_not_a_causal_lm_is_refused(tmp_path):
         load_gguf(path)
 
 
-def test_a_gpt2_style_untied_model_keeps_its_dense_output_layer():
+def test_a_gpt2_style_untied_model_keeps_its_dense_output_layer_on_request():
     torch.manual_seed(0)
     config = GPT2Config(
         vocab_size=150, n_embd=32, n_layer=1, n_head=2, n_positions=32, tie_word_embeddings=False
     )
     model = AutoModelForCausalLM.from_config(config).eval()
     compressed = lt.compress(
-        model, ratio=4, tokenizer=_IdTokenizer(150), calibration_texts=_texts(150), **FAST
+        model, ratio=4, tokenizer=_IdTokenizer(150), calibration_texts=_texts(150), output_layer="dense", **FAST
     )
     assert isinstance(compressed.get_output_embeddings(), torch.nn.Linear)
     assert compressed.compression_report.output_layer.startswith("untied: kept dense")
@@ -280,17 +280,19 @@ def test_the_swap_equals_the_original_with_the_decoded_matrix(family):
     tok = _IdTokenizer(vocab)
     compressed = lt.compress(model, ratio=4, tokenizer=tok, calibration_texts=_texts(vocab), **FAST).eval()
     reference = copy.deepcopy(model)
+    head = compressed.get_output_embeddings()
     with torch.no_grad():
         decoded = compressed.get_input_embeddings().weight.float()
         reference.get_input_embeddings().weight.copy_(decoded)  # a tied output layer shares this weight
+        if isinstance(head, lt.LightTokenLMHead) and not head.tied:  # an untied one has its own matrix
+            reference.get_output_embeddings().weight.copy_(head.embedding.weight.float())
     batch = {"input_ids": torch.tensor([[5, 17, 42, 99, 7, 250]]), "attention_mask": torch.ones(1, 6, dtype=torch.long)}
     with torch.no_grad():
         want, got = reference(**batch), compressed(**batch)
     key = "last_hidden_state" if family == "bert" else "logits"
     assert torch.allclose(got[key], want[key], atol=1e-4, rtol=1e-4), (got[key] - want[key]).abs().max()
     tied = getattr(model.get_output_embeddings(), "weight", None) is model.get_input_embeddings().weight
-    head = compressed.get_output_embeddings()
-    assert isinstance(head, lt.LightTokenLMHead) == (tied and family != "bert")
+    assert isinstance(head, lt.LightTokenLMHead) == (family != "bert")  # tied or compressed on its own
     assert (compressed.compression_report.output_layer or "").startswith("tied") == (tied and family != "bert")
 
 
@@ -360,3 +362,15 @@ def test_short_model_names_resolve_to_the_bundled_files():
     except FileNotFoundError as err:
         pytest.skip(str(err))
     assert _resolve_model("smollm2") == (str(path), path)
+
+
+def test_a_materialized_head_gives_the_same_logits():
+    model = _llama(tied=True)
+    compressed = lt.compress(model, ratio=4, tokenizer=_IdTokenizer(300), calibration_texts=_texts(300), **FAST)
+    batch = {"input_ids": torch.tensor([[5, 17, 42, 99]])}
+    with torch.no_grad():
+        blockwise = compressed(**batch).logits
+        compressed.get_input_embeddings().materialize()
+        dense = compressed(**batch).logits
+        compressed.get_input_embeddings().materialize(False)
+    assert torch.allclose(blockwise, dense, atol=1e-4)

@@ -60,6 +60,11 @@ class CompressionSettings:
         decoder_dtype: storage dtype of the decoder weights: ``"int8"`` (default; one scale per code
             bit, which frees about 12% of the budget for codes at no measured loss, docs/method.md) or
             a float dtype such as ``"float16"`` (the plain method).
+        output_layer: for a language model whose output layer has its own (untied) V x d matrix:
+            ``"compress"`` (default) compresses it too, at the same ratio, so ``ratio`` is the ratio over
+            all the token matrices the model stores; ``"dense"`` keeps it as it is (its bytes are then
+            outside the ratio, and the report says so). A tied output layer always shares the one
+            compressed matrix.
         schedule: training schedule of each hashing stage.
         seed: makes codes reproducible.
     """
@@ -81,11 +86,14 @@ class CompressionSettings:
     joint_iterations: int = 8
     factor_dtype: str = "float16"
     decoder_dtype: str = "int8"
+    output_layer: str = "compress"
     schedule: StageSchedule = field(default_factory=StageSchedule)
     seed: int = 0
 
     def __post_init__(self) -> None:
         get_loss(self.loss)
+        if self.output_layer not in ("compress", "dense"):
+            raise ValueError(f"output_layer must be 'compress' or 'dense', got {self.output_layer!r}")
         if not 0 <= self.sensitivity_shrinkage <= 1:
             raise ValueError(f"sensitivity_shrinkage must be in [0, 1], got {self.sensitivity_shrinkage}")
         if self.joint_iterations < 0:
@@ -174,10 +182,16 @@ class CompressionReport:
     model_nbytes_after: int | None = None
     #: what became of the model's output layer (``None``: the model has none)
     output_layer: str | None = None
+    #: an untied output matrix compressed on its own: its fp32 and stored bytes and its fidelity
+    output_dense_nbytes: int | None = None
+    output_compressed_nbytes: int | None = None
+    output_fidelity: dict = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
-        return self.dense_nbytes / self.compressed_nbytes
+        """fp32 bytes over stored bytes of every compressed token matrix (input, and an untied output)."""
+        dense = self.dense_nbytes + (self.output_dense_nbytes or 0)
+        return dense / (self.compressed_nbytes + (self.output_compressed_nbytes or 0))
 
     def to_dict(self, with_history: bool = False) -> dict:
         out = dataclasses.asdict(self)
@@ -192,7 +206,8 @@ class CompressionReport:
         """Human-readable fidelity report."""
         lines = [
             f"LightToken: {self.num_embeddings:,} x {self.embedding_dim:,} embedding",
-            f"  {'real ratio':<27}{self.ratio:.2f}x ({fmt_size(self.compressed_nbytes)} vs "
+            f"  {'real ratio':<27}{self.dense_nbytes / self.compressed_nbytes:.2f}x "
+            f"({fmt_size(self.compressed_nbytes)} vs "
             f"{fmt_size(self.dense_nbytes)} fp32)",
             f"  {'svd rank':<27}{self.plan['svd_rank']}",
             f"  {'hashing stages (bits)':<27}{self.plan['stage_bits']}",
@@ -226,6 +241,8 @@ class CompressionReport:
         lines.append(f"  {'compression time':<27}{self.seconds:.1f} s")
         if self.output_layer:
             lines.append(f"  {'output layer':<27}{self.output_layer}")
+        if self.output_compressed_nbytes:
+            lines.append(f"  {'ratio over both matrices':<27}{self.ratio:.2f}x")
         if self.model_nbytes_before and self.model_nbytes_after:
             before, after = self.model_nbytes_before, self.model_nbytes_after
             lines.append(
@@ -664,6 +681,24 @@ def _compress_model(
     )
     nbytes_before = model_nbytes(model)
     output_layer = _output_layer_text(model, embedding)
+    output_module = output_report = None
+    untied = _untied_output(model, embedding)
+    if untied is not None and settings.output_layer == "compress":
+        same_rows = freqs is not None and freqs.numel() == untied.weight.shape[0]
+        output_module, output_report = compress_matrix(
+            untied.weight,
+            settings,
+            frequencies=freqs if same_rows else None,
+            progress=progress,
+            frequency_source=source if same_rows else "none",
+        )
+        report.output_dense_nbytes = output_report.dense_nbytes
+        report.output_compressed_nbytes = output_report.compressed_nbytes
+        report.output_fidelity = output_report.fidelity
+        output_layer = (
+            f"untied: compressed on its own, {output_report.ratio:.2f}x "
+            f"({fmt_size(output_report.compressed_nbytes)}, counted in the ratio)"
+        )
     backbone = model if inplace else copy.deepcopy(model)
     # the saved config names the base model by its Hub id, never by a local path
     record_base_model(backbone.config, getattr(model, "name_or_path", "") or model.config._name_or_path)
@@ -680,6 +715,18 @@ def _compress_model(
         decoder_dtype=settings.decoder_dtype,
         row_index=module.row_index,
         embedding_scale=scale,
+        output_embedding=None
+        if output_module is None
+        else {
+            "num_embeddings": output_module.num_embeddings,
+            "embedding_dim": output_module.embedding_dim,
+            "svd_rank": output_module.svd_rank,
+            "stage_bits": list(output_module.stage_bits),
+            "stage_rows": list(output_module.stage_rows),
+            "factor_dtype": settings.factor_dtype,
+            "decoder_dtype": settings.decoder_dtype,
+            "row_index": output_module.row_index,
+        },
         compression_stats=_jsonable(report.to_dict()),
     )
     wrapped = wrapper_cls(config, backbone=backbone)
@@ -689,6 +736,9 @@ def _compress_model(
     module.output_dtype = embedding.weight.dtype
     module.output_scale = scale
     wrapped.set_input_embeddings(module.to(embedding.weight.device))
+    if output_module is not None:
+        output_module.output_dtype = untied.weight.dtype
+        wrapped.get_output_embeddings().codec = output_module.to(untied.weight.device)
     report.output_layer = output_layer
     report.model_nbytes_before = nbytes_before
     report.model_nbytes_after = model_nbytes(wrapped)
@@ -696,6 +746,14 @@ def _compress_model(
     wrapped.compression_report = report
     wrapped.name_or_path = getattr(model, "name_or_path", "")
     return wrapped
+
+
+def _untied_output(model: Any, embedding: torch.nn.Embedding) -> torch.nn.Linear | None:
+    """The model's output layer when it is an ``nn.Linear`` with its own V x d weight, else ``None``."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(output, torch.nn.Linear) or output.weight is embedding.weight:
+        return None
+    return output if output.weight.shape[1] == embedding.embedding_dim else None
 
 
 def _output_layer_text(model: Any, embedding: torch.nn.Embedding) -> str | None:

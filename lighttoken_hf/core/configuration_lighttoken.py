@@ -32,6 +32,11 @@ class LightTokenConfig(PretrainedConfig):
             default for configs written before int8 decoders, means ``factor_dtype``.
         row_index: how a frequency tier finds a token's row (``LightTokenEmbedding``): ``"coverage"``
             bit masks, or ``"token_rank"``, the default for configs written before that field existed.
+        output_embedding: for a language model whose output layer had its own (untied) V x d matrix that
+            was compressed too: that matrix's shapes (the keyword arguments of ``LightTokenEmbedding``:
+            ``num_embeddings``, ``embedding_dim``, ``svd_rank``, ``stage_bits``, ``stage_rows``,
+            ``factor_dtype``, ``decoder_dtype``, ``row_index``); ``None`` when the output layer is tied to
+            the input embedding, kept dense, or absent.
         embedding_scale: factor the backbone's embedding module multiplies its lookups by (Gemma's
             ``sqrt(hidden_size)``; 1.0 for most models), applied by the compressed embedding's forward.
         compression_stats: measured facts (real ratio and bytes, fidelity metrics, settings).
@@ -51,6 +56,7 @@ class LightTokenConfig(PretrainedConfig):
     decoder_dtype: str | None = None
     row_index: str = "token_rank"
     embedding_scale: float = 1.0
+    output_embedding: dict[str, Any] | None = None
     compression_stats: dict[str, Any] | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:

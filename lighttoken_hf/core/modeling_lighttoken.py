@@ -40,6 +40,23 @@ from .configuration_lighttoken import LightTokenConfig
 from .lighttoken_codec import LightTokenEmbedding
 
 
+def output_embedding_from_config(config: LightTokenConfig) -> LightTokenEmbedding | None:
+    """An empty :class:`LightTokenEmbedding` for a compressed untied output matrix (``None``: there is none)."""
+    shapes = getattr(config, "output_embedding", None)
+    if not shapes:
+        return None
+    return LightTokenEmbedding(
+        shapes["num_embeddings"],
+        shapes["embedding_dim"],
+        svd_rank=shapes["svd_rank"],
+        stage_bits=list(shapes["stage_bits"]),
+        stage_rows=list(shapes["stage_rows"]),
+        factor_dtype=getattr(torch, shapes["factor_dtype"]),
+        row_index=shapes["row_index"],
+        decoder_dtype=getattr(torch, shapes["decoder_dtype"]) if shapes.get("decoder_dtype") else None,
+    )
+
+
 def embedding_from_config(config: LightTokenConfig) -> LightTokenEmbedding:
     """An empty (zero) :class:`LightTokenEmbedding` with the shapes recorded in ``config``."""
     return LightTokenEmbedding(
@@ -68,17 +85,24 @@ class LightTokenLMHead(nn.Module):
     ``A`` is unpacked from the packed codes one block of ``block_rows`` tokens at a time and never
     kept, so the head adds no V x d (or V x sum B_s) tensor to the model: its memory is the packed
     codes the input embedding already holds plus one block. Gradients reach the hidden states and the
-    embedding's factors.
+    embedding's factors. After ``embedding.materialize()`` (a dense V x d cache, for inference) the
+    logits are one matmul with the cached matrix instead: faster generation, dense memory.
 
     Args:
-        embedding: the compressed input embedding (kept as a plain reference, not a submodule, so its
-            tensors are stored once, under the input embedding).
+        embedding: the compressed matrix. Tied (``own=False``): the input embedding, kept as a plain
+            reference, not a submodule, so its tensors are stored once, under the input embedding.
+            Untied (``own=True``): the output layer's own compressed matrix, a submodule (``codec``).
         bias: the output layer's bias (V,), stored as a parameter, or ``None``.
         block_rows: tokens decoded per block (``None``: about 4 MB of unpacked signs per block).
+        own: the head owns ``embedding`` (an untied output matrix compressed on its own).
     """
 
     def __init__(
-        self, embedding: LightTokenEmbedding, bias: torch.Tensor | None = None, block_rows: int | None = None
+        self,
+        embedding: LightTokenEmbedding,
+        bias: torch.Tensor | None = None,
+        block_rows: int | None = None,
+        own: bool = False,
     ) -> None:
         super().__init__()
         self.in_features = embedding.embedding_dim
@@ -86,11 +110,20 @@ class LightTokenLMHead(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         width = sum(embedding.stage_bits) + len(embedding.stage_bits)
         self.block_rows = block_rows or max(1024, (1 << 20) // max(width, 1))
-        self.set_embedding(embedding)
+        self.tied = not own
+        if own:
+            self.codec = embedding
+        else:
+            self.set_embedding(embedding)
+
+    @property
+    def embedding(self) -> LightTokenEmbedding:
+        return self.__dict__["_tied_embedding"] if self.tied else self.codec
 
     def set_embedding(self, embedding: LightTokenEmbedding) -> None:
-        """Point the head at ``embedding``."""
-        self.__dict__["embedding"] = embedding  # not registered: its tensors belong to the input embedding
+        """Point a tied head at ``embedding`` (an untied head keeps its own matrix)."""
+        if self.tied:  # not registered: its tensors belong to the input embedding
+            self.__dict__["_tied_embedding"] = embedding
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         emb = self.embedding
@@ -101,6 +134,9 @@ class LightTokenLMHead(nn.Module):
             else dtype
         )
         h = hidden.to(compute)
+        if emb._cache is not None:  # materialized (``embedding.materialize()``): dense logits, faster
+            logits = h @ emb._cache.to(compute).T
+            return (logits if self.bias is None else logits + self.bias.to(compute)).to(dtype)
         stages = range(len(emb.stage_bits))
         decoders = [emb.decoder_weight(s, compute) for s in stages]
         decoders += [getattr(emb, f"decoder_{s}_bias").to(compute).unsqueeze(0) for s in stages]
@@ -336,16 +372,16 @@ class LightTokenPreTrainedModel(PreTrainedModel):
                 for conversion in getattr(model, "_weight_conversions", None) or []
                 if not set(mapping) & set(getattr(conversion, "_original_source_patterns", ()))
             ]
-        prefix = next(n for n, m in model.named_modules() if m is model.get_input_embeddings()) + "."
+        prefixes = [n + "." for n, m in model.named_modules() if isinstance(m, LightTokenEmbedding)]
         for key in sorted(info["missing_keys"]):
-            if key.startswith(prefix):
+            if key.startswith(tuple(prefixes)):
                 raise OSError(
                     f"the LightToken checkpoint {files} has no tensor {key!r}, which the compressed embedding "
                     "needs: the file is incomplete or was not saved from this model; save it again."
                 )
         for key, ckpt_shape, model_shape in info["mismatched_keys"]:
             where = f"tensor {key!r} in {files} has shape {tuple(ckpt_shape)}, config.json says {tuple(model_shape)}"
-            if key.startswith(prefix):
+            if key.startswith(tuple(prefixes)):
                 raise ValueError(
                     f"LightToken checkpoint: {where}; the weights and config.json come from different "
                     "compressions (or the file was edited): save the checkpoint again."
@@ -571,7 +607,9 @@ class _LightTokenLMModel(LightTokenPreTrainedModel):
 
     ``config.compressed_lm_head`` records the choice: ``True`` when the uncompressed model's output
     layer was tied to its input embedding (it becomes a :class:`LightTokenLMHead`, keeping its bias),
-    ``False`` when it had separate weights (kept dense). Either way the backbone's
+    ``False`` when it had separate weights: then ``config.output_embedding`` holds the shapes of that
+    matrix compressed on its own (a :class:`LightTokenLMHead` that owns it), or ``None`` (kept dense).
+    Either way the backbone's
     ``tie_word_embeddings`` is switched off, so ``tie_weights`` never ties to the compressed embedding
     (whose ``weight`` is a decoded tensor, not a parameter).
     """
@@ -587,13 +625,17 @@ class _LightTokenLMModel(LightTokenPreTrainedModel):
             )
         config.backbone.tie_word_embeddings = False
         self.backbone.all_tied_weights_keys = self.backbone.get_expanded_tied_weights_keys(all_submodels=True)
-        if not getattr(config, "compressed_lm_head", False):
+        own = output_embedding_from_config(config)
+        if not getattr(config, "compressed_lm_head", False) and own is None:
             return
         if not isinstance(output, nn.Linear):
             raise ValueError(f"expected an nn.Linear output layer, got {type(output).__name__}")
         name = next(n for n, m in self.backbone.named_modules() if m is output)
         parent, _, attr = name.rpartition(".")
-        head = LightTokenLMHead(embedding, output.bias)
+        if own is not None:  # an untied output matrix, compressed on its own
+            head = LightTokenLMHead(own, output.bias, own=True)
+        else:
+            head = LightTokenLMHead(embedding, output.bias)
         setattr(self.backbone.get_submodule(parent), attr, head)
 
     def get_output_embeddings(self) -> nn.Module | None:
