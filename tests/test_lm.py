@@ -374,3 +374,26 @@ def test_a_materialized_head_gives_the_same_logits():
         dense = compressed(**batch).logits
         compressed.get_input_embeddings().materialize(False)
     assert torch.allclose(blockwise, dense, atol=1e-4)
+
+
+@pytest.mark.parametrize("positions", [1, 3, 40])
+def test_table_and_block_scoring_give_the_decoded_matrix_logits(positions):
+    """A few positions (generation) are scored through code-byte tables, many in row blocks; both equal the
+    logits of the decoded matrix, with frequency tiers and an exact padding row."""
+    model = _llama(vocab=1024, tied=True)  # frequency tiers need >= 256 rows per tier
+    freqs = 1.0 / torch.arange(1, 1025, dtype=torch.float64)
+    compressed = lt.compress(
+        model, ratio=4, svd_rank=4, tokenizer=_IdTokenizer(1024), token_frequencies=freqs,
+        calibration_texts=_texts(1024), **FAST,
+    )  # fmt: skip
+    head = compressed.get_output_embeddings()
+    emb = compressed.get_input_embeddings()
+    assert min(emb.stage_rows) < emb.num_embeddings  # a frequency tier
+    hidden = torch.randn(1, positions, 32)
+    with torch.no_grad():
+        want = hidden @ emb.weight.T
+        head.lut_positions = 10**9
+        table = head(hidden)
+        head.lut_positions = 0
+        blocks = head(hidden)
+    assert torch.allclose(table, want, atol=1e-4) and torch.allclose(blocks, want, atol=1e-4)

@@ -110,6 +110,8 @@ class LightTokenLMHead(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         width = sum(embedding.stage_bits) + len(embedding.stage_bits)
         self.block_rows = block_rows or max(1024, (1 << 20) // max(width, 1))
+        #: at most this many positions are scored through code-byte tables (generation), more in row blocks
+        self.lut_positions = 8
         self.tied = not own
         if own:
             self.codec = embedding
@@ -142,6 +144,12 @@ class LightTokenLMHead(nn.Module):
         decoders += [getattr(emb, f"decoder_{s}_bias").to(compute).unsqueeze(0) for s in stages]
         coded = h @ torch.cat(decoders).T if decoders else None
         lowrank = h @ emb.lowrank_right.to(compute).T if emb.svd_rank else None
+        positions = h.numel() // h.shape[-1]
+        if coded is not None and positions <= self.lut_positions:  # generation: a few positions at a time
+            logits = self._coded_logits_by_table(coded.reshape(positions, -1)).view(*h.shape[:-1], -1)
+            if lowrank is not None:
+                logits = logits + lowrank @ emb.lowrank_left.to(compute).T
+            return self._finish(logits, h, dtype)
         blocks = []
         for start in range(0, emb.num_embeddings, self.block_rows):
             ids = torch.arange(start, min(start + self.block_rows, emb.num_embeddings), device=h.device)
@@ -151,13 +159,46 @@ class LightTokenLMHead(nn.Module):
             if coded is not None:
                 block = block + coded @ emb.code_signs(ids, compute).T
             blocks.append(block)
-        logits = torch.cat(blocks, dim=-1)
+        return self._finish(torch.cat(blocks, dim=-1), h, dtype)
+
+    def _finish(self, logits: torch.Tensor, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        emb = self.embedding
         if emb.padding_idx is not None:  # the padding row is stored exactly, not in the factors
             pad = torch.tensor([emb.padding_idx], device=h.device)
-            logits = logits.index_copy(-1, pad, (h @ emb.padding_row.to(compute)).unsqueeze(-1))
+            logits = logits.index_copy(-1, pad, (h @ emb.padding_row.to(h.dtype)).unsqueeze(-1))
         if self.bias is not None:
-            logits = logits + self.bias.to(compute)
+            logits = logits + self.bias.to(h.dtype)
         return logits.to(dtype)
+
+    def _coded_logits_by_table(self, coded: torch.Tensor) -> torch.Tensor:
+        """The hashing stages' logits for a few positions, read from the packed code bytes through tables.
+
+        ``coded`` (N x (sum B_s + S)) holds the hidden states projected on every code bit's decoder row,
+        then on each stage's bias. For each code byte a 256-entry table of its bit patterns' sums is built
+        per position; a token's logit is then the sum of its code bytes' table entries, with no sign matrix
+        unpacked (the lookup-table scoring of product quantization).
+        """
+        emb = self.embedding
+        n, vocab = coded.shape[0], emb.num_embeddings
+        table = emb._sign_table(coded.dtype, coded.device)  # (256, 8): bit k of byte b as -1/+1
+        ids = torch.arange(vocab, device=coded.device)
+        total, offset = sum(emb.stage_bits), 0
+        logits = coded.new_zeros(n, vocab)
+        for s, bits in enumerate(emb.stage_bits):
+            codes = getattr(emb, f"codes_{s}")
+            nbytes = codes.shape[1]
+            proj = nn.functional.pad(coded[:, offset : offset + bits], (0, nbytes * 8 - bits))
+            offset += bits
+            sums = proj.view(n, nbytes, 8) @ table.T  # (n, nbytes, 256)
+            values = coded[:, total + s].unsqueeze(1).expand(n, codes.shape[0])
+            for j in range(nbytes):
+                values = values + sums[:, j].index_select(1, codes[:, j].long())
+            inside, row = emb.stage_index(s, ids)
+            if emb.stage_rows[s] == vocab and not emb.uses_token_rank:
+                logits = logits + values
+            else:
+                logits = logits + values.index_select(1, row) * inside.to(values.dtype)
+        return logits
 
     def extra_repr(self) -> str:
         return (
