@@ -131,8 +131,8 @@ _READING_GUIDE = (
 
 
 _LM_READING_GUIDE = (
-    "the perplexity increase is what matters (0 = unchanged); next-token KL 0 and top-1 agreement 1 mean "
-    "the same predictions; the matrix errors are diagnostics"
+    "the perplexity increase is what matters (0 = unchanged; SmolLM2-135M measured +4.2% at 8x and +174% "
+    "at 25x on held-out text); next-token KL 0 and top-1 agreement 1 mean the same predictions"
 )
 
 
