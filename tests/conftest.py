@@ -124,6 +124,15 @@ def tiny_tokenizer(tiny_vocab_file):
 
 
 @pytest.fixture
+def tiny_model_dir(tmp_path, tiny_bert, tiny_tokenizer):
+    """The tiny BERT and its tokenizer saved as a model folder (what ``lighttoken compress`` takes)."""
+    path = tmp_path / "tiny-bert"
+    tiny_bert.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
 def id_batch(gen, tiny_bert_config):
     """A padded (3 x 10) batch of token ids for the tiny BERT, with its attention mask."""
     ids = torch.randint(5, tiny_bert_config.vocab_size, (3, 10), generator=gen)

@@ -11,14 +11,6 @@ from lighttoken_hf import LightTokenEmbedding, LightTokenModel
 from lighttoken_hf.cli import main
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path, tiny_bert, tiny_tokenizer):
-    path = tmp_path / "tiny-bert"
-    tiny_bert.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
 def _snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 

@@ -27,14 +27,6 @@ def compressed(tiny_bert):
     return lighttoken_hf.compress(tiny_bert, ratio=4, schedule=FAST_SCHEDULE, progress=False)
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path, tiny_bert, tiny_tokenizer):
-    path = tmp_path / "tiny-bert"
-    tiny_bert.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
 def _snapshot(folder: Path) -> dict:
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 

@@ -218,16 +218,21 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
         load_gguf(tmp_path / "missing.gguf")
 
 
-def test_a_gguf_file_that_is_not_a_causal_lm_is_refused(tmp_path):
+def _write_gguf(path, architecture: str, rows: int, dim: int):
+    """A minimal GGUF file: the architecture, one block and a zero token-embedding tensor."""
     gguf = pytest.importorskip("gguf", reason="needs `pip install gguf`")
-    path = tmp_path / "encoder.gguf"
-    writer = gguf.GGUFWriter(str(path), "bert")
+    writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", torch.zeros(8, 4).numpy())
+    writer.add_tensor("token_embd.weight", torch.zeros(rows, dim).numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def test_a_gguf_file_that_is_not_a_causal_lm_is_refused(tmp_path):
+    path = _write_gguf(tmp_path / "encoder.gguf", "bert", rows=8, dim=4)
     with pytest.raises(ValueError, match="'bert'"):
         load_gguf(path)
 
@@ -329,15 +334,7 @@ def test_remote_code_load_and_generate_without_the_package(tmp_path):
 
 
 def test_a_truncated_gguf_file_is_a_clear_error(tmp_path):
-    gguf = pytest.importorskip("gguf", reason="needs `pip install gguf`")
-    path = tmp_path / "cut.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", torch.zeros(64, 16).numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = _write_gguf(tmp_path / "cut.gguf", "llama", rows=64, dim=16)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(ValueError, match="cut.gguf"):

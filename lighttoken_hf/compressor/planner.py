@@ -130,6 +130,8 @@ def plan_for_ratio(
         if not ratio > 1:
             raise ValueError(f"ratio must be > 1 (the fp32 matrix is {dense} bytes), got {ratio}")
         budget = int(dense // ratio)
+        while dense / (budget + 1) >= ratio:  # floor division of floats can fall one byte short
+            budget += 1
         if budget <= 0:
             raise ValueError(f"ratio {ratio} leaves no byte of the {dense}-byte matrix; choose a lower ratio")
     else:
