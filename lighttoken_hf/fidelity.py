@@ -33,8 +33,8 @@ __all__ = [
 ]
 
 _SENTENCES_FILE = Path(__file__).resolve().parent / "data" / "sentences.txt"
-# Elements of one (queries x vocabulary) similarity block in nn_overlap: ~32 MB of fp32 at most.
-_NN_BLOCK_ELEMENTS = 8 * 1024 * 1024
+# Elements of one temporary block (rows x width, or queries x vocabulary rows): 4 MiB of fp32.
+_NN_BLOCK_ELEMENTS = 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------- matrix level
@@ -47,19 +47,27 @@ def _topk_neighbours(matrix: Tensor, norms: Tensor, queries: Tensor, k: int) -> 
     """Indices (len(queries) x k) of the k rows of ``matrix`` most cosine-similar to each query row.
 
     The query row itself is excluded; rows of zero norm have cosine 0 with everything. ``norms`` are
-    the row norms of ``matrix``. The (queries x V) similarity matrix is built in blocks of queries, so
-    memory stays around ``_NN_BLOCK_ELEMENTS`` floats whatever the vocabulary size, and no normalised
-    copy of the matrix is made.
+    the row norms of ``matrix``. The vocabulary is read once, in blocks of rows: each block's
+    (queries x block) similarities are merged into the running top k, so memory stays around
+    ``_NN_BLOCK_ELEMENTS`` floats whatever the vocabulary size, and no normalised copy is made.
     """
-    vocab = matrix.shape[0]
+    vocab, device = matrix.shape[0], matrix.device
     inverse_norms = 1.0 / norms.clamp_min(torch.finfo(torch.float32).tiny)
-    out = []
-    for chunk in queries.split(_rows_per_block(vocab)):
-        sims = (matrix[chunk] * inverse_norms[chunk].unsqueeze(1)) @ matrix.T
-        sims *= inverse_norms
-        sims[torch.arange(chunk.numel(), device=sims.device), chunk] = -float("inf")
-        out.append(sims.topk(k, dim=1).indices)
-    return torch.cat(out) if out else torch.empty(0, k, dtype=torch.long, device=matrix.device)
+    normalised = matrix[queries] * inverse_norms[queries].unsqueeze(1)
+    best = torch.full((queries.numel(), k), -float("inf"), device=device)
+    best_ids = torch.zeros(queries.numel(), k, dtype=torch.long, device=device)
+    positions = torch.arange(queries.numel(), device=device)
+    step = _rows_per_block(queries.numel())
+    for start in range(0, vocab, step):
+        stop = min(vocab, start + step)
+        sims = (normalised @ matrix[start:stop].T) * inverse_norms[start:stop]
+        own = (queries >= start) & (queries < stop)
+        sims[positions[own], queries[own] - start] = -float("inf")
+        values, ids = sims.topk(min(k, stop - start), dim=1)
+        merged, merged_ids = torch.cat([best, values], 1), torch.cat([best_ids, ids + start], 1)
+        best, pick = merged.topk(k, dim=1)
+        best_ids = merged_ids.gather(1, pick)
+    return best_ids
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from ..core.configuration_lighttoken import LightTokenConfig
 from ..core.lighttoken_codec import LightTokenEmbedding, pack_bits, unpack_bits
 from ..core.modeling_lighttoken import LIGHTTOKEN_CLASSES, LightTokenPreTrainedModel
 from ..fidelity import matrix_fidelity
+from .blocks import map_rows, resolve_device, return_freed_blocks_to_the_system, row_blocks
 from .frequencies import frequency_rank, general_text_frequencies, general_text_samples
 from .hashing import StageSchedule, train_stage, tune_decoder
 from .joint import refine_jointly
@@ -66,6 +67,10 @@ class CompressionSettings:
             outside the ratio, and the report says so). A tied output layer always shares the one
             compressed matrix.
         schedule: training schedule of each hashing stage.
+        device: where the heavy steps run: ``"auto"`` (default: a CUDA GPU when torch sees one, else
+            the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. The compressed module is built on the CPU
+            either way; random numbers are drawn on the CPU, so a GPU gives the CPU's codes up to
+            floating-point rounding (docs/method.md, "Scale").
         seed: makes codes reproducible.
     """
 
@@ -88,6 +93,7 @@ class CompressionSettings:
     decoder_dtype: str = "int8"
     output_layer: str = "compress"
     schedule: StageSchedule = field(default_factory=StageSchedule)
+    device: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -117,6 +123,7 @@ class CompressionSettings:
             )
         if isinstance(self.schedule, dict):
             self.schedule = StageSchedule(**self.schedule)
+        resolve_device(self.device)  # a bad or unavailable device fails here, before any work
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -263,7 +270,8 @@ def _check_matrix(matrix: Any) -> torch.Tensor:
     if not matrix.is_floating_point():
         raise TypeError(f"the embedding matrix must be floating point, got {matrix.dtype}")
     matrix = matrix.detach().float().cpu()
-    if not torch.isfinite(matrix).all():
+    finite = all(bool(torch.isfinite(matrix[rows]).all()) for rows in row_blocks(*matrix.shape))
+    if not finite:
         bad = (~torch.isfinite(matrix)).nonzero()[0].tolist()
         raise ValueError(
             f"the embedding matrix contains NaN or Inf (first at row {bad[0]}, column {bad[1]}); fix the weights first"
@@ -309,6 +317,8 @@ def compress_matrix(
     start = time.perf_counter()
     e = _check_matrix(matrix)
     v, d = e.shape
+    device = resolve_device(settings.device)
+    return_freed_blocks_to_the_system()
     use_metric = settings.sensitivity_weighted and sensitivity is not None
     if sensitivity is not None and tuple(sensitivity.shape) != (d, d):
         raise ValueError(
@@ -357,14 +367,18 @@ def compress_matrix(
     # a frequency tier covers the most frequent rows, stored in id order (a coverage mask marks them)
     order = torch.argsort(frequency_rank(frequencies)) if plan.has_tiers else torch.arange(v)
     stage_ids = [order[:rows].sort().values for rows in plan.stage_rows]  # each stage's rows, as stored
-    weights = _row_weights(frequencies if use_freq else None, settings.frequency_power, v)
+    weights = _row_weights(frequencies if use_freq else None, settings.frequency_power, v).to(device)
     # with a metric: code E A and store everything that decodes multiplied by A^-1 (docstring above)
     to_metric, from_metric = (
-        whitening(sensitivity, settings.sensitivity_shrinkage) if use_metric else (None, None)
+        whitening(sensitivity.to(device), settings.sensitivity_shrinkage) if use_metric else (None, None)
     )
+    work = e.to(device)  # the matrix where the heavy steps run (no copy on the CPU)
 
     def whiten(t: torch.Tensor) -> torch.Tensor:
         return (t.double() @ to_metric).float() if use_metric else t
+
+    def whitened_matrix() -> torch.Tensor:  # the matrix in the metric space, made one row block at a time
+        return map_rows(lambda rows: whiten(work[rows]), v, d, device=device) if use_metric else work
 
     def unwhiten(t: torch.Tensor) -> torch.Tensor:
         return (t.double() @ from_metric if use_metric else t).to(factor_dtype)
@@ -373,11 +387,16 @@ def compress_matrix(
     bar = tqdm(total=len(plan.stage_bits) + 1 + joint, desc="LightToken", unit="stage", disable=not progress)
     with torch.no_grad():
         bar.set_description("LightToken: SVD")
-        left, right = low_rank_factors(whiten(e), plan.svd_rank, seed=settings.seed)
+        left, right = low_rank_factors(whitened_matrix(), plan.svd_rank, seed=settings.seed)
         module.lowrank_left.copy_(left.to(factor_dtype))
         module.lowrank_right.copy_(unwhiten(right))
+        del left, right
         # the residual lives in the metric space: what the stored (rounded) parts leave over, times A
-        residual = whiten(e - module.lowrank_left.float() @ module.lowrank_right.float())
+        stored_left = module.lowrank_left.float().to(device)
+        stored_right = module.lowrank_right.float().to(device)
+        residual = map_rows(
+            lambda rows: whiten(work[rows] - stored_left[rows] @ stored_right), v, d, device=device
+        )
         if padding_idx is not None:
             module.padding_row.copy_(e[padding_idx].to(factor_dtype))
         for s, ids in enumerate(stage_ids):
@@ -389,9 +408,9 @@ def compress_matrix(
     stage_stats = []
     for s, (bits, rows) in enumerate(zip(plan.stage_bits, plan.stage_rows)):
         bar.set_description(f"LightToken: stage {s + 1}/{len(plan.stage_bits)} ({bits} bits x {rows} rows)")
-        ids = stage_ids[s]
+        ids = stage_ids[s].to(device)
         result = train_stage(
-            residual[ids],
+            residual if rows == v else residual[ids],  # no copy for a stage over every row
             bits,
             loss_fn=loss_fn,
             weights=weights[ids],
@@ -401,13 +420,16 @@ def compress_matrix(
             progress=bar,
         )
         with torch.no_grad():
-            getattr(module, f"codes_{s}").copy_(pack_bits(result.bits))
+            getattr(module, f"codes_{s}").copy_(pack_bits(result.bits).cpu())
             module.set_decoder(s, unwhiten(result.decoder_weight), unwhiten(result.decoder_bias))
-            signs = result.bits.float() * 2 - 1
-            bias = getattr(module, f"decoder_{s}_bias").float()
-            residual[ids] -= whiten(signs @ module.decoder_weight(s) + bias)  # what the stored stage leaves
+            decoder = module.decoder_weight(s).to(device)
+            bias = getattr(module, f"decoder_{s}_bias").float().to(device)
+            for block in row_blocks(rows, d):  # what the stored stage leaves over
+                residual[ids[block]] -= whiten((result.bits[block].float() * 2 - 1) @ decoder + bias)
         stage_stats.append(result.stats)
+        del result
         bar.update(1)
+    del residual
     joint_stats: dict = {}
     if joint:
         bar.set_description(f"LightToken: joint refinement ({settings.joint_iterations} rounds)")
@@ -415,7 +437,7 @@ def compress_matrix(
         if padding_idx is not None:
             joint_weights[padding_idx] = 0  # stored exactly: its codes do not matter
         joint_stats = _refine_jointly(
-            module, whiten(e), stage_ids, joint_weights, settings, loss_fn, unwhiten
+            module, whitened_matrix(), [ids.to(device) for ids in stage_ids], joint_weights, settings, loss_fn, unwhiten
         )
         bar.update(1)
     bar.close()
@@ -457,18 +479,22 @@ def _refine_jointly(
     row ids of stage ``s`` in storage order. For a loss other than MSE the joint decoders get the same few gradient
     steps on that loss as a single stage's decoder does.
     """
-    v = target.shape[0]
-    signs, covered = [], torch.zeros(v, len(module.stage_bits))
+    v, device = target.shape[0], target.device
+    # every row's bits of every stage as int8 signs (0 where a stage skips the row): a quarter of float32
+    signs = torch.zeros(v, sum(module.stage_bits), dtype=torch.int8, device=device)
+    covered = torch.zeros(v, len(module.stage_bits), device=device)
+    column = 0
     for s, (bits, ids) in enumerate(zip(module.stage_bits, stage_ids)):
-        stage_signs = torch.zeros(v, bits)
-        stage_signs[ids] = unpack_bits(getattr(module, f"codes_{s}"), bits).float() * 2 - 1
-        signs.append(stage_signs)
+        codes = unpack_bits(getattr(module, f"codes_{s}"), bits).to(device=device, dtype=torch.int8)
+        signs[ids, column : column + bits] = codes * 2 - 1
         covered[ids, s] = 1.0
-    left = module.lowrank_left.detach().float()
+        column += bits
+    del codes
+    left = module.lowrank_left.detach().float().to(device)
     fit = refine_jointly(
         target,
         left,
-        torch.cat(signs, dim=1),
+        signs,
         module.stage_bits,
         covered,
         weights,
@@ -478,11 +504,11 @@ def _refine_jointly(
     weights_per_stage, biases = fit.decoder_weights, fit.decoder_biases
     if settings.loss != "mse" and covered[:, 0].all():  # the extra bias folds into stage 0's
         tuned, extra = tune_decoder(
-            torch.cat([fit.signs, covered], dim=1),
+            torch.cat([fit.signs, covered.to(torch.int8)], dim=1),
             target - left @ fit.right,
             weights,
             torch.cat([*weights_per_stage, torch.stack(biases)]),
-            torch.zeros(target.shape[1]),
+            torch.zeros(target.shape[1], device=device),
             loss_fn,
             settings.schedule.decoder_steps,
         )
@@ -492,7 +518,7 @@ def _refine_jointly(
     with torch.no_grad():
         module.lowrank_right.copy_(unwhiten(fit.right))
         for s, ids in enumerate(stage_ids):
-            getattr(module, f"codes_{s}").copy_(pack_bits(signs_per_stage[s][ids] > 0))
+            getattr(module, f"codes_{s}").copy_(pack_bits(signs_per_stage[s][ids] > 0).cpu())
             module.set_decoder(s, unwhiten(weights_per_stage[s]), unwhiten(biases[s]))
     return fit.stats
 

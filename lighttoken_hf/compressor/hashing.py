@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .blocks import row_blocks
 from .losses import LossFn
 from .settings import StageSchedule
 
@@ -67,21 +68,27 @@ def _init_encoder(
     With more units than dimensions the extra units are random unit directions. Each unit is scaled
     to unit standard deviation so that ``tau = 1`` starts the sigmoid in its soft regime.
     """
-    d = residual.shape[1]
+    n, d = residual.shape
     bits = stage.encoder.out_features
     w = (weights / weights.sum()).double()
-    x = residual.double()
-    mean = w @ x
-    centered = x - mean
-    cov = centered.T @ (centered * w.unsqueeze(1))
+    device = residual.device
+    mean = torch.zeros(d, dtype=torch.float64, device=device)
+    for rows in row_blocks(n, d):
+        mean += w[rows] @ residual[rows].double()
+    cov = torch.zeros(d, d, dtype=torch.float64, device=device)
+    for rows in row_blocks(n, d):
+        centered = residual[rows].double() - mean
+        cov += centered.T @ (centered * w[rows].unsqueeze(1))
     _, vecs = torch.linalg.eigh((cov / cov.diagonal().mean()).float())  # ascending eigenvalues
     vecs = vecs.double()
     k = min(bits, d)
-    dirs = torch.randn(bits, d, generator=gen, dtype=torch.float64)
+    dirs = torch.randn(bits, d, generator=gen, dtype=torch.float64).to(device)
     dirs[:k] = vecs[:, -k:].flip(1).T
     dirs = dirs / dirs.norm(dim=1, keepdim=True)
-    proj = centered @ dirs.T
-    scale = (w @ proj.pow(2)).sqrt().clamp_min(1e-8)
+    variance = torch.zeros(bits, dtype=torch.float64, device=device)
+    for rows in row_blocks(n, max(d, bits)):
+        variance += w[rows] @ ((residual[rows].double() - mean) @ dirs.T).pow(2)
+    scale = variance.sqrt().clamp_min(1e-8)
     with torch.no_grad():
         stage.encoder.weight.copy_((dirs / scale.unsqueeze(1)).float())
         stage.encoder.bias.copy_((-(mean @ dirs.T) / scale).float())
@@ -92,39 +99,98 @@ def _hard_signs(h: torch.Tensor) -> torch.Tensor:
     return torch.where(h > 0, 1.0, -1.0)
 
 
+@torch.no_grad()
+def hard_codes(stage: HashingStage, residual: torch.Tensor) -> torch.Tensor:
+    """The stage's hard codes of every row as {-1, +1} int8 (n x B), computed in row blocks."""
+    n, d = residual.shape
+    signs = torch.empty(n, stage.encoder.out_features, dtype=torch.int8, device=residual.device)
+    for rows in row_blocks(n, max(d, signs.shape[1])):
+        signs[rows] = _hard_signs(stage.encoder(residual[rows])).to(torch.int8)
+    return signs
+
+
+def weighted_loss(
+    loss_fn: LossFn, target: torch.Tensor, weights: torch.Tensor, decode, signs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``loss_fn`` over every row, in row blocks: ``decode(rows)`` reconstructs ``target[rows]``.
+
+    Every loss is a weighted mean over rows, so the blocks' losses, each weighted by its share of the
+    total weight, add up to the loss of the whole matrix. Gradients flow (call under ``no_grad`` to
+    evaluate only).
+    """
+    total_weight = weights.sum()
+    loss = target.new_zeros(())
+    for rows in row_blocks(target.shape[0], target.shape[1]):
+        share = weights[rows].sum() / total_weight
+        loss = loss + loss_fn(target[rows], decode(rows), weights[rows]) * share
+    return loss
+
+
 def fit_decoder(
     signs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, ridge: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted ridge least squares ``target ~ signs @ W + b`` (signs in {-1, +1})."""
+    """Weighted ridge least squares ``target ~ signs @ W + b`` (signs in {-1, +1}), in row blocks."""
     n, bits = signs.shape
-    x = torch.cat([signs.double(), torch.ones(n, 1, dtype=torch.float64)], dim=1)
-    xw = x * weights.double().unsqueeze(1)
-    gram = x.T @ xw
-    reg = ridge * gram.diagonal().mean() * torch.eye(bits + 1, dtype=torch.float64)
+    device = target.device
+    gram = torch.zeros(bits + 1, bits + 1, dtype=torch.float64, device=device)
+    rhs = torch.zeros(bits + 1, target.shape[1], dtype=torch.float64, device=device)
+    for rows in row_blocks(n, max(bits + 1, target.shape[1])):
+        x = torch.cat([signs[rows].double(), signs.new_ones(rows.stop - rows.start, 1, dtype=torch.float64)], 1)
+        xw = x * weights[rows].double().unsqueeze(1)
+        gram += x.T @ xw
+        rhs += xw.T @ target[rows].double()
+    reg = ridge * gram.diagonal().mean() * torch.eye(bits + 1, dtype=torch.float64, device=device)
     reg[-1, -1] = 0
-    theta = torch.linalg.solve(gram + reg, xw.T @ target.double())
+    theta = torch.linalg.solve(gram + reg, rhs)
     return theta[:-1].float(), theta[-1].float()
 
 
 def refine_bits(
-    signs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sweeps: int
+    signs: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    sweeps: int,
+    *,
+    fixed: torch.Tensor | None = None,
+    fixed_theta: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Coordinate descent on each row's bits for the squared error; returns new signs and #flips.
+    """Coordinate descent on each row's bits for the squared error; updates ``signs`` in place.
 
     Flipping bit ``j`` of a row changes its reconstruction by ``-2 s_j w_j``, so its squared error
     changes by ``4 s_j (e . w_j) + 4 |w_j|^2`` with ``e`` the row's current error. The projections
     ``P = E W^T`` are kept up to date through the Gram matrix ``G = W W^T``, so a sweep over all bits
-    costs O(n B) plus O(B) per flip instead of O(n B d).
+    costs O(n B) plus O(B) per flip instead of O(n B d). Rows are independent, so they are refined in
+    blocks and the memory stays that of one block whatever ``n``.
 
-    A sign of 0 marks a bit the row does not have (a stage that skips the row): it never flips.
+    The rows' reconstruction is ``signs @ weight + bias`` plus ``fixed @ fixed_theta`` when given (the
+    parts the bits do not change, e.g. the low-rank part). ``signs`` may be any signed dtype; a sign of
+    0 marks a bit the row does not have (a stage that skips the row): it never flips. Returns
+    ``signs`` and the number of flips.
     """
-    signs_t = signs.T.contiguous()  # B x n: one contiguous row per bit
-    proj_t = (weight @ (target - (signs @ weight + bias)).T).contiguous()  # B x n
     gram = weight @ weight.T  # B x B
+    flips = 0
+    for rows in row_blocks(signs.shape[0], max(signs.shape[1], target.shape[1])):
+        block = signs[rows].float()
+        error = target[rows] - (block @ weight + bias)
+        if fixed is not None:
+            error -= fixed[rows].float() @ fixed_theta
+        refined, changed = _refine_block(block, weight @ error.T, gram, sweeps)
+        signs[rows] = refined.to(signs.dtype)
+        flips += changed
+    return signs, flips
+
+
+def _refine_block(
+    signs: torch.Tensor, proj: torch.Tensor, gram: torch.Tensor, sweeps: int
+) -> tuple[torch.Tensor, int]:
+    """:func:`refine_bits` on one block: ``signs`` (n x B) and their projections ``proj`` (B x n)."""
+    signs_t = signs.T.contiguous()  # B x n: one contiguous row per bit
+    proj_t = proj.contiguous()
     flips = 0
     for _ in range(sweeps):
         changed = 0
-        for j in range(weight.shape[0]):
+        for j in range(gram.shape[0]):
             flip = signs_t[j] * proj_t[j] + gram[j, j] < 0
             rows = flip.nonzero().squeeze(1)
             if rows.numel() > signs_t.shape[1] // 64:  # many flips: one dense rank-1 update
@@ -138,7 +204,7 @@ def refine_bits(
         flips += changed
         if changed == 0:
             break
-    return signs_t.T.contiguous(), flips
+    return signs_t.T, flips
 
 
 def train_stage(
@@ -162,14 +228,15 @@ def train_stage(
         raise ValueError(f"a hashing stage needs at least 1 bit, got {bits}")
     schedule = schedule or StageSchedule()
     n, d = residual.shape
-    weights = torch.ones(n) if weights is None else weights.float()
-    gen = torch.Generator().manual_seed(seed)
+    device = residual.device
+    weights = torch.ones(n, device=device) if weights is None else weights.float().to(device)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the same random numbers on every device
     # every weight is re-initialised below: leave the global RNG alone
     with torch.random.fork_rng(devices=[]):
-        stage = HashingStage(d, bits)
+        stage = HashingStage(d, bits).to(device)
     _init_encoder(stage, residual, weights, gen)
     with torch.no_grad():
-        w0, b0 = fit_decoder(_hard_signs(stage.encoder(residual)), residual, weights, schedule.ridge)
+        w0, b0 = fit_decoder(hard_codes(stage, residual), residual, weights, schedule.ridge)
         stage.decoder.weight.copy_(w0.T)
         stage.decoder.bias.copy_(b0)
     opt = torch.optim.Adam(stage.parameters(), lr=schedule.lr)
@@ -180,7 +247,7 @@ def train_stage(
     steps = max(1, math.ceil(n / batch))
     saturation = 0.0
     for epoch in range(schedule.max_epochs):
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen).to(device)
         total, saturated, count = 0.0, 0, 0
         for i in range(steps):
             idx = order[i * batch : (i + 1) * batch]
@@ -190,10 +257,11 @@ def train_stage(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
-            saturated += int((codes.detach().abs() > schedule.saturation_level).sum())
+            total += loss.detach() * len(idx)  # kept on the device: no synchronisation per step
+            saturated += (codes.detach().abs() > schedule.saturation_level).sum()
             count += codes.numel()
-        saturation = saturated / count
+        saturation = float(saturated) / count
+        total = float(total)
         history.append({"epoch": epoch, "tau": tau, "loss": total / n, "saturation": saturation})
         if progress is not None:
             progress.set_postfix(stage_epoch=epoch, tau=f"{tau:.3f}", sat=f"{saturation:.2f}", refresh=False)
@@ -201,8 +269,8 @@ def train_stage(
             break
         tau *= schedule.tau_decay
     with torch.no_grad():
-        signs = _hard_signs(stage.encoder(residual))
-        soft_loss = float(loss_fn(residual, stage(residual, tau)[0], weights))
+        signs = hard_codes(stage, residual)
+        soft_loss = float(weighted_loss(loss_fn, residual, weights, lambda rows: stage(residual[rows], tau)[0]))
         weight, bias = fit_decoder(signs, residual, weights, schedule.ridge)
         flips = 0
         if schedule.refine_sweeps:
@@ -211,8 +279,14 @@ def train_stage(
     weight, bias = tune_decoder(signs, residual, weights, weight, bias, loss_fn, schedule.decoder_steps)
     weight, bias = weight.to(storage_dtype), bias.to(storage_dtype)
     result = StageResult(bits=(signs > 0).to(torch.uint8), decoder_weight=weight, decoder_bias=bias)
+    del signs
     with torch.no_grad():
-        hard_loss = float(loss_fn(residual, result.decode(), weights))
+        w_hard, b_hard = weight.float(), bias.float()
+        hard_loss = float(
+            weighted_loss(
+                loss_fn, residual, weights, lambda rows: (result.bits[rows].float() * 2 - 1) @ w_hard + b_hard
+            )
+        )
     result.stats = {
         "bits": bits,
         "rows": n,
@@ -238,18 +312,38 @@ def tune_decoder(
     loss_fn: LossFn,
     steps: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A few full-batch Adam steps on the chosen loss, starting from the least-squares decoder."""
+    """A few full-batch Adam steps on the chosen loss, starting from the least-squares decoder.
+
+    The full-batch gradient is accumulated over row blocks (``signs`` may be any dtype; each block is
+    cast to float), so no (n x d) tensor is built.
+    """
     if steps <= 0:
         return weight, bias
     w = weight.clone().requires_grad_(True)
     b = bias.clone().requires_grad_(True)
-    opt = torch.optim.Adam([w, b], lr=1e-3 * float(target.std()))
+    opt = torch.optim.Adam([w, b], lr=1e-3 * _std(target))
     best = (float("inf"), weight, bias)
+    total_weight = weights.sum()
     for _ in range(steps):
-        loss = loss_fn(target, signs @ w + b, weights)
-        if float(loss.detach()) < best[0]:
-            best = (float(loss.detach()), w.detach().clone(), b.detach().clone())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = 0.0
+        for rows in row_blocks(target.shape[0], max(target.shape[1], signs.shape[1])):
+            share = weights[rows].sum() / total_weight
+            part = loss_fn(target[rows], signs[rows].float() @ w + b, weights[rows]) * share
+            part.backward()
+            loss += float(part.detach())
+        if loss < best[0]:
+            best = (loss, w.detach().clone(), b.detach().clone())
         opt.step()
     return best[1], best[2]
+
+
+def _std(matrix: torch.Tensor) -> float:
+    """Standard deviation of every entry of ``matrix``, in row blocks (float64 sums)."""
+    total = squares = 0.0
+    for rows in row_blocks(matrix.shape[0], matrix.shape[1]):
+        block = matrix[rows].double()
+        total += float(block.sum())
+        squares += float((block * block).sum())
+    count = matrix.numel()
+    return max(squares / count - (total / count) ** 2, 0.0) ** 0.5 * (count / max(count - 1, 1)) ** 0.5

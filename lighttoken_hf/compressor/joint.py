@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .blocks import row_blocks
 from .hashing import refine_bits
 
 
@@ -40,19 +41,31 @@ class JointFit:
 
 
 def _solve(
-    design: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, ridge: float, free: int, total: float
+    signs: torch.Tensor,
+    fixed: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    ridge: float,
+    free: int,
+    total: float,
 ) -> tuple[torch.Tensor, float]:
-    """Weighted ridge least squares ``target ~ design @ theta`` and its weighted squared error.
+    """Weighted ridge least squares ``target ~ [signs | fixed] @ theta`` and its weighted squared error.
 
     ``total`` is the target's weighted squared norm. The last ``free`` columns are not penalised.
-    The products run in float32 (entries are signs, 0/1 and factor values), the solve in float64;
-    the error comes from the normal equations, so no (V x d) residual is formed.
+    The design is built and multiplied one row block at a time in float32 (entries are signs, 0/1 and
+    factor values) and summed in float64, the solve in float64; the error comes from the normal
+    equations, so no (V x d) residual is formed.
     """
-    dw = design * weights.unsqueeze(1)
-    gram = (design.T @ dw).double()
-    rhs = (dw.T @ target).double()
+    columns = signs.shape[1] + fixed.shape[1]
+    gram = torch.zeros(columns, columns, dtype=torch.float64, device=target.device)
+    rhs = torch.zeros(columns, target.shape[1], dtype=torch.float64, device=target.device)
+    for rows in row_blocks(target.shape[0], max(columns, target.shape[1])):
+        design = torch.cat([signs[rows].float(), fixed[rows]], dim=1)
+        dw = design * weights[rows].unsqueeze(1)
+        gram += (design.T @ dw).double()
+        rhs += (dw.T @ target[rows]).double()
     scale = float(gram.diagonal().mean())
-    reg = torch.full((gram.shape[0],), ridge * scale, dtype=gram.dtype)
+    reg = torch.full((gram.shape[0],), ridge * scale, dtype=gram.dtype, device=gram.device)
     if free:
         reg[-free:] = 1e-9 * scale  # only keeps an all-zero column (e.g. a zero factor) solvable
     theta = torch.linalg.solve(gram + torch.diag(reg), rhs)
@@ -76,7 +89,8 @@ def refine_jointly(
     Args:
         target: (V, d) the rows to reconstruct (in the compressor's metric space).
         left: (V, k) the stored low-rank left factor (kept fixed; ``k`` may be 0).
-        signs: (V, sum(stage_bits)) every stage's code bits as +-1, 0 where a stage skips the row.
+        signs: (V, sum(stage_bits)) every stage's code bits as +-1, 0 where a stage skips the row (any
+            signed dtype; int8 keeps it at a quarter of float32). Refined in place.
         stage_bits: the width of each stage, in the column order of ``signs``.
         covered: (V, stages) 1.0 where a stage covers the row, else 0.0.
         weights: (V,) per-row weights of the squared error (e.g. from token frequencies).
@@ -94,31 +108,33 @@ def refine_jointly(
         raise ValueError(
             f"stage_bits {stage_bits} do not match {total_bits} sign columns and {stages} stages"
         )
-    x = target.float()
+    x = target if target.dtype == torch.float32 else target.float()
     w = weights.float()
     # stages covering the same rows share one bias column (their biases are not separately identifiable)
     owners = [
         s for s in range(stages) if not any(torch.equal(covered[:, s], covered[:, t]) for t in range(s))
     ]
     fixed = torch.cat([left.float(), covered[:, owners].float()], dim=1)
-    total = float((w.double() * (x.double() ** 2).sum(1)).sum())  # the target's weighted squared norm
+    total = 0.0  # the target's weighted squared norm
+    for rows in row_blocks(x.shape[0], d):
+        total += float((w[rows].double() * (x[rows].double() ** 2).sum(1)).sum())
     norm = total or 1.0
-    signs = signs.clone().float()
     history: list[dict] = []
 
     def fit() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        design = torch.cat([signs, fixed], dim=1)
-        theta, error = _solve(design, x, w, ridge, free=k + len(owners), total=total)
+        theta, error = _solve(signs, fixed, x, w, ridge, free=k + len(owners), total=total)
         decoder, right = theta[:total_bits], theta[total_bits : total_bits + k]
-        biases = torch.zeros(stages, d)
+        biases = torch.zeros(stages, d, device=theta.device)
         biases[owners] = theta[total_bits + k :]
         history.append({"weighted_rel_error": (error / norm) ** 0.5})
         return decoder, right, biases
 
     for _ in range(iterations):
         decoder, right, biases = fit()
-        rest = target - left @ right - covered @ biases
-        signs, flips = refine_bits(signs, rest, decoder, torch.zeros(d), sweeps=1)
+        # the low-rank part and the biases stay as fitted while the bits move
+        fixed_theta = torch.cat([right, biases[owners]])
+        no_bias = torch.zeros(d, device=x.device)
+        signs, flips = refine_bits(signs, x, decoder, no_bias, 1, fixed=fixed, fixed_theta=fixed_theta)
         history[-1]["flips"] = flips
         if flips == 0:
             break

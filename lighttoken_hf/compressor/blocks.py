@@ -1,0 +1,70 @@
+"""Row blocks: every pass over a V x d matrix runs in blocks of rows, so the compressor's extra memory
+does not grow with the vocabulary beyond a few V-row tensors (docs/method.md, "Scale")."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import sys
+from collections.abc import Callable, Iterator
+
+import torch
+
+#: Values of one temporary (rows x width) block: 1 Mi values, 4 MiB in fp32.
+BLOCK_ELEMENTS = 1024 * 1024
+
+
+def row_blocks(rows: int, width: int, elements: int = BLOCK_ELEMENTS) -> Iterator[slice]:
+    """Consecutive row slices covering ``rows`` rows, each holding about ``elements`` values of ``width``."""
+    step = max(1, elements // max(1, width))
+    for start in range(0, rows, step):
+        yield slice(start, min(rows, start + step))
+
+
+def map_rows(
+    fn: Callable[[slice], torch.Tensor], rows: int, width: int, *, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """A new float32 (rows x width) tensor whose every row block ``r`` is ``fn(r)`` (a slice of rows)."""
+    out = torch.empty(rows, width, device=device)
+    for block in row_blocks(rows, width):
+        out[block] = fn(block)
+    return out
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/``None``: a CUDA GPU when there is one, else the CPU; otherwise the named device, checked."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r} ({err})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA GPU: use device='cpu' or 'auto'")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or a CUDA device, got {device!r}")
+    return resolved
+
+
+#: glibc's ``mallopt`` parameter number of the mmap threshold (malloc.h).
+_M_MMAP_THRESHOLD = -3
+
+
+@functools.cache
+def return_freed_blocks_to_the_system(threshold: int = 4 * BLOCK_ELEMENTS) -> bool:
+    """On glibc, serve allocations of ``threshold`` bytes and more by their own mapping (freed at once).
+
+    glibc raises its mmap threshold each time a large block is freed, after which blocks of that size
+    come from per-thread heaps that keep freed memory: with torch's worker threads the resident size of
+    a compression grew to 27x the matrix (an ``nn_overlap`` loop alone kept 0.7 GB) instead of about 4x.
+    A fixed threshold (what ``MALLOC_MMAP_THRESHOLD_`` sets) keeps block-sized buffers returnable; it
+    costs no measurable time at 4 MiB. Returns whether it was set (``False`` off glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
