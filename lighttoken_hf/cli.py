@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--decoder-dtype", choices=("int8", "float16", "bfloat16", "float32"), default=None,
                       help="storage of the decoder weights (default: the library's, int8 with a scale per "
                       "code bit; float16: the plain method's layout)")
+    comp.add_argument("--device", default="auto", metavar="D",
+                      help="where the heavy steps run: auto (a CUDA GPU when there is one), cpu, cuda, cuda:N "
+                      "(default: %(default)s)")
     comp.add_argument("--output-layer", choices=("compress", "dense"), default=None,
                       help="an untied output layer (its own V x d matrix): compress it too, at the same ratio "
                       "(default), or keep it dense; a tied one always shares the compressed matrix")
@@ -275,6 +278,12 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     # every argument check first: nothing below may fail on a bad argument after minutes of work
     model_id, model_dir = _resolve_model(args.model)
     out = _check_out(args, model_dir)
+    from .compressor.blocks import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        raise _UsageError(f"--device: {err}") from None
     if args.base_model is not None and hub_model_id(args.base_model) is None:
         raise _UsageError(f"--base-model must be a Hub model id such as org/name, got {args.base_model!r}")
     with reserve_output(out):  # a second run writing the same --out is refused now, not after the work
@@ -306,6 +315,7 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
         options["decoder_dtype"] = args.decoder_dtype
     if args.output_layer is not None:
         options["output_layer"] = args.output_layer
+    options["device"] = args.device
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
     if args.epochs is not None:

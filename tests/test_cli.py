@@ -113,6 +113,14 @@ def test_bad_ratio_is_a_usage_error(tiny_model_dir, tmp_path, ratio):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("device", ["gpu", "cuda:x"])
+def test_bad_device_is_a_usage_error(tiny_model_dir, tmp_path, capsys, device):
+    out = tmp_path / "out"
+    assert main(["compress", str(tiny_model_dir), "--out", str(out), "--device", device]) == 2
+    assert "--device" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_missing_model_folder_is_a_usage_error(tmp_path):
     out = tmp_path / "out"
     assert main(["compress", str(tmp_path / "nowhere" / "model"), "--out", str(out)]) == 2

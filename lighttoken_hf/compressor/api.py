@@ -18,7 +18,13 @@ from ..core.configuration_lighttoken import LightTokenConfig
 from ..core.lighttoken_codec import LightTokenEmbedding, pack_bits, unpack_bits
 from ..core.modeling_lighttoken import LIGHTTOKEN_CLASSES, LightTokenPreTrainedModel
 from ..fidelity import matrix_fidelity
-from .blocks import map_rows, resolve_device, return_freed_blocks_to_the_system, row_blocks
+from .blocks import (
+    map_rows,
+    resolve_device,
+    return_freed_blocks_to_the_system,
+    row_blocks,
+    threads_for_free_cores,
+)
 from .frequencies import frequency_rank, general_text_frequencies, general_text_samples
 from .hashing import StageSchedule, train_stage, tune_decoder
 from .joint import refine_jointly
@@ -29,6 +35,9 @@ from .sensitivity import embedding_sensitivity, whitening
 from .svd import low_rank_factors
 
 logger = logging.getLogger(__name__)
+
+#: Matrices of at least this many values get torch's threads fitted to the idle cores (a 0.2 s probe).
+_THREAD_FITTING_MIN_ELEMENTS = 1 << 20
 
 
 @dataclass
@@ -314,6 +323,31 @@ def compress_matrix(
     that metric (shrunk by ``settings.sensitivity_shrinkage``): the compressor codes ``E A`` and folds
     ``A^-1`` into the stored factor and decoders, so the format and its size are unchanged.
     """
+    rows, width = matrix.shape if isinstance(matrix, torch.Tensor) and matrix.dim() == 2 else (0, 0)
+    with threads_for_free_cores(enabled=rows * width >= _THREAD_FITTING_MIN_ELEMENTS):
+        return _compress_matrix(
+            matrix,
+            settings,
+            frequencies=frequencies,
+            padding_idx=padding_idx,
+            progress=progress,
+            frequency_source=frequency_source,
+            sensitivity=sensitivity,
+            sensitivity_info=sensitivity_info,
+        )
+
+
+def _compress_matrix(
+    matrix: torch.Tensor,
+    settings: CompressionSettings,
+    *,
+    frequencies: torch.Tensor | None = None,
+    padding_idx: int | None = None,
+    progress: bool = True,
+    frequency_source: str = "none",
+    sensitivity: torch.Tensor | None = None,
+    sensitivity_info: dict | None = None,
+) -> tuple[LightTokenEmbedding, CompressionReport]:
     start = time.perf_counter()
     e = _check_matrix(matrix)
     v, d = e.shape
@@ -409,6 +443,10 @@ def compress_matrix(
     for s, (bits, rows) in enumerate(zip(plan.stage_bits, plan.stage_rows)):
         bar.set_description(f"LightToken: stage {s + 1}/{len(plan.stage_bits)} ({bits} bits x {rows} rows)")
         ids = stage_ids[s].to(device)
+        epochs = tqdm(
+            total=settings.schedule.max_epochs, desc=f"  stage {s + 1} epochs (at most)", unit="epoch",
+            leave=False, disable=not progress,
+        )  # fmt: skip
         result = train_stage(
             residual if rows == v else residual[ids],  # no copy for a stage over every row
             bits,
@@ -417,8 +455,9 @@ def compress_matrix(
             schedule=settings.schedule,
             storage_dtype=factor_dtype,
             seed=settings.seed * 1000 + s,
-            progress=bar,
+            progress=epochs,
         )
+        epochs.close()
         with torch.no_grad():
             getattr(module, f"codes_{s}").copy_(pack_bits(result.bits).cpu())
             module.set_decoder(s, unwhiten(result.decoder_weight), unwhiten(result.decoder_bias))
@@ -436,9 +475,15 @@ def compress_matrix(
         joint_weights = weights.clone()
         if padding_idx is not None:
             joint_weights[padding_idx] = 0  # stored exactly: its codes do not matter
+        rounds = tqdm(
+            total=settings.joint_iterations, desc="  joint rounds (at most)", unit="round", leave=False,
+            disable=not progress,
+        )  # fmt: skip
+        stage_ids = [ids.to(device) for ids in stage_ids]
         joint_stats = _refine_jointly(
-            module, whitened_matrix(), [ids.to(device) for ids in stage_ids], joint_weights, settings, loss_fn, unwhiten
+            module, whitened_matrix(), stage_ids, joint_weights, settings, loss_fn, unwhiten, rounds
         )
+        rounds.close()
         bar.update(1)
     bar.close()
     if module.compressed_nbytes != plan.nbytes:  # the accounting and the module must agree exactly
@@ -472,6 +517,7 @@ def _refine_jointly(
     settings: CompressionSettings,
     loss_fn: LossFn,
     unwhiten: Callable[[torch.Tensor], torch.Tensor],
+    progress=None,
 ) -> dict:
     """Re-fit ``module``'s stages together (:func:`refine_jointly`) and store the result in place.
 
@@ -500,6 +546,7 @@ def _refine_jointly(
         weights,
         iterations=settings.joint_iterations,
         ridge=settings.schedule.ridge,
+        progress=progress,
     )
     weights_per_stage, biases = fit.decoder_weights, fit.decoder_biases
     if settings.loss != "mse" and covered[:, 0].all():  # the extra bias folds into stage 0's
@@ -725,7 +772,8 @@ def _compress_model(
             f"untied: compressed on its own, {output_report.ratio:.2f}x "
             f"({fmt_size(output_report.compressed_nbytes)}, counted in the ratio)"
         )
-    backbone = model if inplace else copy.deepcopy(model)
+    replaced = [embedding.weight, untied.weight if output_module is not None else None]
+    backbone = model if inplace else _copy_without(model, replaced)
     # the saved config names the base model by its Hub id, never by a local path
     record_base_model(backbone.config, getattr(model, "name_or_path", "") or model.config._name_or_path)
     attn_implementation = backbone.config._attn_implementation
@@ -772,6 +820,20 @@ def _compress_model(
     wrapped.compression_report = report
     wrapped.name_or_path = getattr(model, "name_or_path", "")
     return wrapped
+
+
+def _copy_without(model: Any, weights: list[torch.Tensor | None]) -> Any:
+    """A deep copy of ``model`` in which ``weights`` (the token matrices about to be replaced) are not copied.
+
+    Each becomes a parameter of the same shape backed by one value (an expanded view), so a tied
+    output layer stays tied to the same object and no V x d copy is made.
+    """
+    memo: dict[int, Any] = {}
+    for weight in weights:
+        if weight is not None:
+            placeholder = torch.zeros(1, 1, dtype=weight.dtype, device=weight.device).expand(weight.shape)
+            memo[id(weight)] = torch.nn.Parameter(placeholder, requires_grad=False)
+    return copy.deepcopy(model, memo)
 
 
 def _untied_output(model: Any, embedding: torch.nn.Embedding) -> torch.nn.Linear | None:

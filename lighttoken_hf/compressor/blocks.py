@@ -3,10 +3,13 @@ does not grow with the vocabulary beyond a few V-row tensors (docs/method.md, "S
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -15,9 +18,10 @@ import torch
 BLOCK_ELEMENTS = 1024 * 1024
 
 
-def row_blocks(rows: int, width: int, elements: int = BLOCK_ELEMENTS) -> Iterator[slice]:
-    """Consecutive row slices covering ``rows`` rows, each holding about ``elements`` values of ``width``."""
-    step = max(1, elements // max(1, width))
+def row_blocks(rows: int, width: int, elements: int | None = None) -> Iterator[slice]:
+    """Consecutive row slices covering ``rows`` rows, each holding about ``elements`` values of ``width``
+    (default :data:`BLOCK_ELEMENTS`)."""
+    step = max(1, (BLOCK_ELEMENTS if elements is None else elements) // max(1, width))
     for start in range(0, rows, step):
         yield slice(start, min(rows, start + step))
 
@@ -68,3 +72,48 @@ def return_freed_blocks_to_the_system(threshold: int = 4 * BLOCK_ELEMENTS) -> bo
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(idle, total) jiffies of all CPUs from /proc/stat, or ``None`` where there is none."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [float(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + (fields[4] if len(fields) > 4 else 0.0), sum(fields[:8])
+
+
+def free_cores(interval: float = 0.2) -> int | None:
+    """How many of this process's CPUs were idle over the last ``interval`` seconds (``None``: unknown)."""
+    first = _cpu_times()
+    if first is None:
+        return None
+    time.sleep(interval)
+    second = _cpu_times()
+    if second is None or second[1] <= first[1]:
+        return None
+    idle_share = (second[0] - first[0]) / (second[1] - first[1])
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(allowed, round(idle_share * (os.cpu_count() or 1)))
+
+
+@contextlib.contextmanager
+def threads_for_free_cores(enabled: bool = True) -> Iterator[int]:
+    """Run the block with torch's intra-op threads cut to the idle CPUs (at least 1), then restore them.
+
+    torch starts one thread per core. When other processes keep cores busy, a parallel op waits at its
+    end for a thread the system has descheduled, and the compressor runs thousands of short ops: MiniLM
+    at 25x took 26x its idle time beside two busy processes. Threads that fit the free cores avoid those
+    waits. Yields the thread count used; ``enabled=False`` changes nothing.
+    """
+    before = torch.get_num_threads()
+    count = before
+    if enabled:
+        free = free_cores()
+        count = before if free is None else max(1, min(before, free))
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(before)

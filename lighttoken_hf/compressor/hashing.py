@@ -222,7 +222,8 @@ def train_stage(
 
     ``weights`` (n,) are per-row importance weights (e.g. token frequencies); ``storage_dtype`` is
     the dtype the decoder is stored in, applied before returning so that the next stage trains on
-    what the stored stage really leaves over. ``progress`` is an optional tqdm-like bar (``update``).
+    what the stored stage really leaves over. ``progress`` is an optional tqdm-like bar over the epochs
+    (total ``schedule.max_epochs``; ``update`` per epoch, closed when the units saturate earlier).
     """
     if bits < 1:
         raise ValueError(f"a hashing stage needs at least 1 bit, got {bits}")
@@ -264,7 +265,8 @@ def train_stage(
         total = float(total)
         history.append({"epoch": epoch, "tau": tau, "loss": total / n, "saturation": saturation})
         if progress is not None:
-            progress.set_postfix(stage_epoch=epoch, tau=f"{tau:.3f}", sat=f"{saturation:.2f}", refresh=False)
+            progress.set_postfix(tau=f"{tau:.3f}", saturated=f"{saturation:.2f}", refresh=False)
+            progress.update(1)
         if saturation >= schedule.stop_saturation:
             break
         tau *= schedule.tau_decay

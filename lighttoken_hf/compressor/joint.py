@@ -83,6 +83,7 @@ def refine_jointly(
     *,
     iterations: int,
     ridge: float = 1e-3,
+    progress=None,
 ) -> JointFit:
     """Alternate a joint least-squares fit of all decoders and a joint bit refinement.
 
@@ -97,6 +98,7 @@ def refine_jointly(
         iterations: rounds of (least squares, one bit sweep); a final least-squares fit follows.
         ridge: ridge strength relative to the mean diagonal of the Gram matrix, on the decoder
             weights only (not on the low-rank factor or the biases).
+        progress: an optional tqdm-like bar over the rounds (``update`` per round).
 
     Returns:
         A :class:`JointFit` whose ``stats`` hold the weighted relative error and the bit flips of
@@ -136,6 +138,9 @@ def refine_jointly(
         no_bias = torch.zeros(d, device=x.device)
         signs, flips = refine_bits(signs, x, decoder, no_bias, 1, fixed=fixed, fixed_theta=fixed_theta)
         history[-1]["flips"] = flips
+        if progress is not None:
+            progress.set_postfix(weighted_error=f"{history[-1]['weighted_rel_error']:.4f}", flips=flips, refresh=False)
+            progress.update(1)
         if flips == 0:
             break
     decoder, right, biases = fit()

@@ -63,6 +63,10 @@ def embedding_sensitivity(
     if probes < 1:
         raise ValueError(f"probes must be >= 1, got {probes}")
     embedding = model.get_input_embeddings()
+    # a model with a task head runs without it (a causal LM's logits are V wide per token and not needed)
+    body = getattr(model, "base_model", None)
+    if getattr(body, "get_input_embeddings", lambda: None)() is not embedding:
+        body = model
     dim = embedding.weight.shape[1]
     device = embedding.weight.device
     generator = torch.Generator().manual_seed(seed)
@@ -87,7 +91,7 @@ def embedding_sensitivity(
             )
             for batch in tqdm(batches, desc="LightToken: sensitivity", disable=not progress):
                 captured.clear()
-                out = model(**batch, output_hidden_states=True)
+                out = body(**batch, output_hidden_states=True)
                 hidden = (
                     out.hidden_states[-1] if getattr(out, "hidden_states", None) else out.last_hidden_state
                 )
