@@ -73,7 +73,7 @@ def load_matrix(name: str, cache_dir: Path) -> tuple[Any, Any]:
     return matrix, frequencies
 
 
-def child(name: str, ratio: float, cache_dir: Path, device: str) -> dict[str, Any]:
+def child(name: str, ratio: float, cache_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
     """One measurement, in this (fresh) process."""
     import resource
 
@@ -83,7 +83,7 @@ def child(name: str, ratio: float, cache_dir: Path, device: str) -> dict[str, An
     from lighttoken_hf.compressor.api import CompressionSettings, compress_matrix
 
     matrix, frequencies = load_matrix(name, cache_dir)
-    settings = CompressionSettings(ratio=ratio, device=device)
+    settings = CompressionSettings(ratio=ratio, device=device, threads=threads)
     warm = torch.Generator().manual_seed(1)
     compress_matrix(torch.randn(2000, matrix.shape[1], generator=warm), settings, progress=False)
     baseline = psutil.Process().memory_info().rss
@@ -103,10 +103,11 @@ def child(name: str, ratio: float, cache_dir: Path, device: str) -> dict[str, An
         "peak_rss_growth_bytes": growth,
         "peak_rss_growth_x_matrix": growth / matrix_bytes,
         "matrix_bytes": matrix_bytes,
-        "threads": torch.get_num_threads(),
+        "threads": report.timings.get("threads", torch.get_num_threads()),
         "device": str(settings.device),
         "stage_bits": report.plan["stage_bits"],
         "joint_rounds": report.joint.get("iterations"),
+        "step_seconds": report.timings,
     }
 
 
@@ -164,13 +165,15 @@ def main() -> None:
     parser.add_argument("--ratios", default="8,25,100")
     parser.add_argument("--background-load", type=int, default=0, help="busy-looping processes kept running")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="fixed torch threads (default: fit to idle cores)")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "lighttoken-hf" / "bench")
     parser.add_argument("--output-name", default="scaling")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per measurement")
     parser.add_argument("--child", nargs=2, metavar=("MATRIX", "RATIO"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(args.child[0], float(args.child[1]), args.cache_dir, args.device)))
+        result = child(args.child[0], float(args.child[1]), args.cache_dir, args.device, args.threads)
+        print("RESULT " + json.dumps(result))
         return
     out = REPO_ROOT / "benchmarks" / "results" / f"{args.output_name}.json"
     payload: dict[str, Any] = {
@@ -179,6 +182,7 @@ def main() -> None:
         "git": git_info(),
         "background_load": args.background_load,
         "device": args.device,
+        "threads": args.threads or "fitted to the idle cores",
         "runs": [],
         "failed": [],
     }
@@ -190,6 +194,7 @@ def main() -> None:
             try:
                 cmd = [sys.executable, __file__, "--child", name, f"{ratio:g}", "--cache-dir", str(args.cache_dir),
                        "--device", args.device]  # fmt: skip
+                cmd += ["--threads", str(args.threads)] if args.threads else []
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             except subprocess.TimeoutExpired:
                 done = None

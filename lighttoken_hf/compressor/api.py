@@ -80,6 +80,9 @@ class CompressionSettings:
             the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. The compressed module is built on the CPU
             either way; random numbers are drawn on the CPU, so a GPU gives the CPU's codes up to
             floating-point rounding (docs/method.md, "Scale").
+        threads: torch threads during the compression on the CPU (``None``, the default: as many as
+            there are idle cores when it starts, at most torch's own count, so that busy cores do not
+            stall it; docs/method.md, "Scale").
         seed: makes codes reproducible.
     """
 
@@ -103,6 +106,7 @@ class CompressionSettings:
     output_layer: str = "compress"
     schedule: StageSchedule = field(default_factory=StageSchedule)
     device: str = "auto"
+    threads: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -133,6 +137,12 @@ class CompressionSettings:
         if isinstance(self.schedule, dict):
             self.schedule = StageSchedule(**self.schedule)
         resolve_device(self.device)  # a bad or unavailable device fails here, before any work
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ValueError(
+                f"threads must be a positive integer or None (fit to the idle cores), got {self.threads!r}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -193,6 +203,8 @@ class CompressionReport:
     frequency_source: str = "none"
     sensitivity: dict = field(default_factory=dict)
     end_to_end: dict = field(default_factory=dict)
+    #: wall seconds of each step: ``svd``, ``stages`` (a list), ``joint``, ``fidelity``
+    timings: dict = field(default_factory=dict)
     #: bytes of the whole model's tensors before and after (``None`` for a bare matrix)
     model_nbytes_before: int | None = None
     model_nbytes_after: int | None = None
@@ -324,7 +336,8 @@ def compress_matrix(
     ``A^-1`` into the stored factor and decoders, so the format and its size are unchanged.
     """
     rows, width = matrix.shape if isinstance(matrix, torch.Tensor) and matrix.dim() == 2 else (0, 0)
-    with threads_for_free_cores(enabled=rows * width >= _THREAD_FITTING_MIN_ELEMENTS):
+    fit = rows * width >= _THREAD_FITTING_MIN_ELEMENTS
+    with threads_for_free_cores(enabled=fit, threads=settings.threads) as threads:
         return _compress_matrix(
             matrix,
             settings,
@@ -334,6 +347,7 @@ def compress_matrix(
             frequency_source=frequency_source,
             sensitivity=sensitivity,
             sensitivity_info=sensitivity_info,
+            threads=threads,
         )
 
 
@@ -347,6 +361,7 @@ def _compress_matrix(
     frequency_source: str = "none",
     sensitivity: torch.Tensor | None = None,
     sensitivity_info: dict | None = None,
+    threads: int = 1,
 ) -> tuple[LightTokenEmbedding, CompressionReport]:
     start = time.perf_counter()
     e = _check_matrix(matrix)
@@ -421,6 +436,8 @@ def _compress_matrix(
     bar = tqdm(total=len(plan.stage_bits) + 1 + joint, desc="LightToken", unit="stage", disable=not progress)
     with torch.no_grad():
         bar.set_description("LightToken: SVD")
+        timings: dict = {"stages": []}
+        clock = time.perf_counter()
         left, right = low_rank_factors(whitened_matrix(), plan.svd_rank, seed=settings.seed)
         module.lowrank_left.copy_(left.to(factor_dtype))
         module.lowrank_right.copy_(unwhiten(right))
@@ -438,10 +455,12 @@ def _compress_matrix(
                 covered = torch.zeros(1, v, dtype=torch.bool)
                 covered[0, ids] = True
                 getattr(module, f"coverage_{s}").copy_(pack_bits(covered)[0])
+    timings["svd"] = time.perf_counter() - clock
     bar.update(1)
     stage_stats = []
     for s, (bits, rows) in enumerate(zip(plan.stage_bits, plan.stage_rows)):
         bar.set_description(f"LightToken: stage {s + 1}/{len(plan.stage_bits)} ({bits} bits x {rows} rows)")
+        clock = time.perf_counter()
         ids = stage_ids[s].to(device)
         epochs = tqdm(
             total=settings.schedule.max_epochs, desc=f"  stage {s + 1} epochs (at most)", unit="epoch",
@@ -466,6 +485,7 @@ def _compress_matrix(
             for block in row_blocks(rows, d):  # what the stored stage leaves over
                 residual[ids[block]] -= whiten((result.bits[block].float() * 2 - 1) @ decoder + bias)
         stage_stats.append(result.stats)
+        timings["stages"].append(time.perf_counter() - clock)
         del result
         bar.update(1)
     del residual
@@ -480,10 +500,12 @@ def _compress_matrix(
             disable=not progress,
         )  # fmt: skip
         stage_ids = [ids.to(device) for ids in stage_ids]
+        clock = time.perf_counter()
         joint_stats = _refine_jointly(
             module, whitened_matrix(), stage_ids, joint_weights, settings, loss_fn, unwhiten, rounds
         )
         rounds.close()
+        timings["joint"] = time.perf_counter() - clock
         bar.update(1)
     bar.close()
     if module.compressed_nbytes != plan.nbytes:  # the accounting and the module must agree exactly
@@ -503,7 +525,11 @@ def _compress_matrix(
         else {},
     )
     with torch.no_grad():
+        clock = time.perf_counter()
         report.fidelity = matrix_fidelity(e, module.weight, seed=settings.seed)
+    timings["fidelity"] = time.perf_counter() - clock
+    timings["threads"] = threads
+    report.timings = timings
     report.seconds = time.perf_counter() - start + float(report.sensitivity.get("seconds", 0.0))
     module.compression_report = report
     return module, report

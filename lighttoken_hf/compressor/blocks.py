@@ -18,10 +18,17 @@ import torch
 BLOCK_ELEMENTS = 1024 * 1024
 
 
-def row_blocks(rows: int, width: int, elements: int | None = None) -> Iterator[slice]:
+#: Fewest rows of a block whose work runs column by column (bit refinement) or ends in a width x width
+#: sum (a Gram matrix): fewer would make per-column overhead or the sum's cost dominate.
+MIN_WIDE_BLOCK_ROWS = 8192
+
+
+def row_blocks(rows: int, width: int, elements: int | None = None, *, wide: bool = False) -> Iterator[slice]:
     """Consecutive row slices covering ``rows`` rows, each holding about ``elements`` values of ``width``
-    (default :data:`BLOCK_ELEMENTS`)."""
+    (default :data:`BLOCK_ELEMENTS`); ``wide`` blocks have at least :data:`MIN_WIDE_BLOCK_ROWS` rows."""
     step = max(1, (BLOCK_ELEMENTS if elements is None else elements) // max(1, width))
+    if wide:
+        step = max(step, MIN_WIDE_BLOCK_ROWS)
     for start in range(0, rows, step):
         yield slice(start, min(rows, start + step))
 
@@ -99,17 +106,18 @@ def free_cores(interval: float = 0.2) -> int | None:
 
 
 @contextlib.contextmanager
-def threads_for_free_cores(enabled: bool = True) -> Iterator[int]:
+def threads_for_free_cores(enabled: bool = True, threads: int | None = None) -> Iterator[int]:
     """Run the block with torch's intra-op threads cut to the idle CPUs (at least 1), then restore them.
 
     torch starts one thread per core. When other processes keep cores busy, a parallel op waits at its
     end for a thread the system has descheduled, and the compressor runs thousands of short ops: MiniLM
     at 25x took 26x its idle time beside two busy processes. Threads that fit the free cores avoid those
-    waits. Yields the thread count used; ``enabled=False`` changes nothing.
+    waits. Yields the thread count used; ``threads`` fixes the count instead; ``enabled=False`` (and no
+    ``threads``) changes nothing.
     """
     before = torch.get_num_threads()
-    count = before
-    if enabled:
+    count = before if threads is None else threads
+    if enabled and threads is None:
         free = free_cores()
         count = before if free is None else max(1, min(before, free))
     torch.set_num_threads(count)

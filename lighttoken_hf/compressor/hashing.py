@@ -134,7 +134,7 @@ def fit_decoder(
     device = target.device
     gram = torch.zeros(bits + 1, bits + 1, dtype=torch.float64, device=device)
     rhs = torch.zeros(bits + 1, target.shape[1], dtype=torch.float64, device=device)
-    for rows in row_blocks(n, max(bits + 1, target.shape[1])):
+    for rows in row_blocks(n, max(bits + 1, target.shape[1]), wide=True):
         x = torch.cat([signs[rows].double(), signs.new_ones(rows.stop - rows.start, 1, dtype=torch.float64)], 1)
         xw = x * weights[rows].double().unsqueeze(1)
         gram += x.T @ xw
@@ -154,6 +154,7 @@ def refine_bits(
     *,
     fixed: torch.Tensor | None = None,
     fixed_theta: torch.Tensor | None = None,
+    on_change=None,
 ) -> tuple[torch.Tensor, int]:
     """Coordinate descent on each row's bits for the squared error; updates ``signs`` in place.
 
@@ -165,19 +166,23 @@ def refine_bits(
 
     The rows' reconstruction is ``signs @ weight + bias`` plus ``fixed @ fixed_theta`` when given (the
     parts the bits do not change, e.g. the low-rank part). ``signs`` may be any signed dtype; a sign of
-    0 marks a bit the row does not have (a stage that skips the row): it never flips. Returns
-    ``signs`` and the number of flips.
+    0 marks a bit the row does not have (a stage that skips the row): it never flips. ``on_change(rows,
+    old, new)`` is called for each block's rows whose bits changed (their indices and float signs before
+    and after). Returns ``signs`` and the number of flips.
     """
     gram = weight @ weight.T  # B x B
     flips = 0
-    for rows in row_blocks(signs.shape[0], max(signs.shape[1], target.shape[1])):
-        block = signs[rows].float()
+    for rows in row_blocks(signs.shape[0], max(signs.shape[1], target.shape[1]), wide=True):
+        block = signs[rows].to(torch.float32, copy=True)
         error = target[rows] - (block @ weight + bias)
         if fixed is not None:
             error -= fixed[rows].float() @ fixed_theta
         refined, changed = _refine_block(block, weight @ error.T, gram, sweeps)
         signs[rows] = refined.to(signs.dtype)
         flips += changed
+        if on_change is not None and changed:
+            moved = (refined != block).any(dim=1).nonzero().squeeze(1)
+            on_change(moved + rows.start, block[moved], refined[moved])
     return signs, flips
 
 
@@ -185,7 +190,7 @@ def _refine_block(
     signs: torch.Tensor, proj: torch.Tensor, gram: torch.Tensor, sweeps: int
 ) -> tuple[torch.Tensor, int]:
     """:func:`refine_bits` on one block: ``signs`` (n x B) and their projections ``proj`` (B x n)."""
-    signs_t = signs.T.contiguous()  # B x n: one contiguous row per bit
+    signs_t = signs.T.clone(memory_format=torch.contiguous_format)  # B x n: a row per bit; a copy
     proj_t = proj.contiguous()
     flips = 0
     for _ in range(sweeps):
@@ -245,10 +250,11 @@ def train_stage(
     history: list[dict] = []
     sampling = weights / weights.sum()
     batch = min(schedule.batch_size, n)
-    steps = max(1, math.ceil(n / batch))
+    seen = n if schedule.rows_per_epoch is None else min(n, schedule.rows_per_epoch)
+    steps = max(1, math.ceil(seen / batch))
     saturation = 0.0
     for epoch in range(schedule.max_epochs):
-        order = torch.randperm(n, generator=gen).to(device)
+        order = torch.randperm(n, generator=gen)[:seen].to(device)
         total, saturated, count = 0.0, 0, 0
         for i in range(steps):
             idx = order[i * batch : (i + 1) * batch]
@@ -263,7 +269,7 @@ def train_stage(
             count += codes.numel()
         saturation = float(saturated) / count
         total = float(total)
-        history.append({"epoch": epoch, "tau": tau, "loss": total / n, "saturation": saturation})
+        history.append({"epoch": epoch, "tau": tau, "loss": total / seen, "saturation": saturation})
         if progress is not None:
             progress.set_postfix(tau=f"{tau:.3f}", saturated=f"{saturation:.2f}", refresh=False)
             progress.update(1)

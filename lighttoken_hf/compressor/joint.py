@@ -40,30 +40,33 @@ class JointFit:
     stats: dict = field(default_factory=dict)
 
 
-def _solve(
-    signs: torch.Tensor,
-    fixed: torch.Tensor,
-    target: torch.Tensor,
-    weights: torch.Tensor,
-    ridge: float,
-    free: int,
-    total: float,
-) -> tuple[torch.Tensor, float]:
-    """Weighted ridge least squares ``target ~ [signs | fixed] @ theta`` and its weighted squared error.
+def _normal_equations(
+    signs: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``D^T W D`` and ``D^T W target`` (float64) for the design ``D = [signs | fixed]``.
 
-    ``total`` is the target's weighted squared norm. The last ``free`` columns are not penalised.
     The design is built and multiplied one row block at a time in float32 (entries are signs, 0/1 and
-    factor values) and summed in float64, the solve in float64; the error comes from the normal
-    equations, so no (V x d) residual is formed.
+    factor values) and summed in float64, so no (V x columns) design is ever formed.
     """
     columns = signs.shape[1] + fixed.shape[1]
     gram = torch.zeros(columns, columns, dtype=torch.float64, device=target.device)
     rhs = torch.zeros(columns, target.shape[1], dtype=torch.float64, device=target.device)
-    for rows in row_blocks(target.shape[0], max(columns, target.shape[1])):
+    for rows in row_blocks(target.shape[0], max(columns, target.shape[1]), wide=True):
         design = torch.cat([signs[rows].float(), fixed[rows]], dim=1)
         dw = design * weights[rows].unsqueeze(1)
         gram += (design.T @ dw).double()
         rhs += (dw.T @ target[rows]).double()
+    return gram, rhs
+
+
+def _solve(
+    gram: torch.Tensor, rhs: torch.Tensor, ridge: float, free: int, total: float
+) -> tuple[torch.Tensor, float]:
+    """Weighted ridge least squares from the normal equations, and its weighted squared error.
+
+    ``total`` is the target's weighted squared norm. The last ``free`` columns are not penalised. The
+    error comes from the normal equations, so no (V x d) residual is formed.
+    """
     scale = float(gram.diagonal().mean())
     reg = torch.full((gram.shape[0],), ridge * scale, dtype=gram.dtype, device=gram.device)
     if free:
@@ -122,21 +125,42 @@ def refine_jointly(
         total += float((w[rows].double() * (x[rows].double() ** 2).sum(1)).sum())
     norm = total or 1.0
     history: list[dict] = []
+    gram, rhs = _normal_equations(signs, fixed, x, w)
+
+    def update(rows: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
+        """Move the normal equations by the rows whose bits flipped (only the sign columns change)."""
+        row_w = w[rows].unsqueeze(1)
+        change = new - old
+        signs_block = change.T @ (new * row_w) + (old * row_w).T @ change  # new'Wnew - old'Wold
+        cross = change.T @ (fixed[rows] * row_w)
+        gram[:total_bits, :total_bits] += signs_block.double()
+        gram[:total_bits, total_bits:] += cross.double()
+        gram[total_bits:, :total_bits] += cross.T.double()
+        rhs[:total_bits] += (change.T @ (x[rows] * row_w)).double()
 
     def fit() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        theta, error = _solve(signs, fixed, x, w, ridge, free=k + len(owners), total=total)
+        theta, error = _solve(gram, rhs, ridge, free=k + len(owners), total=total)
         decoder, right = theta[:total_bits], theta[total_bits : total_bits + k]
         biases = torch.zeros(stages, d, device=theta.device)
         biases[owners] = theta[total_bits + k :]
         history.append({"weighted_rel_error": (error / norm) ** 0.5})
         return decoder, right, biases
 
+    flips = None
     for _ in range(iterations):
         decoder, right, biases = fit()
         # the low-rank part and the biases stay as fitted while the bits move
         fixed_theta = torch.cat([right, biases[owners]])
         no_bias = torch.zeros(d, device=x.device)
-        signs, flips = refine_bits(signs, x, decoder, no_bias, 1, fixed=fixed, fixed_theta=fixed_theta)
+        # few flipped rows (under a quarter of the rows last round): move the normal equations by those
+        # rows alone; many: build them again after the sweep (cheaper than two updates per row)
+        incremental = flips is not None and flips < x.shape[0] // 4
+        signs, flips = refine_bits(
+            signs, x, decoder, no_bias, 1, fixed=fixed, fixed_theta=fixed_theta,
+            on_change=update if incremental else None,
+        )  # fmt: skip
+        if not incremental and flips:
+            gram, rhs = _normal_equations(signs, fixed, x, w)
         history[-1]["flips"] = flips
         if progress is not None:
             progress.set_postfix(weighted_error=f"{history[-1]['weighted_rel_error']:.4f}", flips=flips, refresh=False)

@@ -9,9 +9,15 @@ __all__ = ["StageSchedule"]
 
 @dataclass
 class StageSchedule:
-    """Training schedule of one hashing stage (defaults chosen by measurement, see docs/method.md)."""
+    """Training schedule of one hashing stage (defaults chosen by measurement, see docs/method.md).
+
+    ``rows_per_epoch`` caps the rows an epoch of encoder training visits (a fresh random subset each
+    epoch; ``None``: every row), so that training costs the same at any vocabulary size; the codes of
+    every row are then set, refined and decoded from all rows (docs/method.md, "Scale").
+    """
 
     max_epochs: int = 12
+    rows_per_epoch: int | None = 65536
     batch_size: int = 4096
     lr: float = 3e-3
     tau_start: float = 1.0
@@ -25,6 +31,8 @@ class StageSchedule:
     def __post_init__(self) -> None:
         if self.max_epochs < 1 or self.batch_size < 1:
             raise ValueError("max_epochs and batch_size must be >= 1")
+        if self.rows_per_epoch is not None and self.rows_per_epoch < 1:
+            raise ValueError(f"rows_per_epoch must be >= 1 or None (every row), got {self.rows_per_epoch}")
         if not 0 < self.tau_decay <= 1 or self.tau_start <= 0:
             raise ValueError("need tau_start > 0 and 0 < tau_decay <= 1")
         if not 0 < self.stop_saturation <= 1 or not 0 < self.saturation_level < 1:
