@@ -278,7 +278,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     # every argument check first: nothing below may fail on a bad argument after minutes of work
     model_id, model_dir = _resolve_model(args.model)
     out = _check_out(args, model_dir)
-    from .compressor.blocks import resolve_device
+    from .compressor.resources import resolve_device
 
     try:
         resolve_device(args.device)

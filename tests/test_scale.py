@@ -12,9 +12,9 @@ import torch
 from conftest import FAST_SCHEDULE, make_planted_matrix
 
 from lighttoken_hf import compress
-from lighttoken_hf.compressor import blocks
-from lighttoken_hf.compressor.blocks import resolve_device, row_blocks
+from lighttoken_hf.compressor import resources
 from lighttoken_hf.compressor.hashing import refine_bits
+from lighttoken_hf.compressor.resources import resolve_device, row_blocks
 from lighttoken_hf.compressor.svd import low_rank_factors
 from lighttoken_hf.fidelity import matrix_fidelity
 
@@ -34,7 +34,7 @@ def test_tiny_blocks_give_the_same_compression(monkeypatch):
     freqs = torch.rand(2000, generator=torch.Generator().manual_seed(3)) ** 4
     kwargs = dict(progress=False, schedule=FAST_SCHEDULE, token_frequencies=freqs)
     whole = compress(e, 8, **kwargs)
-    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 97)  # every pass now runs over many small blocks
+    monkeypatch.setattr(resources, "BLOCK_ELEMENTS", 97)  # every pass now runs over many small blocks
     blocked = compress(e, 8, **kwargs)
     assert whole.stage_bits == blocked.stage_bits and len(set(whole.stage_rows)) > 1  # a tier too
     a, b = whole.compression_report.fidelity, blocked.compression_report.fidelity

@@ -18,19 +18,19 @@ from ..core.configuration_lighttoken import LightTokenConfig
 from ..core.lighttoken_codec import LightTokenEmbedding, pack_bits, unpack_bits
 from ..core.modeling_lighttoken import LIGHTTOKEN_CLASSES, LightTokenPreTrainedModel
 from ..fidelity import matrix_fidelity
-from .blocks import (
-    map_rows,
-    resolve_device,
-    return_freed_blocks_to_the_system,
-    row_blocks,
-    threads_for_free_cores,
-)
 from .frequencies import frequency_rank, general_text_frequencies, general_text_samples
 from .hashing import StageSchedule, train_stage, tune_decoder
 from .joint import refine_jointly
 from .losses import LossFn, get_loss
 from .planner import CompressionPlan, plan_for_ratio
 from .provenance import record_base_model
+from .resources import (
+    FittedThreads,
+    map_rows,
+    resolve_device,
+    return_freed_blocks_to_the_system,
+    row_blocks,
+)
 from .sensitivity import embedding_sensitivity, whitening
 from .svd import low_rank_factors
 
@@ -337,7 +337,7 @@ def compress_matrix(
     """
     rows, width = matrix.shape if isinstance(matrix, torch.Tensor) and matrix.dim() == 2 else (0, 0)
     fit = rows * width >= _THREAD_FITTING_MIN_ELEMENTS
-    with threads_for_free_cores(enabled=fit, threads=settings.threads) as threads:
+    with FittedThreads(enabled=fit, threads=settings.threads) as threads:
         return _compress_matrix(
             matrix,
             settings,
@@ -361,7 +361,7 @@ def _compress_matrix(
     frequency_source: str = "none",
     sensitivity: torch.Tensor | None = None,
     sensitivity_info: dict | None = None,
-    threads: int = 1,
+    threads: FittedThreads | None = None,
 ) -> tuple[LightTokenEmbedding, CompressionReport]:
     start = time.perf_counter()
     e = _check_matrix(matrix)
@@ -460,6 +460,8 @@ def _compress_matrix(
     stage_stats = []
     for s, (bits, rows) in enumerate(zip(plan.stage_bits, plan.stage_rows)):
         bar.set_description(f"LightToken: stage {s + 1}/{len(plan.stage_bits)} ({bits} bits x {rows} rows)")
+        if threads is not None:
+            threads.refit()  # other processes may have started or stopped since the last step
         clock = time.perf_counter()
         ids = stage_ids[s].to(device)
         epochs = tqdm(
@@ -500,6 +502,8 @@ def _compress_matrix(
             disable=not progress,
         )  # fmt: skip
         stage_ids = [ids.to(device) for ids in stage_ids]
+        if threads is not None:
+            threads.refit()
         clock = time.perf_counter()
         joint_stats = _refine_jointly(
             module, whitened_matrix(), stage_ids, joint_weights, settings, loss_fn, unwhiten, rounds
@@ -528,7 +532,7 @@ def _compress_matrix(
         clock = time.perf_counter()
         report.fidelity = matrix_fidelity(e, module.weight, seed=settings.seed)
     timings["fidelity"] = time.perf_counter() - clock
-    timings["threads"] = threads
+    timings["threads"] = threads.counts if threads is not None else None
     report.timings = timings
     report.seconds = time.perf_counter() - start + float(report.sensitivity.get("seconds", 0.0))
     module.compression_report = report

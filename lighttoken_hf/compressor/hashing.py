@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .blocks import row_blocks
 from .losses import LossFn
+from .resources import row_blocks
 from .settings import StageSchedule
 
 
@@ -198,12 +198,12 @@ def _refine_block(
         for j in range(gram.shape[0]):
             flip = signs_t[j] * proj_t[j] + gram[j, j] < 0
             rows = flip.nonzero().squeeze(1)
-            if rows.numel() > signs_t.shape[1] // 64:  # many flips: one dense rank-1 update
+            if rows.numel() > signs_t.shape[1] // 16:  # many flips: one dense rank-1 update
                 proj_t.addr_(gram[j], torch.where(flip, signs_t[j], 0.0), alpha=2.0)
                 signs_t[j] = torch.where(flip, -signs_t[j], signs_t[j])
             elif rows.numel():  # few flips: update only the flipped rows' projections
                 old = signs_t[j, rows]
-                proj_t[:, rows] += (2.0 * gram[j]).unsqueeze(1) * old.unsqueeze(0)
+                proj_t.index_add_(1, rows, (2.0 * gram[j]).unsqueeze(1) * old.unsqueeze(0))
                 signs_t[j, rows] = -old
             changed += rows.numel()
         flips += changed

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .blocks import row_blocks
 from .hashing import refine_bits
+from .resources import row_blocks
 
 
 @dataclass
@@ -146,18 +146,28 @@ def refine_jointly(
         history.append({"weighted_rel_error": (error / norm) ** 0.5})
         return decoder, right, biases
 
-    flips = None
+    moved = None  # rows whose bits the last sweep changed
+
+    def count(rows: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
+        nonlocal moved
+        moved += rows.numel()
+
+    def update_and_count(rows: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
+        update(rows, old, new)
+        count(rows, old, new)
+
     for _ in range(iterations):
         decoder, right, biases = fit()
         # the low-rank part and the biases stay as fitted while the bits move
         fixed_theta = torch.cat([right, biases[owners]])
         no_bias = torch.zeros(d, device=x.device)
-        # few flipped rows (under a quarter of the rows last round): move the normal equations by those
-        # rows alone; many: build them again after the sweep (cheaper than two updates per row)
-        incremental = flips is not None and flips < x.shape[0] // 4
+        # few moved rows last round (under a third): move the normal equations by the rows that change;
+        # many: build them again after the sweep (an update costs two products per row, a build one)
+        incremental = moved is not None and moved < x.shape[0] // 3
+        moved = 0
         signs, flips = refine_bits(
             signs, x, decoder, no_bias, 1, fixed=fixed, fixed_theta=fixed_theta,
-            on_change=update if incremental else None,
+            on_change=update_and_count if incremental else count,
         )  # fmt: skip
         if not incremental and flips:
             gram, rhs = _normal_equations(signs, fixed, x, w)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .blocks import row_blocks
+from .resources import row_blocks
 
 #: Matrices with at most this many elements get an exact SVD; larger ones a randomized SVD.
 EXACT_SVD_MAX_ELEMENTS = 4_000_000

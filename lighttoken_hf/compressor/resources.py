@@ -1,9 +1,12 @@
-"""Row blocks: every pass over a V x d matrix runs in blocks of rows, so the compressor's extra memory
-does not grow with the vocabulary beyond a few V-row tensors (docs/method.md, "Scale")."""
+"""What a compression runs with: row blocks, a device, torch threads and memory (docs/method.md, "Scale").
+
+Every pass over a V x d matrix runs in blocks of rows, so the compressor's extra memory does not grow
+with the vocabulary beyond a few V-row tensors; the heavy steps run on the chosen device; torch's
+threads are fitted to the idle cores; freed blocks go back to the system.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -105,23 +108,33 @@ def free_cores(interval: float = 0.2) -> int | None:
     return min(allowed, round(idle_share * (os.cpu_count() or 1)))
 
 
-@contextlib.contextmanager
-def threads_for_free_cores(enabled: bool = True, threads: int | None = None) -> Iterator[int]:
-    """Run the block with torch's intra-op threads cut to the idle CPUs (at least 1), then restore them.
+class FittedThreads:
+    """torch's intra-op thread count fitted to the idle cores, re-fitted on request (:meth:`refit`).
 
     torch starts one thread per core. When other processes keep cores busy, a parallel op waits at its
-    end for a thread the system has descheduled, and the compressor runs thousands of short ops: MiniLM
-    at 25x took 26x its idle time beside two busy processes. Threads that fit the free cores avoid those
-    waits. Yields the thread count used; ``threads`` fixes the count instead; ``enabled=False`` (and no
-    ``threads``) changes nothing.
+    end for a thread the system has descheduled, and the compressor runs thousands of short ops, so a
+    thread count above the idle cores multiplies the time (docs/method.md, "Scale"). The count is at
+    most torch's own and at least 1; ``threads`` fixes it instead; ``enabled=False`` keeps torch's.
     """
-    before = torch.get_num_threads()
-    count = before if threads is None else threads
-    if enabled and threads is None:
-        free = free_cores()
-        count = before if free is None else max(1, min(before, free))
-    torch.set_num_threads(count)
-    try:
-        yield count
-    finally:
-        torch.set_num_threads(before)
+
+    def __init__(self, enabled: bool = True, threads: int | None = None) -> None:
+        self.before = torch.get_num_threads()
+        self.enabled = enabled and threads is None
+        self.count = self.before if threads is None else threads
+        self.counts: list[int] = []
+
+    def refit(self) -> int:
+        """Measure the idle cores now (0.2 s) and use that many threads; returns the count."""
+        if self.enabled:
+            free = free_cores()
+            self.count = self.before if free is None else max(1, min(self.before, free))
+        torch.set_num_threads(self.count)
+        self.counts.append(self.count)
+        return self.count
+
+    def __enter__(self) -> FittedThreads:
+        self.refit()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.before)
