@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "lighttoken-hf" / "bench")
     parser.add_argument("--output-name", default="scaling")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per measurement")
+    parser.add_argument("--append", action="store_true", help="add to the runs already in the output file")
     parser.add_argument("--child", nargs=2, metavar=("MATRIX", "RATIO"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -186,6 +187,9 @@ def main() -> None:
         "runs": [],
         "failed": [],
     }
+    if args.append and out.is_file():
+        earlier = json.loads(out.read_text(encoding="utf-8"))
+        payload["runs"], payload["failed"] = earlier.get("runs", []), earlier.get("failed", [])
     for name in args.matrices.split(","):
         for ratio in (float(r) for r in args.ratios.split(",")):
             load = [

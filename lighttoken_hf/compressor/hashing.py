@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .losses import LossFn
+from .losses import LossFn, mse_loss
 from .resources import row_blocks
 from .settings import StageSchedule
 
@@ -284,7 +284,8 @@ def train_stage(
         if schedule.refine_sweeps:
             signs, flips = refine_bits(signs, residual, weight, bias, schedule.refine_sweeps)
             weight, bias = fit_decoder(signs, residual, weights, schedule.ridge)
-    weight, bias = tune_decoder(signs, residual, weights, weight, bias, loss_fn, schedule.decoder_steps)
+    if loss_fn is not mse_loss:  # the least-squares decoder already minimises the MSE (up to the ridge)
+        weight, bias = tune_decoder(signs, residual, weights, weight, bias, loss_fn, schedule.decoder_steps)
     weight, bias = weight.to(storage_dtype), bias.to(storage_dtype)
     result = StageResult(bits=(signs > 0).to(torch.uint8), decoder_weight=weight, decoder_bias=bias)
     del signs
