@@ -131,6 +131,38 @@ def render_lm(name: str, data: dict) -> str:
     return "\n".join(lines)
 
 
+#: Matrix names of the scaling benchmark -> label in the README.
+SCALING_LABELS = {"minilm": "all-MiniLM-L6-v2", "smollm2": "SmolLM2-135M", "gemma3": "Gemma-3-270M"}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def render_scaling(name: str, data: dict) -> str:
+    """Compression time and peak memory growth of each real matrix per ratio, and the fitted cost model."""
+    runs = [r for r in data["runs"] if r["matrix"] in SCALING_LABELS]
+    ratios = sorted({r["ratio_target"] for r in runs})
+    lines = [
+        f"Source: {_source(name, data, None)}; the matrix alone, default settings, idle machine. Memory: peak "
+        "growth of the resident size as a multiple of the fp32 matrix.",
+        "",
+        "| matrix | " + " | ".join(f"{r:g}x: time, memory" for r in ratios) + " |",
+        "|---|" + "---:|" * len(ratios),
+    ]
+    for matrix, label in SCALING_LABELS.items():
+        cells = []
+        for ratio in ratios:
+            run = next((r for r in runs if r["matrix"] == matrix and r["ratio_target"] == ratio), None)
+            cells.append(
+                "–" if run is None else f"{_duration(run['seconds'])}, {run['peak_rss_growth_x_matrix']:.1f}x"
+            )
+        shape = next((f"{r['rows']:,} x {r['dim']:,}" for r in runs if r["matrix"] == matrix), None)
+        if shape is not None:
+            lines.append(f"| {label} ({shape}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 #: block name -> (result file, renderer)
 BLOCKS: dict[str, tuple[str, Callable[[str, dict], str]]] = {
     "commands": ("commands_timing.json", render_commands),
@@ -138,6 +170,7 @@ BLOCKS: dict[str, tuple[str, Callable[[str, dict], str]]] = {
     "mpnet": ("fidelity_mpnet_int8.json", render_fidelity),
     "smollm2": ("lm_cli_smollm2.json", render_lm),
     "downstream": ("downstream_minilm.json", render_downstream),
+    "scaling": ("scaling.json", render_scaling),
 }
 
 

@@ -177,7 +177,7 @@ def refine_bits(
         error = target[rows] - (block @ weight + bias)
         if fixed is not None:
             error -= fixed[rows].float() @ fixed_theta
-        refined, changed = _refine_block(block, weight @ error.T, gram, sweeps)
+        refined, changed = _refine_block(block.clone(), error @ weight.T, gram, sweeps)
         signs[rows] = refined.to(signs.dtype)
         flips += changed
         if on_change is not None and changed:
@@ -189,27 +189,31 @@ def refine_bits(
 def _refine_block(
     signs: torch.Tensor, proj: torch.Tensor, gram: torch.Tensor, sweeps: int
 ) -> tuple[torch.Tensor, int]:
-    """:func:`refine_bits` on one block: ``signs`` (n x B) and their projections ``proj`` (B x n)."""
-    signs_t = signs.T.clone(memory_format=torch.contiguous_format)  # B x n: a row per bit; a copy
-    proj_t = proj.contiguous()
+    """:func:`refine_bits` on one block: ``signs`` and their projections ``proj`` (both n x B, updated).
+
+    Row-major, so a flip updates its row's B projections in one contiguous stretch (a column-major
+    layout made each sparse flip B strided writes: 10x slower at B = 1,800).
+    """
+    n = signs.shape[0]
     flips = 0
     for _ in range(sweeps):
         changed = 0
         for j in range(gram.shape[0]):
-            flip = signs_t[j] * proj_t[j] + gram[j, j] < 0
+            column = signs[:, j]
+            flip = column * proj[:, j] + gram[j, j] < 0
             rows = flip.nonzero().squeeze(1)
-            if rows.numel() > signs_t.shape[1] // 16:  # many flips: one dense rank-1 update
-                proj_t.addr_(gram[j], torch.where(flip, signs_t[j], 0.0), alpha=2.0)
-                signs_t[j] = torch.where(flip, -signs_t[j], signs_t[j])
+            if rows.numel() > n // 16:  # many flips: one dense rank-1 update
+                proj.addr_(torch.where(flip, column, 0.0), gram[j], alpha=2.0)
+                signs[:, j] = torch.where(flip, -column, column)
             elif rows.numel():  # few flips: update only the flipped rows' projections
-                old = signs_t[j, rows]
-                proj_t.index_add_(1, rows, (2.0 * gram[j]).unsqueeze(1) * old.unsqueeze(0))
-                signs_t[j, rows] = -old
+                old = column[rows]
+                proj.index_add_(0, rows, (2.0 * old).unsqueeze(1) * gram[j].unsqueeze(0))
+                signs[rows, j] = -old
             changed += rows.numel()
         flips += changed
         if changed == 0:
             break
-    return signs_t.T, flips
+    return signs, flips
 
 
 def train_stage(
