@@ -221,7 +221,7 @@ def main() -> None:
             )
             payload["cost_model"] = fit_cost_model(payload["runs"])
             write_json(out, payload)
-    if payload["runs"]:
+    if len({(r["rows"], r["dim"]) for r in payload["runs"]}) > 1:  # a plot needs more than one size
         load_text = f", {args.background_load} busy processes beside it" if args.background_load else ", idle"
         plot(payload["runs"], out.with_suffix(".png"), f"LightToken compression cost ({args.device}{load_text})")
     write_json(out, payload)
