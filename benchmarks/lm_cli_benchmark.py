@@ -29,11 +29,13 @@ from bench_io import REPO_ROOT, git_info, machine_info, write_json  # noqa: E402
 
 #: Runs the CLI in a child process and reports the child's own peak resident memory (bytes) on exit.
 _RUNNER = """
-import json, resource, sys
+import sys
+from lighttoken_hf.compressor.resources import PeakResidentMemory
 from lighttoken_hf_cli import main
 sys.argv = ["lighttoken", *sys.argv[1:]]
-code = main()
-print("PEAK_RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)
+with PeakResidentMemory() as memory:  # this process's own peak, not its parent's (ru_maxrss)
+    code = main()
+print("PEAK_RSS", memory.peak, file=sys.stderr)
 sys.exit(code)
 """
 

@@ -6,8 +6,9 @@
 Each measurement runs ``compress_matrix`` in a fresh child process: the matrix (and its general-text token
 frequencies, as the CLI uses them) is loaded, a 2,000-row matrix is compressed once to warm up (thread pools,
 lazy imports), then the resident size is read and the real matrix compressed; recorded are the wall time,
-the peak resident growth over that baseline (``ru_maxrss``; also as a multiple of the fp32 matrix), the
-real ratio and the relative error. Matrices: ``minilm`` (all-MiniLM-L6-v2, bundled), ``smollm2`` and
+the peak resident growth over that baseline (``PeakResidentMemory``: the kernel's high-water mark, reset
+before the run; also as a multiple of the fp32 matrix), the real ratio and the relative error. Matrices:
+``minilm`` (all-MiniLM-L6-v2, bundled), ``smollm2`` and
 ``gemma3`` (GGUF packages, see the README; their matrices are cached under ``--cache-dir`` after the first
 load), and ``synthetic:VxD`` (Gaussian rows shaped by a power-law spectrum, Zipf frequencies).
 ``--background-load N`` keeps N busy-looping processes running during every measurement. A least-squares
@@ -75,22 +76,22 @@ def load_matrix(name: str, cache_dir: Path) -> tuple[Any, Any]:
 
 def child(name: str, ratio: float, cache_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
     """One measurement, in this (fresh) process."""
-    import resource
-
-    import psutil
     import torch
 
     from lighttoken_hf.compressor.api import CompressionSettings, compress_matrix
+    from lighttoken_hf.compressor.resources import PeakResidentMemory
 
     matrix, frequencies = load_matrix(name, cache_dir)
     settings = CompressionSettings(ratio=ratio, device=device, threads=threads)
     warm = torch.Generator().manual_seed(1)
     compress_matrix(torch.randn(2000, matrix.shape[1], generator=warm), settings, progress=False)
-    baseline = psutil.Process().memory_info().rss
     start = time.perf_counter()
-    _, report = compress_matrix(matrix, settings, frequencies=frequencies, progress=False, frequency_source="wordfreq")
+    with PeakResidentMemory() as memory:
+        _, report = compress_matrix(
+            matrix, settings, frequencies=frequencies, progress=False, frequency_source="wordfreq"
+        )
     seconds = time.perf_counter() - start
-    growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    growth = memory.growth
     matrix_bytes = matrix.numel() * 4
     return {
         "matrix": name,

@@ -144,8 +144,8 @@ def render_scaling(name: str, data: dict) -> str:
     runs = [r for r in data["runs"] if r["matrix"] in SCALING_LABELS]
     ratios = sorted({r["ratio_target"] for r in runs})
     lines = [
-        f"Source: {_source(name, data, None)}; the matrix alone, default settings, idle machine. Memory: peak "
-        "growth of the resident size as a multiple of the fp32 matrix.",
+        f"Source: {_source(name, data, None)}; the matrix alone, defaults, idle. Memory: peak "
+        "resident-size growth in fp32 matrices.",
         "",
         "| matrix | " + " | ".join(f"{r:g}x: time, memory" for r in ratios) + " |",
         "|---|" + "---:|" * len(ratios),

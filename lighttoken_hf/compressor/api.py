@@ -30,6 +30,7 @@ from .resources import (
     resolve_device,
     return_freed_blocks_to_the_system,
     row_blocks,
+    trim_free_memory,
 )
 from .sensitivity import embedding_sensitivity, whitening
 from .svd import low_rank_factors
@@ -460,6 +461,7 @@ def _compress_matrix(
     stage_stats = []
     for s, (bits, rows) in enumerate(zip(plan.stage_bits, plan.stage_rows)):
         bar.set_description(f"LightToken: stage {s + 1}/{len(plan.stage_bits)} ({bits} bits x {rows} rows)")
+        trim_free_memory()  # the last step's freed temporaries
         if threads is not None:
             threads.refit()  # other processes may have started or stopped since the last step
         clock = time.perf_counter()
@@ -480,7 +482,9 @@ def _compress_matrix(
         )
         epochs.close()
         with torch.no_grad():
-            getattr(module, f"codes_{s}").copy_(pack_bits(result.bits).cpu())
+            codes = getattr(module, f"codes_{s}")
+            for block in row_blocks(rows, codes.shape[1] * 8):  # packed block by block: no V-row temporaries
+                codes[block] = pack_bits(result.bits[block]).cpu()
             module.set_decoder(s, unwhiten(result.decoder_weight), unwhiten(result.decoder_bias))
             decoder = module.decoder_weight(s).to(device)
             bias = getattr(module, f"decoder_{s}_bias").float().to(device)
@@ -502,6 +506,7 @@ def _compress_matrix(
             disable=not progress,
         )  # fmt: skip
         stage_ids = [ids.to(device) for ids in stage_ids]
+        trim_free_memory()
         if threads is not None:
             threads.refit()
         clock = time.perf_counter()
@@ -528,6 +533,7 @@ def _compress_matrix(
         if use_metric
         else {},
     )
+    trim_free_memory()
     with torch.no_grad():
         clock = time.perf_counter()
         report.fidelity = matrix_fidelity(e, module.weight, seed=settings.seed)

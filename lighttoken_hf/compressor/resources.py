@@ -66,22 +66,41 @@ _M_MMAP_THRESHOLD = -3
 
 
 @functools.cache
-def return_freed_blocks_to_the_system(threshold: int = 4 * BLOCK_ELEMENTS) -> bool:
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - musl has neither
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def trim_free_memory() -> bool:
+    """Give the free pages of every thread's heap back to the system (glibc ``malloc_trim``).
+
+    Called between the compression's steps: what one step's worker threads freed in their heaps would
+    otherwise stay resident through the next. Returns whether anything could be done (``False`` off glibc).
+    """
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0) is not None)
+
+
+@functools.cache
+def return_freed_blocks_to_the_system(threshold: int = BLOCK_ELEMENTS) -> bool:
     """On glibc, serve allocations of ``threshold`` bytes and more by their own mapping (freed at once).
 
     glibc raises its mmap threshold each time a large block is freed, after which blocks of that size
     come from per-thread heaps that keep freed memory: with torch's worker threads the resident size of
     a compression grew to 27x the matrix (an ``nn_overlap`` loop alone kept 0.7 GB) instead of about 4x.
-    A fixed threshold (what ``MALLOC_MMAP_THRESHOLD_`` sets) keeps block-sized buffers returnable; it
-    costs no measurable time at 4 MiB. Returns whether it was set (``False`` off glibc).
+    A fixed threshold (what ``MALLOC_MMAP_THRESHOLD_`` sets) keeps block-sized buffers returnable. At
+    1 MiB a 200,000 x 64 compression peaked at 2.4-2.5x the matrix (2.5-2.9x at 4 MiB) and MiniLM at 25x
+    took about 10% longer (docs/method.md, "Scale"). Returns whether it was set (``False`` off glibc).
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def _cpu_times() -> tuple[float, float] | None:
@@ -138,3 +157,58 @@ class FittedThreads:
 
     def __exit__(self, *exc: object) -> None:
         torch.set_num_threads(self.before)
+
+
+def _status_kib(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes, or ``None`` where there is none."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class PeakResidentMemory:
+    """The peak resident size of this process while a ``with`` block runs, over its size on entry.
+
+    On Linux the kernel's high-water mark is reset on entry (``/proc/self/clear_refs``) and read on exit
+    (``VmHWM``), so earlier peaks do not count. ``ru_maxrss`` is no substitute: it starts at the parent
+    process's peak when a subprocess is spawned (a test under pytest read 31x the matrix that way).
+    Elsewhere ``exact`` is ``False`` and the growth is ``ru_maxrss`` minus the size on entry, an upper bound.
+    """
+
+    def __init__(self) -> None:
+        self.start = self.peak = 0
+        self.exact = False
+
+    @property
+    def growth(self) -> int:
+        """Bytes the resident size rose above its size on entry, at its peak."""
+        return max(0, self.peak - self.start)
+
+    def __enter__(self) -> PeakResidentMemory:
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+                clear.write("5")  # 5: reset the peak resident size to the current one
+            self.exact = True
+        except OSError:
+            self.exact = False
+        self.start = _status_kib("VmRSS") or _ru_maxrss()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        peak = _status_kib("VmHWM") if self.exact else None
+        self.peak = peak if peak is not None else _ru_maxrss()
+
+
+def _ru_maxrss() -> int:
+    """``ru_maxrss`` in bytes (kilobytes on Linux, bytes on macOS); 0 where ``resource`` is missing."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return value if sys.platform == "darwin" else value * 1024

@@ -335,7 +335,13 @@ class LightTokenEmbedding(nn.Module):
 
     def _decode_all(self) -> torch.Tensor:
         ids = torch.arange(self.num_embeddings, device=self.lowrank_left.device)
-        return torch.cat([self._decode_unique(chunk) for chunk in ids.split(8192)])
+        out = None
+        for chunk in ids.split(8192):  # filled in place: no second V x d matrix for a concatenation
+            rows = self._decode_unique(chunk)
+            if out is None:
+                out = rows.new_empty(self.num_embeddings, self.embedding_dim)
+            out[chunk] = rows
+        return out if out is not None else self.lowrank_left.new_empty(0, self.embedding_dim, dtype=torch.float32)
 
     @property
     def weight(self) -> torch.Tensor:
