@@ -169,6 +169,7 @@ BLOCKS: dict[str, tuple[str, Callable[[str, dict], str]]] = {
     "minilm": ("fidelity_minilm_int8_joined.json", render_fidelity),
     "mpnet": ("fidelity_mpnet_int8.json", render_fidelity),
     "smollm2": ("lm_cli_smollm2.json", render_lm),
+    "gemma3": ("lm_cli_gemma3.json", render_lm),
     "downstream": ("downstream_minilm.json", render_downstream),
     "scaling": ("scaling.json", render_scaling),
 }
