@@ -85,7 +85,10 @@ def trim_free_memory() -> bool:
     otherwise stay resident through the next. Returns whether anything could be done (``False`` off glibc).
     """
     libc = _glibc()
-    return bool(libc is not None and libc.malloc_trim(0) is not None)
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
 
 
 @functools.cache

@@ -334,14 +334,14 @@ class LightTokenEmbedding(nn.Module):
         return self
 
     def _decode_all(self) -> torch.Tensor:
-        ids = torch.arange(self.num_embeddings, device=self.lowrank_left.device)
-        out = None
-        for chunk in ids.split(8192):  # filled in place: no second V x d matrix for a concatenation
-            rows = self._decode_unique(chunk)
-            if out is None:
-                out = rows.new_empty(self.num_embeddings, self.embedding_dim)
-            out[chunk] = rows
-        return out if out is not None else self.lowrank_left.new_empty(0, self.embedding_dim, dtype=torch.float32)
+        device, total, step = self.lowrank_left.device, self.num_embeddings, 8192
+        first = self._decode_unique(torch.arange(min(step, total), device=device))
+        out = first.new_empty(total, self.embedding_dim)  # filled in place: no concatenated second copy
+        out[: first.shape[0]] = first
+        for start in range(first.shape[0], total, step):
+            stop = min(total, start + step)
+            out[start:stop] = self._decode_unique(torch.arange(start, stop, device=device))
+        return out
 
     @property
     def weight(self) -> torch.Tensor:
