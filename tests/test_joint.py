@@ -44,16 +44,19 @@ def test_refine_bits_reaches_a_local_minimum_without_raising_any_row_error(seed,
         assert bool((_row_errors(flipped, target, weight) >= after - 1e-4).all()), j
 
 
-def test_refine_jointly_lowers_the_weighted_error_monotonically():
+@pytest.mark.parametrize("width", [8, 40])
+def test_refine_jointly_lowers_the_weighted_error_monotonically(width):
+    # 8 bits a stage: a sweep flips many of a moved row's bits (dense updates of the normal equations);
+    # 40: few of them (sparse updates)
     g = torch.Generator().manual_seed(0)
     n, d, k = 400, 10, 2
-    signs, target, _ = _problem(1, n=n, d=d, bits=24)
+    signs, target, _ = _problem(1, n=n, d=d, bits=3 * width)
     covered = torch.ones(n, 3)
     covered[200:, 2] = 0.0  # the third stage skips half of the rows
-    signs[200:, 16:] = 0.0
+    signs[200:, 2 * width :] = 0.0
     left = torch.randn(n, k, generator=g)
     weights = torch.rand(n, generator=g) + 0.1
-    fit = refine_jointly(target, left, signs, [8, 8, 8], covered, weights, iterations=6, ridge=1e-6)
+    fit = refine_jointly(target, left, signs, [width] * 3, covered, weights, iterations=6, ridge=1e-6)
     errors = [h["weighted_rel_error"] for h in fit.stats["history"]]
     assert len(errors) >= 2
     assert all(b <= a + 1e-5 for a, b in zip(errors, errors[1:]))
@@ -67,7 +70,7 @@ def test_refine_jointly_lowers_the_weighted_error_monotonically():
     )
     direct = float((weights * ((target - recon) ** 2).sum(1)).sum() / (weights * (target**2).sum(1)).sum())
     assert errors[-1] == pytest.approx(direct**0.5, rel=1e-3)
-    assert [w.shape[0] for w in fit.decoder_weights] == [8, 8, 8]
+    assert [w.shape[0] for w in fit.decoder_weights] == [width] * 3
     # two stages over the same rows share one bias; a stage over fewer rows keeps its own
     assert torch.count_nonzero(fit.decoder_biases[1]) == 0
 
@@ -98,3 +101,21 @@ def test_compress_with_joint_refinement_beats_stagewise_at_equal_bytes():
 def test_negative_joint_iterations_is_a_clear_error():
     with pytest.raises(ValueError, match="joint_iterations"):
         compress(make_planted_matrix(vocab=64, dim=8), 4, progress=False, joint_iterations=-1)
+
+
+@pytest.mark.parametrize("columns", [30, 512, 1100])
+def test_normal_equations_equal_the_dense_weighted_products(columns):
+    # built tile by tile over the Gram matrix's upper triangle, one row block at a time
+    from lighttoken_hf.compressor.joint import _normal_equations
+
+    g = torch.Generator().manual_seed(columns)
+    n = 3000
+    signs = torch.where(torch.rand(n, columns, generator=g) < 0.5, -1, 1).to(torch.int8)
+    signs[:100, -5:] = 0  # bits some rows do not have
+    fixed, target, weights = torch.randn(n, 3, generator=g), torch.randn(n, 7, generator=g), torch.rand(n, generator=g)
+    gram, rhs = _normal_equations(signs, fixed, target, weights)
+    design = torch.cat([signs.double(), fixed.double()], 1)
+    weighted = design * weights.double().unsqueeze(1)
+    assert torch.allclose(gram, design.T @ weighted, rtol=1e-5, atol=1e-3)
+    assert torch.allclose(rhs, weighted.T @ target.double(), rtol=1e-5, atol=1e-3)
+    assert torch.equal(gram, gram.T)

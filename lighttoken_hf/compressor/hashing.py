@@ -173,16 +173,20 @@ def refine_bits(
     gram = weight @ weight.T  # B x B
     flips = 0
     for rows in row_blocks(signs.shape[0], max(signs.shape[1], target.shape[1]), wide=True):
-        block = signs[rows].to(torch.float32, copy=True)
+        block = signs[rows].to(torch.float32, copy=True)  # refined in place; ``signs`` keeps the old bits
         error = target[rows] - (block @ weight + bias)
         if fixed is not None:
             error -= fixed[rows].float() @ fixed_theta
-        refined, changed = _refine_block(block.clone(), error @ weight.T, gram, sweeps)
-        signs[rows] = refined.to(signs.dtype)
+        proj = error @ weight.T
+        del error  # the block's temporaries are what the memory bound counts: one at a time
+        refined, changed = _refine_block(block, proj, gram, sweeps)
+        del proj
         flips += changed
-        if on_change is not None and changed:
-            moved = (refined != block).any(dim=1).nonzero().squeeze(1)
-            on_change(moved + rows.start, block[moved], refined[moved])
+        if changed:
+            if on_change is not None:
+                moved = (refined != signs[rows]).any(dim=1).nonzero().squeeze(1)
+                on_change(moved + rows.start, signs[rows][moved].float(), refined[moved])
+            signs[rows] = refined.to(signs.dtype)
     return signs, flips
 
 
