@@ -122,11 +122,12 @@ def render_lm(name: str, data: dict) -> str:
     ]
     for run in data["runs"]:
         held = run["held_out"]
+        original_speed = run.get("original_tokens_per_second") or data["original_tokens_per_second"]
         lines.append(
             f"| {run['ratio']:.1f}x | {held['perplexity_original']:.2f} → {held['perplexity_compressed']:.2f} "
             f"({held['perplexity_increase']:+.1%}) | {held['next_token_kl']:.3f} | {held['top1_agreement']:.3f} "
             f"| {run['seconds']:.0f} s | {run['peak_rss_bytes'] / 2**30:.1f} GiB "
-            f"| {run['tokens_per_second']:.1f} ({data['original_tokens_per_second']:.1f}) |"
+            f"| {run['tokens_per_second']:.1f} ({original_speed:.1f}) |"
         )
     return "\n".join(lines)
 
@@ -163,21 +164,28 @@ def render_scaling(name: str, data: dict) -> str:
     return "\n".join(lines)
 
 
-#: block name -> (result file, renderer)
-BLOCKS: dict[str, tuple[str, Callable[[str, dict], str]]] = {
+#: block name -> (result file or files, renderer); the runs of several files of one benchmark are shown together
+BLOCKS: dict[str, tuple[str | tuple[str, ...], Callable[[str, dict], str]]] = {
     "commands": ("commands_timing.json", render_commands),
     "minilm": ("fidelity_minilm_int8_joined.json", render_fidelity),
     "mpnet": ("fidelity_mpnet_int8.json", render_fidelity),
     "smollm2": ("lm_cli_smollm2.json", render_lm),
-    "gemma3": ("lm_cli_gemma3.json", render_lm),
+    "gemma3": (("lm_cli_gemma3.json", "lm_cli_gemma3_25x.json"), render_lm),
     "downstream": ("downstream_minilm.json", render_downstream),
     "scaling": ("scaling.json", render_scaling),
 }
 
 
 def render_block(name: str) -> str:
-    file, renderer = BLOCKS[name]
-    return renderer(file, json.loads((RESULTS / file).read_text(encoding="utf-8")))
+    files, renderer = BLOCKS[name]
+    if isinstance(files, str):
+        return renderer(files, json.loads((RESULTS / files).read_text(encoding="utf-8")))
+    parts = [json.loads((RESULTS / file).read_text(encoding="utf-8")) for file in files]
+    data = {**parts[0], "runs": []}
+    for part in parts:  # each run keeps its own file's reference figures
+        data["runs"] += [{"original_tokens_per_second": part.get("original_tokens_per_second"), **run}
+                         for run in part["runs"]]  # fmt: skip
+    return renderer(" + ".join(files), data)
 
 
 def updated(content: str) -> str:
