@@ -29,6 +29,17 @@ def test_row_blocks_cover_every_row_once():
         assert covered == list(range(rows))
 
 
+def test_wide_blocks_are_capped_by_the_matrix_size_but_not_below_the_default():
+    # 30,522 rows of 2,000 bits against a 30,522 x 384 matrix: 8,192-row blocks would be 1.4 matrices each
+    at_most = int(resources.WIDE_BLOCK_SHARE * 30522 * 384)
+    blocks = list(row_blocks(30522, 2000, wide=True, at_most=at_most))
+    assert max(b.stop - b.start for b in blocks) * 2000 <= at_most
+    assert [i for b in blocks for i in range(b.start, b.stop)] == list(range(30522))
+    assert len(list(row_blocks(262144, 1800, wide=True, at_most=int(0.25 * 262144 * 640)))) == 32  # 8,192 rows
+    default_rows = resources.BLOCK_ELEMENTS // 50
+    assert next(iter(row_blocks(10**6, 50, wide=True, at_most=1))).stop == default_rows
+
+
 def test_tiny_blocks_give_the_same_compression(monkeypatch):
     e = make_planted_matrix(vocab=2000)
     freqs = torch.rand(2000, generator=torch.Generator().manual_seed(3)) ** 4

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .losses import LossFn, mse_loss
-from .resources import row_blocks
+from .resources import WIDE_BLOCK_SHARE, row_blocks
 from .settings import StageSchedule
 
 
@@ -172,7 +172,8 @@ def refine_bits(
     """
     gram = weight @ weight.T  # B x B
     flips = 0
-    for rows in row_blocks(signs.shape[0], max(signs.shape[1], target.shape[1]), wide=True):
+    at_most = int(WIDE_BLOCK_SHARE * target.numel())
+    for rows in row_blocks(signs.shape[0], max(signs.shape[1], target.shape[1]), wide=True, at_most=at_most):
         block = signs[rows].to(torch.float32, copy=True)  # refined in place; ``signs`` keeps the old bits
         error = target[rows] - (block @ weight + bias)
         if fixed is not None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .hashing import refine_bits
-from .resources import row_blocks
+from .resources import WIDE_BLOCK_SHARE, row_blocks
 
 
 @dataclass
@@ -60,7 +60,8 @@ def _normal_equations(
     columns = signs.shape[1] + fixed.shape[1]
     gram = torch.zeros(columns, columns, dtype=torch.float64, device=target.device)
     rhs = torch.zeros(columns, target.shape[1], dtype=torch.float64, device=target.device)
-    for rows in row_blocks(target.shape[0], max(columns, target.shape[1]), wide=True):
+    at_most = int(WIDE_BLOCK_SHARE * target.numel())
+    for rows in row_blocks(target.shape[0], max(columns, target.shape[1]), wide=True, at_most=at_most):
         root = weights[rows].sqrt().unsqueeze(1)
         design = torch.cat([signs[rows].float(), fixed[rows]], dim=1).mul_(root)  # sqrt(W) D: one temporary
         # the Gram matrix is symmetric: only the blocks on and above the diagonal are multiplied

@@ -21,17 +21,27 @@ import torch
 BLOCK_ELEMENTS = 1024 * 1024
 
 
+#: Share of the matrix's values that one wide block may hold at most (see :func:`row_blocks`).
+WIDE_BLOCK_SHARE = 0.25
+
 #: Fewest rows of a block whose work runs column by column (bit refinement) or ends in a width x width
 #: sum (a Gram matrix): fewer would make per-column overhead or the sum's cost dominate.
 MIN_WIDE_BLOCK_ROWS = 8192
 
 
-def row_blocks(rows: int, width: int, elements: int | None = None, *, wide: bool = False) -> Iterator[slice]:
+def row_blocks(
+    rows: int, width: int, elements: int | None = None, *, wide: bool = False, at_most: int | None = None
+) -> Iterator[slice]:
     """Consecutive row slices covering ``rows`` rows, each holding about ``elements`` values of ``width``
-    (default :data:`BLOCK_ELEMENTS`); ``wide`` blocks have at least :data:`MIN_WIDE_BLOCK_ROWS` rows."""
-    step = max(1, (BLOCK_ELEMENTS if elements is None else elements) // max(1, width))
+    (default :data:`BLOCK_ELEMENTS`); ``wide`` blocks have at least :data:`MIN_WIDE_BLOCK_ROWS` rows, but
+    no more than ``at_most`` values where given (and not under the default size): on a small matrix coded
+    with many bits, 8,192 rows of every bit would be larger than the matrix itself."""
+    default = max(1, (BLOCK_ELEMENTS if elements is None else elements) // max(1, width))
+    step = default
     if wide:
         step = max(step, MIN_WIDE_BLOCK_ROWS)
+        if at_most is not None:
+            step = max(default, min(step, at_most // max(1, width)))
     for start in range(0, rows, step):
         yield slice(start, min(rows, start + step))
 
