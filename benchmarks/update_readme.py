@@ -132,6 +132,25 @@ def render_lm(name: str, data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_lm_alternatives(name: str, data: dict) -> str:
+    """A decoder LM's tied matrix by LightToken and the alternatives: perplexity, KL, top-1 by ratio."""
+    lines = [
+        f"Source: {_source(name, data, None)}; {data['model']['file']}, tied matrix replaced; perplexity on "
+        f"{data['texts']['count']} held-out paragraphs, up to {data['texts']['max_length']} tokens (original "
+        f"{data['perplexity_original']:.2f}).",
+        "",
+        "| method | ratio vs fp32 | perplexity | next-token KL | top-1 agreement |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for row in sorted(data["rows"], key=lambda r: r["ratio_vs_fp32"]):
+        method = f"**{row['method']}**" if row["family"] == "lighttoken" else row["method"]
+        lines.append(
+            f"| {method} | {row['ratio_vs_fp32']:.1f}x | {row['perplexity_compressed']:,.2f} "
+            f"({row['perplexity_increase']:+.1%}) | {row['next_token_kl']:.3f} | {row['top1_agreement']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 #: Matrix names of the scaling benchmark -> label in the README.
 SCALING_LABELS = {"minilm": "all-MiniLM-L6-v2", "smollm2": "SmolLM2-135M", "gemma3": "Gemma-3-270M"}
 
@@ -171,6 +190,7 @@ BLOCKS: dict[str, tuple[str | tuple[str, ...], Callable[[str, dict], str]]] = {
     "mpnet": ("fidelity_mpnet_int8.json", render_fidelity),
     "smollm2": ("lm_cli_smollm2.json", render_lm),
     "gemma3": (("lm_cli_gemma3.json", "lm_cli_gemma3_25x.json"), render_lm),
+    "smollm2_alternatives": ("lm_smollm2.json", render_lm_alternatives),
     "downstream": ("downstream_minilm.json", render_downstream),
     "scaling": ("scaling.json", render_scaling),
 }

@@ -61,7 +61,7 @@ def _int_at_least(minimum: int) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """The ``lighttoken`` argument parser (subcommands ``compress``, ``info`` and ``push``)."""
     from . import __version__
-    from .compressor.settings import StageSchedule
+    from .compressor.settings import SENSITIVITY_METRICS, StageSchedule
 
     parser = argparse.ArgumentParser(
         prog="lighttoken",
@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not spend extra stages on frequent tokens")
     comp.add_argument("--no-sensitivity", dest="sensitivity_weighted", action="store_false",
                       help="measure the plain Euclidean error instead of the model's sensitivity metric")
+    comp.add_argument("--sensitivity-metric", choices=SENSITIVITY_METRICS, default=None,
+                      help="the error metric: lm (next-token Fisher information, causal LMs), hidden_states "
+                      "(the encoder metric) or auto (default: lm for causal LMs)")
     comp.add_argument("--joint-iterations", type=_int_at_least(0), metavar="N",
                       help="rounds of joint refinement of all stages after training "
                       "(default: the library's, 8; 0: each stage stays as trained)")
@@ -311,6 +314,8 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
         options["loss"] = args.loss
     if args.joint_iterations is not None:
         options["joint_iterations"] = args.joint_iterations
+    if args.sensitivity_metric is not None:
+        options["sensitivity_metric"] = args.sensitivity_metric
     if args.decoder_dtype is not None:
         options["decoder_dtype"] = args.decoder_dtype
     if args.output_layer is not None:

@@ -392,3 +392,75 @@ def test_table_and_block_scoring_give_the_decoded_matrix_logits(positions):
         head.lut_positions = 0
         blocks = head(hidden)
     assert torch.allclose(table, want, atol=1e-4) and torch.allclose(blocks, want, atol=1e-4)
+
+
+def _tiny_llama(vocab: int = 40, tied: bool = True) -> torch.nn.Module:
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=tied, pad_token_id=0, initializer_range=0.3,
+    )  # fmt: skip
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _brute_force_fisher_traces(model: torch.nn.Module, texts: list[str], tok) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the exact traces of the output-side and the input-side Fisher information of the
+    next-token distributions, every next token ``y`` at every position enumerated (one backward pass each)."""
+    vocab = model.config.vocab_size
+    out_trace = torch.zeros(vocab, dtype=torch.float64)
+    in_trace = torch.zeros(vocab, dtype=torch.float64)
+    weight = model.get_input_embeddings().weight
+    for text in texts:
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        for pos in range(ids.shape[1]):
+            for y in range(vocab):
+                inputs = torch.nn.functional.embedding(ids, weight.detach()).requires_grad_(True)
+                head = weight.detach().clone().requires_grad_(True)  # the output layer's own copy
+                hidden = model.model(inputs_embeds=inputs).last_hidden_state
+                logp = torch.log_softmax(hidden[0, pos] @ head.T, dim=-1)
+                g_in, g_out = torch.autograd.grad(logp[y], (inputs, head))
+                p = float(logp[y].detach().exp())
+                out_trace += p * (g_out.double() ** 2).sum(1)
+                # the prediction at ``pos`` depends on the input rows at every position up to it
+                in_trace.index_add_(0, ids[0], p * (g_in[0].double() ** 2).sum(1))
+    return out_trace, in_trace
+
+
+def test_lm_metric_equals_a_brute_force_fisher_information():
+    from lighttoken_hf.compressor.lm_sensitivity import lm_sensitivity
+
+    model, tok = _tiny_llama(), _IdTokenizer(40)
+    texts = ["5 17 9 33 21", "8 8 30 12 39"]
+    out_exact, in_exact = _brute_force_fisher_traces(model, texts, tok)
+    # output side, deterministic: the tied metric's row weights minus the untied one's (same sampled y)
+    kwargs = dict(batch_size=2, progress=False, seed=0)
+    _, tied, _ = lm_sensitivity(model, tok, texts, **kwargs)
+    _, untied, _ = lm_sensitivity(model, tok, texts, tied_output=False, **kwargs)
+    assert torch.allclose(tied - untied, out_exact, rtol=1e-4, atol=1e-9)
+    # input side: one sampled y per position, unbiased; its mean over many seeds approaches the exact trace
+    runs = [lm_sensitivity(model, tok, texts, tied_output=False, batch_size=2, progress=False, seed=s)[1]
+            for s in range(300)]  # fmt: skip
+    mean = torch.stack(runs).mean(0)
+    seen = in_exact > 0
+    assert torch.equal(mean > 0, seen)  # only the rows the texts contain (no frequencies given)
+    assert float(mean[seen].sum()) == pytest.approx(float(in_exact[seen].sum()), rel=0.1)
+    assert torch.corrcoef(torch.stack([mean[seen], in_exact[seen]]))[0, 1] > 0.9
+
+
+def test_lm_metric_is_the_default_for_causal_lms_only():
+    model = _llama()
+    tok = _IdTokenizer(300)
+    auto = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=_texts(300), **FAST)
+    info = auto.compression_report.sensitivity
+    assert info["metric"] == "lm" and info["calibration"] == "given texts" and 0 < info["output_share"] < 1
+    assert auto.compression_report.frequency_source.startswith("LM Fisher trace")
+    plain = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=_texts(300),
+                        sensitivity_metric="hidden_states", **FAST)  # fmt: skip
+    assert plain.compression_report.sensitivity.get("metric") is None
+    assert not plain.compression_report.frequency_source.startswith("LM")
+    with pytest.raises(ValueError, match="needs a causal LM"):
+        bert = BertModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=32))  # fmt: skip
+        lt.compress(bert, ratio=4, tokenizer=_IdTokenizer(100), sensitivity_metric="lm", **FAST)
+    with pytest.raises(ValueError, match="sensitivity_metric must be one of"):
+        lt.compress(model, ratio=8, tokenizer=tok, sensitivity_metric="fisher", **FAST)

@@ -16,11 +16,12 @@ from tqdm.auto import tqdm
 
 from ..core.configuration_lighttoken import LightTokenConfig
 from ..core.lighttoken_codec import LightTokenEmbedding, pack_bits, unpack_bits
-from ..core.modeling_lighttoken import LIGHTTOKEN_CLASSES, LightTokenPreTrainedModel
+from ..core.modeling_lighttoken import LIGHTTOKEN_CLASSES, LightTokenForCausalLM, LightTokenPreTrainedModel
 from ..fidelity import matrix_fidelity
 from .frequencies import frequency_rank, general_text_frequencies, general_text_samples
 from .hashing import StageSchedule, train_stage, tune_decoder
 from .joint import refine_jointly
+from .lm_sensitivity import lm_sensitivity
 from .losses import LossFn, get_loss
 from .planner import CompressionPlan, plan_for_ratio
 from .provenance import record_base_model
@@ -33,6 +34,7 @@ from .resources import (
     trim_free_memory,
 )
 from .sensitivity import embedding_sensitivity, whitening
+from .settings import SENSITIVITY_METRICS
 from .svd import low_rank_factors
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,11 @@ class CompressionSettings:
             precomputed ``sensitivity=`` matrix); ``False`` gives the plain Euclidean error.
         sensitivity_shrinkage: how far that metric is shrunk toward the identity (0: the measured
             metric, 1: plain Euclidean).
+        sensitivity_metric: which metric: ``"lm"`` (the Fisher information of the next-token
+            distribution, input and tied-output side, with one weight per row; see
+            :mod:`~lighttoken_hf.compressor.lm_sensitivity`), ``"hidden_states"`` (the sensitivity of
+            the last hidden states, the encoder metric) or ``"auto"`` (default: ``"lm"`` for causal LMs,
+            ``"hidden_states"`` for every other model).
         joint_iterations: rounds of joint refinement once every stage is trained (all decoders and
             the low-rank factor re-fitted together, then every row's bits across all stages; see
             :mod:`~lighttoken_hf.compressor.joint`); 0 keeps each stage as trained (the plain method).
@@ -101,6 +108,7 @@ class CompressionSettings:
     frequency_power: float = 0.5
     sensitivity_weighted: bool = True
     sensitivity_shrinkage: float = 0.25
+    sensitivity_metric: str = "auto"
     joint_iterations: int = 8
     factor_dtype: str = "float16"
     decoder_dtype: str = "int8"
@@ -116,6 +124,10 @@ class CompressionSettings:
             raise ValueError(f"output_layer must be 'compress' or 'dense', got {self.output_layer!r}")
         if not 0 <= self.sensitivity_shrinkage <= 1:
             raise ValueError(f"sensitivity_shrinkage must be in [0, 1], got {self.sensitivity_shrinkage}")
+        if self.sensitivity_metric not in SENSITIVITY_METRICS:
+            raise ValueError(
+                f"sensitivity_metric must be one of {', '.join(SENSITIVITY_METRICS)}, got {self.sensitivity_metric!r}"
+            )
         if self.joint_iterations < 0:
             raise ValueError(
                 f"joint_iterations must be >= 0 (0: no joint refinement), got {self.joint_iterations}"
@@ -158,7 +170,7 @@ _READING_GUIDE = (
 
 
 _LM_READING_GUIDE = (
-    "the perplexity increase is what matters (0 = unchanged; SmolLM2-135M measured +4.2% at 8x and +174% "
+    "the perplexity increase is what matters (0 = unchanged; SmolLM2-135M measured +3.6% at 8x and +97% "
     "at 25x on held-out text); next-token KL 0 and top-1 agreement 1 mean the same predictions"
 )
 
@@ -664,6 +676,36 @@ def _model_sensitivity(
     }
 
 
+def _lm_metric(
+    model: Any,
+    embedding: torch.nn.Module,
+    tokenizer: Any,
+    texts: Any,
+    frequencies: torch.Tensor | None,
+    scale: float,
+    settings: CompressionSettings,
+    progress: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, dict]:
+    """The LM metric and row weights (:func:`lm_sensitivity`) on ``texts``, timed.
+
+    The default calibration text is that of the encoder metric (wordfreq pseudo-sentences): general
+    text, and not the builtin sentences on which the CLI reports perplexity.
+    """
+    if tokenizer is None:
+        logger.warning("no tokenizer given or found: the LM metric is off (pass tokenizer=)")
+        return None, None, {}
+    start = time.perf_counter()
+    source = "given texts" if texts is not None else "wordfreq pseudo-sentences"
+    texts = list(texts) if texts is not None else general_text_samples(seed=settings.seed)
+    output = model.get_output_embeddings()
+    tied = getattr(output, "weight", None) is embedding.weight
+    metric, weights, info = lm_sensitivity(
+        model, tokenizer, texts, input_frequencies=frequencies, input_scale=scale, tied_output=tied,
+        seed=settings.seed, progress=progress,
+    )  # fmt: skip
+    return metric, weights, {"calibration": source, "metric": "lm", **info, "seconds": time.perf_counter() - start}
+
+
 def compress(
     model_or_matrix: Any,
     ratio: float | None = 25.0,
@@ -773,8 +815,22 @@ def _compress_model(
         logger.warning(
             "no tokenizer given or found: frequency-aware allocation is off (pass tokenizer= or token_frequencies=)"
         )
+    metric_kind = settings.sensitivity_metric
+    if metric_kind == "auto":
+        metric_kind = "lm" if wrapper_cls is LightTokenForCausalLM else "hidden_states"
+    elif metric_kind == "lm" and wrapper_cls is not LightTokenForCausalLM:
+        raise ValueError(
+            f"sensitivity_metric='lm' needs a causal LM; {type(model).__name__} is not one "
+            "(use 'hidden_states' or 'auto')"
+        )
     sensitivity_info = {"calibration": "given matrix"}
-    if settings.sensitivity_weighted and sensitivity is None:
+    if settings.sensitivity_weighted and sensitivity is None and metric_kind == "lm":
+        sensitivity, row_weights, sensitivity_info = _lm_metric(
+            model, embedding, tokenizer, calibration_texts, freqs, scale, settings, progress
+        )
+        if row_weights is not None and settings.frequency_aware:
+            freqs, source = row_weights, f"LM Fisher trace ({source})"
+    elif settings.sensitivity_weighted and sensitivity is None:
         sensitivity, sensitivity_info = _model_sensitivity(
             model, tokenizer, calibration_texts, settings, progress
         )

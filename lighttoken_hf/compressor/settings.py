@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["StageSchedule"]
+__all__ = ["SENSITIVITY_METRICS", "StageSchedule"]
+
+#: Values of ``CompressionSettings.sensitivity_metric``: ``"auto"`` picks ``"lm"`` for causal LMs.
+SENSITIVITY_METRICS = ("auto", "lm", "hidden_states")
 
 
 @dataclass
