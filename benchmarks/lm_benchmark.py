@@ -9,13 +9,13 @@ GGUF file dequantized to float (the "original"), and is scored on held-out real 
 and its relative increase, next-token KL and top-1 agreement against the original, and a greedy sample.
 Methods: LightToken at ``--ratios`` (``compress(model, ratio=R, tokenizer=tok)``, its defaults; time and
 peak resident growth recorded) and at ``--encoder-metric-ratios`` with the encoder metric instead of the
-LM metric (``sensitivity_metric="hidden_states"``), the GGUF block types that the ``gguf`` package can
-quantize (Q8_0, Q5_0, Q4_0; its K-quants only dequantize), group-wise int4/int2 and row-wise int8/int4 (torchao's affine
-quantization when installed, else the same arithmetic in torch: ``baselines.quantize_rows``), product
-quantization (when ``faiss-cpu`` is installed) and truncated SVD at ``--baseline-ratios``. Ratios are
-against fp32 (bf16: half of it) and
-count every stored byte (scales, codebooks, factors). Writes ``benchmarks/results/lm_<model>.json`` and a
-ratio-vs-perplexity plot ``.png``.
+LM metric (``sensitivity_metric="hidden_states"``); the GGUF block types that the ``gguf`` package can
+quantize (Q8_0, Q5_0, Q4_0; its K-quants only dequantize); group-wise int4/int2 and row-wise int8/int4
+(torchao's affine quantization when installed, else the same arithmetic in torch:
+``baselines.quantize_rows``); product quantization (when ``faiss-cpu`` is installed) and truncated SVD at
+``--baseline-ratios``. Ratios are against fp32 (bf16: half of it) and count every stored byte (scales,
+codebooks, factors). Writes ``benchmarks/results/lm_<model>.json`` (after every row) and a
+ratio-vs-perplexity plot ``.png`` (``--replot`` draws it again from the JSON).
 """
 
 from __future__ import annotations
