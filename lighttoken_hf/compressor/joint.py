@@ -152,10 +152,10 @@ def refine_jointly(
         """
         row_w = w[rows].unsqueeze(1)
         change = new - old
-        flips = change.T.to_sparse() if 16 * int(torch.count_nonzero(change)) < change.numel() else None
+        sparse = change.T.to_sparse() if 16 * int(torch.count_nonzero(change)) < change.numel() else None
 
         def product(dense: torch.Tensor) -> torch.Tensor:  # change' dense, sparse unless flips are dense
-            return (change.T @ dense if flips is None else torch.sparse.mm(flips, dense)).double()
+            return (change.T @ dense if sparse is None else torch.sparse.mm(sparse, dense)).double()
 
         gram[:total_bits, :total_bits] += product(new * row_w) + product(old * row_w).T
         cross = product(fixed[rows] * row_w)

@@ -118,9 +118,9 @@ def lm_sensitivity(
             if tied_output:
                 h = finals[0].detach()[mask].double().cpu()
                 p = probs[mask].double().cpu()
-                s = (p * (1 - p)).sum(1)  # sum_v p_v (1 - p_v) at each position
-                m_out += (h * s.unsqueeze(1)).T @ h
-                w_out += (p * (1 - p)).T @ (h * h).sum(1)
+                variance = p * (1 - p)  # p_v (1 - p_v) at each position: formed once (positions x V)
+                m_out += (h * variance.sum(1).unsqueeze(1)).T @ h
+                w_out += variance.T @ (h * h).sum(1)
             positions += int(mask.sum())
     finally:
         for handle in handles:
