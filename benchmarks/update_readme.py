@@ -188,7 +188,6 @@ BLOCKS: dict[str, tuple[str | tuple[str, ...], Callable[[str, dict], str]]] = {
     "commands": ("commands_timing.json", render_commands),
     "minilm": ("fidelity_minilm_int8_joined.json", render_fidelity),
     "mpnet": ("fidelity_mpnet_int8.json", render_fidelity),
-    "smollm2": ("lm_cli_smollm2.json", render_lm),
     "gemma3": (("lm_cli_gemma3.json", "lm_cli_gemma3_25x.json"), render_lm),
     "smollm2_alternatives": ("lm_smollm2.json", render_lm_alternatives),
     "downstream": ("downstream_minilm.json", render_downstream),
