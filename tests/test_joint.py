@@ -106,16 +106,54 @@ def test_negative_joint_iterations_is_a_clear_error():
 @pytest.mark.parametrize("columns", [30, 512, 1100])
 def test_normal_equations_equal_the_dense_weighted_products(columns):
     # built tile by tile over the Gram matrix's upper triangle, one row block at a time
-    from lighttoken_hf.compressor.joint import _normal_equations
+    from lighttoken_hf.compressor.least_squares import normal_equations
 
     g = torch.Generator().manual_seed(columns)
     n = 3000
     signs = torch.where(torch.rand(n, columns, generator=g) < 0.5, -1, 1).to(torch.int8)
     signs[:100, -5:] = 0  # bits some rows do not have
-    fixed, target, weights = torch.randn(n, 3, generator=g), torch.randn(n, 7, generator=g), torch.rand(n, generator=g)
-    gram, rhs = _normal_equations(signs, fixed, target, weights)
+    fixed, target, weights = (
+        torch.randn(n, 3, generator=g),
+        torch.randn(n, 7, generator=g),
+        torch.rand(n, generator=g),
+    )
+    gram, rhs = normal_equations(signs, fixed, target, weights)
     design = torch.cat([signs.double(), fixed.double()], 1)
     weighted = design * weights.double().unsqueeze(1)
     assert torch.allclose(gram, design.T @ weighted, rtol=1e-5, atol=1e-3)
     assert torch.allclose(rhs, weighted.T @ target.double(), rtol=1e-5, atol=1e-3)
     assert torch.equal(gram, gram.T)
+
+
+def test_packed_signs_read_write_and_refine_like_the_int8_matrix():
+    from lighttoken_hf.compressor.joint import PackedSigns
+    from lighttoken_hf.core.lighttoken_codec import pack_bits
+
+    n, d, widths = 300, 6, [11, 5, 9]  # widths that do not fill whole bytes
+    signs, target, _ = _problem(2, n=n, d=d, bits=sum(widths))
+    covered = torch.ones(n, 3)
+    covered[150:, 2] = 0.0
+    signs[150:, 16:] = 0.0
+    start, packed = 0, []
+    for width in widths:
+        packed.append(pack_bits(signs[:, start : start + width] > 0))
+        start += width
+    packed_signs = PackedSigns(packed, widths, covered)
+    assert packed_signs.shape == (n, sum(widths))
+    assert torch.equal(packed_signs[:], signs.to(torch.int8))
+    assert torch.equal(packed_signs[torch.tensor([3, 200])], signs[[3, 200]].to(torch.int8))
+    assert torch.equal(
+        packed_signs.with_coverage()[10:20], torch.cat([signs[10:20], covered[10:20]], 1).to(torch.int8)
+    )
+    flipped = -signs[:40]
+    packed_signs[:40] = flipped
+    assert torch.equal(packed_signs[:40], flipped.to(torch.int8))
+    packed_signs[:40] = signs[:40]
+    # the joint refinement gives the same result on packed and on int8 signs
+    left, weights = torch.randn(n, 2, generator=torch.Generator().manual_seed(3)), torch.ones(n)
+    plain = refine_jointly(target, left, signs.to(torch.int8), widths, covered, weights, iterations=3)
+    fit = refine_jointly(target, left, packed_signs, widths, covered, weights, iterations=3)
+    assert torch.equal(fit.signs[:], plain.signs)
+    assert torch.allclose(fit.right, plain.right) and torch.allclose(
+        fit.decoder_weights[0], plain.decoder_weights[0]
+    )

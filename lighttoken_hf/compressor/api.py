@@ -15,12 +15,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.configuration_lighttoken import LightTokenConfig
-from ..core.lighttoken_codec import LightTokenEmbedding, pack_bits, unpack_bits
+from ..core.lighttoken_codec import LightTokenEmbedding, pack_bits
 from ..core.modeling_lighttoken import LIGHTTOKEN_CLASSES, LightTokenForCausalLM, LightTokenPreTrainedModel
 from ..fidelity import matrix_fidelity
 from .frequencies import frequency_rank, general_text_frequencies, general_text_samples
 from .hashing import StageSchedule, train_stage, tune_decoder
-from .joint import refine_jointly
+from .joint import PackedSigns, refine_jointly
 from .lm_sensitivity import lm_sensitivity
 from .losses import LossFn, get_loss
 from .planner import CompressionPlan, plan_for_ratio
@@ -574,16 +574,15 @@ def _refine_jointly(
     steps on that loss as a single stage's decoder does.
     """
     v, device = target.shape[0], target.device
-    # every row's bits of every stage as int8 signs (0 where a stage skips the row): a quarter of float32
-    signs = torch.zeros(v, sum(module.stage_bits), dtype=torch.int8, device=device)
+    # every row's bits of every stage at one bit each (skipped rows' bits masked by the coverage)
     covered = torch.zeros(v, len(module.stage_bits), device=device)
-    column = 0
-    for s, (bits, ids) in enumerate(zip(module.stage_bits, stage_ids)):
-        codes = unpack_bits(getattr(module, f"codes_{s}"), bits).to(device=device, dtype=torch.int8)
-        signs[ids, column : column + bits] = codes * 2 - 1
+    packed = []
+    for s, ids in enumerate(stage_ids):
+        codes = getattr(module, f"codes_{s}")
+        packed.append(torch.zeros(v, codes.shape[1], dtype=torch.uint8, device=device))
+        packed[s][ids] = codes.to(device)
         covered[ids, s] = 1.0
-        column += bits
-    del codes
+    signs = PackedSigns(packed, module.stage_bits, covered)
     left = module.lowrank_left.detach().float().to(device)
     fit = refine_jointly(
         target,
@@ -599,8 +598,8 @@ def _refine_jointly(
     weights_per_stage, biases = fit.decoder_weights, fit.decoder_biases
     if settings.loss != "mse" and covered[:, 0].all():  # the extra bias folds into stage 0's
         tuned, extra = tune_decoder(
-            torch.cat([fit.signs, covered.to(torch.int8)], dim=1),
-            target - left @ fit.right,
+            signs.with_coverage(),
+            map_rows(lambda rows: target[rows] - left[rows] @ fit.right, v, target.shape[1], device=device),
             weights,
             torch.cat([*weights_per_stage, torch.stack(biases)]),
             torch.zeros(target.shape[1], device=device),
@@ -609,11 +608,10 @@ def _refine_jointly(
         )
         *weights_per_stage, stacked = tuned.split([*module.stage_bits, len(biases)])
         biases = [stacked[0] + extra, *stacked[1:]]
-    signs_per_stage = fit.signs.split(module.stage_bits, dim=1)
     with torch.no_grad():
         module.lowrank_right.copy_(unwhiten(fit.right))
         for s, ids in enumerate(stage_ids):
-            getattr(module, f"codes_{s}").copy_(pack_bits(signs_per_stage[s][ids] > 0).cpu())
+            getattr(module, f"codes_{s}").copy_(packed[s][ids].cpu())
             module.set_decoder(s, unwhiten(weights_per_stage[s]), unwhiten(biases[s]))
     return fit.stats
 
@@ -703,7 +701,11 @@ def _lm_metric(
         model, tokenizer, texts, input_frequencies=frequencies, input_scale=scale, tied_output=tied,
         seed=settings.seed, progress=progress,
     )  # fmt: skip
-    return metric, weights, {"calibration": source, "metric": "lm", **info, "seconds": time.perf_counter() - start}
+    return (
+        metric,
+        weights,
+        {"calibration": source, "metric": "lm", **info, "seconds": time.perf_counter() - start},
+    )
 
 
 def compress(

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .least_squares import normal_equations, solve_ridge
 from .losses import LossFn, mse_loss
 from .resources import WIDE_BLOCK_SHARE, row_blocks
 from .settings import StageSchedule
@@ -129,20 +130,10 @@ def weighted_loss(
 def fit_decoder(
     signs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, ridge: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted ridge least squares ``target ~ signs @ W + b`` (signs in {-1, +1}), in row blocks."""
-    n, bits = signs.shape
-    device = target.device
-    gram = torch.zeros(bits + 1, bits + 1, dtype=torch.float64, device=device)
-    rhs = torch.zeros(bits + 1, target.shape[1], dtype=torch.float64, device=device)
-    for rows in row_blocks(n, max(bits + 1, target.shape[1]), wide=True):
-        x = torch.cat([signs[rows].double(), signs.new_ones(rows.stop - rows.start, 1, dtype=torch.float64)], 1)
-        xw = x * weights[rows].double().unsqueeze(1)
-        gram += x.T @ xw
-        rhs += xw.T @ target[rows].double()
-    reg = ridge * gram.diagonal().mean() * torch.eye(bits + 1, dtype=torch.float64, device=device)
-    reg[-1, -1] = 0
-    theta = torch.linalg.solve(gram + reg, rhs)
-    return theta[:-1].float(), theta[-1].float()
+    """Weighted ridge least squares ``target ~ signs @ W + b`` (signs in {-1, +1}; no ridge on ``b``)."""
+    ones = torch.ones(signs.shape[0], 1, device=target.device)
+    theta, _ = solve_ridge(*normal_equations(signs, ones, target, weights), ridge, free=1)
+    return theta[:-1], theta[-1]
 
 
 def refine_bits(
@@ -168,7 +159,7 @@ def refine_bits(
     parts the bits do not change, e.g. the low-rank part). ``signs`` may be any signed dtype; a sign of
     0 marks a bit the row does not have (a stage that skips the row): it never flips. ``on_change(rows,
     old, new)`` is called for each block's rows whose bits changed (their indices and float signs before
-    and after). Returns ``signs`` and the number of flips.
+    and after, fresh copies the callback may overwrite). Returns ``signs`` and the number of flips.
     """
     gram = weight @ weight.T  # B x B
     flips = 0
@@ -287,7 +278,9 @@ def train_stage(
         tau *= schedule.tau_decay
     with torch.no_grad():
         signs = hard_codes(stage, residual)
-        soft_loss = float(weighted_loss(loss_fn, residual, weights, lambda rows: stage(residual[rows], tau)[0]))
+        soft_loss = float(
+            weighted_loss(loss_fn, residual, weights, lambda rows: stage(residual[rows], tau)[0])
+        )
         weight, bias = fit_decoder(signs, residual, weights, schedule.ridge)
         flips = 0
         if schedule.refine_sweeps:

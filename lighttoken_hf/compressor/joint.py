@@ -25,8 +25,54 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.lighttoken_codec import pack_bits, unpack_bits
 from .hashing import refine_bits
-from .resources import WIDE_BLOCK_SHARE, row_blocks
+from .least_squares import normal_equations, solve_ridge
+from .resources import row_blocks
+
+
+class PackedSigns:
+    """Every row's bits of every stage at one bit each, read and written as int8 signs by rows.
+
+    Reads like the (V x sum(B)) int8 matrix of :func:`refine_jointly`: ``signs[rows]`` gives each
+    stage's bits as +-1 where the stage covers the row and 0 where it does not (followed by one 1/0
+    coverage flag per stage for a :meth:`with_coverage` view, the design of the decoders' biases);
+    ``signs[rows] = block`` stores the signs of the bit columns. An eighth of the int8 matrix, so the
+    stored codes of a small matrix coded with many bits (8x) no longer outweigh the matrix itself.
+    """
+
+    dtype = torch.int8
+
+    def __init__(
+        self,
+        packed: list[torch.Tensor],
+        stage_bits: list[int],
+        covered: torch.Tensor,
+        coverage_columns: bool = False,
+    ) -> None:
+        """``packed[s]``: (V, ceil(B_s / 8)) uint8 bits of stage ``s`` (as :func:`pack_bits` stores them, any
+        value where the stage skips the row); ``covered``: (V, stages) 1.0 where a stage covers the row."""
+        self.packed, self.stage_bits, self.covered = packed, list(stage_bits), covered
+        self.coverage_columns = coverage_columns
+        self.shape = (covered.shape[0], sum(stage_bits) + (covered.shape[1] if coverage_columns else 0))
+
+    def with_coverage(self) -> PackedSigns:
+        """The same bits (shared storage) with the coverage flags as extra columns."""
+        return PackedSigns(self.packed, self.stage_bits, self.covered, coverage_columns=True)
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        covered = self.covered[rows].to(torch.int8)
+        parts = [
+            (unpack_bits(packed[rows], bits).to(torch.int8) * 2 - 1).mul_(covered[:, s : s + 1])
+            for s, (packed, bits) in enumerate(zip(self.packed, self.stage_bits))
+        ]
+        return torch.cat([*parts, covered] if self.coverage_columns else parts, dim=1)
+
+    def __setitem__(self, rows: slice | torch.Tensor, block: torch.Tensor) -> None:
+        start = 0
+        for packed, bits in zip(self.packed, self.stage_bits):
+            packed[rows] = pack_bits(block[:, start : start + bits] > 0)
+            start += bits
 
 
 @dataclass
@@ -36,65 +82,19 @@ class JointFit:
     right: torch.Tensor
     decoder_weights: list[torch.Tensor]
     decoder_biases: list[torch.Tensor]
-    signs: torch.Tensor
+    signs: torch.Tensor | PackedSigns
     stats: dict = field(default_factory=dict)
 
-
-#: Columns of one tile of the Gram matrix's upper triangle (small tiles skip more of the lower triangle,
-#: large ones multiply faster; at 2,000 columns 512 skips a third of the products).
-_GRAM_TILE = 512
 
 #: Cost of one multiply-add of a sparse-by-dense product relative to one of a dense product (CPU, measured
 #: on a 1%-dense 8,192 x 1,792 flip matrix: about 15; taken twice for the sparse conversion and operands).
 _SPARSE_COST = 30
 
 
-def _normal_equations(
-    signs: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``D^T W D`` and ``D^T W target`` (float64) for the design ``D = [signs | fixed]``.
-
-    The weighted design ``sqrt(W) D`` is built and multiplied one row block at a time in float32 and
-    summed in float64, so no (V x columns) design is ever formed.
-    """
-    columns = signs.shape[1] + fixed.shape[1]
-    gram = torch.zeros(columns, columns, dtype=torch.float64, device=target.device)
-    rhs = torch.zeros(columns, target.shape[1], dtype=torch.float64, device=target.device)
-    at_most = int(WIDE_BLOCK_SHARE * target.numel())
-    for rows in row_blocks(target.shape[0], max(columns, target.shape[1]), wide=True, at_most=at_most):
-        root = weights[rows].sqrt().unsqueeze(1)
-        design = torch.cat([signs[rows].float(), fixed[rows]], dim=1).mul_(root)  # sqrt(W) D: one temporary
-        # the Gram matrix is symmetric: only the blocks on and above the diagonal are multiplied
-        for a in range(0, columns, _GRAM_TILE):
-            left = design[:, a : a + _GRAM_TILE].T
-            tile = (left @ design[:, a:]).double()
-            gram[a : a + _GRAM_TILE, a:] += tile
-            gram[a + _GRAM_TILE :, a : a + _GRAM_TILE] += tile[:, _GRAM_TILE:].T
-        rhs += (design.T @ (target[rows] * root)).double()
-    return gram, rhs
-
-
-def _solve(
-    gram: torch.Tensor, rhs: torch.Tensor, ridge: float, free: int, total: float
-) -> tuple[torch.Tensor, float]:
-    """Weighted ridge least squares from the normal equations, and its weighted squared error.
-
-    ``total`` is the target's weighted squared norm. The last ``free`` columns are not penalised. The
-    error comes from the normal equations, so no (V x d) residual is formed.
-    """
-    scale = float(gram.diagonal().mean())
-    reg = torch.full((gram.shape[0],), ridge * scale, dtype=gram.dtype, device=gram.device)
-    if free:
-        reg[-free:] = 1e-9 * scale  # only keeps an all-zero column (e.g. a zero factor) solvable
-    theta = torch.linalg.solve(gram + torch.diag(reg), rhs)
-    error = total - 2 * float((theta * rhs).sum()) + float((theta * (gram @ theta)).sum())
-    return theta.float(), max(error, 0.0)
-
-
 def refine_jointly(
     target: torch.Tensor,
     left: torch.Tensor,
-    signs: torch.Tensor,
+    signs: torch.Tensor | PackedSigns,
     stage_bits: list[int],
     covered: torch.Tensor,
     weights: torch.Tensor,
@@ -109,7 +109,7 @@ def refine_jointly(
         target: (V, d) the rows to reconstruct (in the compressor's metric space).
         left: (V, k) the stored low-rank left factor (kept fixed; ``k`` may be 0).
         signs: (V, sum(stage_bits)) every stage's code bits as +-1, 0 where a stage skips the row (any
-            signed dtype; int8 keeps it at a quarter of float32). Refined in place.
+            signed dtype, or :class:`PackedSigns` at one bit each). Refined in place.
         stage_bits: the width of each stage, in the column order of ``signs``.
         covered: (V, stages) 1.0 where a stage covers the row, else 0.0.
         weights: (V,) per-row weights of the squared error (e.g. from token frequencies).
@@ -140,7 +140,7 @@ def refine_jointly(
         total += float((w[rows].double() * (x[rows].double() ** 2).sum(1)).sum())
     norm = total or 1.0
     history: list[dict] = []
-    gram, rhs = _normal_equations(signs, fixed, x, w)
+    gram, rhs = normal_equations(signs, fixed, x, w)
 
     def update(rows: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
         """Move the normal equations by the rows whose bits flipped (only the sign columns change).
@@ -155,16 +155,20 @@ def refine_jointly(
         sparse = change.T.to_sparse() if 16 * int(torch.count_nonzero(change)) < change.numel() else None
 
         def product(dense: torch.Tensor) -> torch.Tensor:  # change' dense, sparse unless flips are dense
-            return (change.T @ dense if sparse is None else torch.sparse.mm(sparse, dense)).double()
+            return change.T @ dense if sparse is None else torch.sparse.mm(sparse, dense)
 
-        gram[:total_bits, :total_bits] += product(new * row_w) + product(old * row_w).T
+        # each float32 product is added into the float64 equations in place, one temporary at a time
+        bits = gram[:total_bits, :total_bits]
+        bits += product(new.mul_(row_w))
+        bits += product(old.mul_(row_w)).T
         cross = product(fixed[rows] * row_w)
         gram[:total_bits, total_bits:] += cross
         gram[total_bits:, :total_bits] += cross.T
+        del cross
         rhs[:total_bits] += product(x[rows] * row_w)
 
     def fit() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        theta, error = _solve(gram, rhs, ridge, free=k + len(owners), total=total)
+        theta, error = solve_ridge(gram, rhs, ridge, free=k + len(owners), total=total)
         decoder, right = theta[:total_bits], theta[total_bits : total_bits + k]
         biases = torch.zeros(stages, d, device=theta.device)
         biases[owners] = theta[total_bits + k :]
@@ -180,16 +184,20 @@ def refine_jointly(
         fixed_theta = torch.cat([right, biases[owners]])
         no_bias = torch.zeros(d, device=x.device)
         # move the equations by the flips when the last sweep's flips say that is cheaper than a rebuild
-        incremental = flips is not None and flips * (2 * total_bits + fixed.shape[1] + d) * _SPARSE_COST < rebuild_cost
+        incremental = (
+            flips is not None and flips * (2 * total_bits + fixed.shape[1] + d) * _SPARSE_COST < rebuild_cost
+        )
         signs, flips = refine_bits(
             signs, x, decoder, no_bias, 1, fixed=fixed, fixed_theta=fixed_theta,
             on_change=update if incremental else None,
         )  # fmt: skip
         if flips and not incremental:
-            gram, rhs = _normal_equations(signs, fixed, x, w)
+            gram, rhs = normal_equations(signs, fixed, x, w)
         history[-1]["flips"] = flips
         if progress is not None:
-            progress.set_postfix(weighted_error=f"{history[-1]['weighted_rel_error']:.4f}", flips=flips, refresh=False)
+            progress.set_postfix(
+                weighted_error=f"{history[-1]['weighted_rel_error']:.4f}", flips=flips, refresh=False
+            )
             progress.update(1)
         if flips == 0:
             break

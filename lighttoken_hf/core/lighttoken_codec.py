@@ -334,7 +334,9 @@ class LightTokenEmbedding(nn.Module):
         return self
 
     def _decode_all(self) -> torch.Tensor:
-        device, total, step = self.lowrank_left.device, self.num_embeddings, 8192
+        device, total = self.lowrank_left.device, self.num_embeddings
+        # about 1 Mi values of signs per block: 8,192 rows of a 2,000-bit (8x) code would be 16x that
+        step = max(256, (1 << 20) // (sum(self.stage_bits) + self.embedding_dim))
         first = self._decode_unique(torch.arange(min(step, total), device=device))
         out = first.new_empty(total, self.embedding_dim)  # filled in place: no concatenated second copy
         out[: first.shape[0]] = first
