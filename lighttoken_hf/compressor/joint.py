@@ -55,6 +55,9 @@ class PackedSigns:
         self.packed, self.stage_bits, self.covered = packed, list(stage_bits), covered
         self.coverage_columns = coverage_columns
         self.shape = (covered.shape[0], sum(stage_bits) + (covered.shape[1] if coverage_columns else 0))
+        self.full = [bool(covered[:, s].all()) for s in range(covered.shape[1])]  # stages over every row
+        byte = torch.arange(256, dtype=torch.uint8, device=covered.device).unsqueeze(1)
+        self.table = unpack_bits(byte, 8).to(torch.int8) * 2 - 1  # (256, 8): each byte's bits as +-1
 
     def with_coverage(self) -> PackedSigns:
         """The same bits (shared storage) with the coverage flags as extra columns."""
@@ -62,11 +65,21 @@ class PackedSigns:
 
     def __getitem__(self, rows: slice | torch.Tensor) -> torch.Tensor:
         covered = self.covered[rows].to(torch.int8)
-        parts = [
-            (unpack_bits(packed[rows], bits).to(torch.int8) * 2 - 1).mul_(covered[:, s : s + 1])
-            for s, (packed, bits) in enumerate(zip(self.packed, self.stage_bits))
-        ]
-        return torch.cat([*parts, covered] if self.coverage_columns else parts, dim=1)
+        n = covered.shape[0]
+        out = torch.empty(n, self.shape[1], dtype=torch.int8, device=covered.device)
+        start = 0
+        for s, (packed, bits) in enumerate(zip(self.packed, self.stage_bits)):
+            block = packed[rows]  # one table lookup per byte gives its 8 signs
+            signs = self.table.index_select(0, block.reshape(-1).int()).view(n, -1)[:, :bits]
+            part = out[:, start : start + bits]
+            if self.full[s]:
+                part.copy_(signs)
+            else:
+                torch.mul(signs, covered[:, s : s + 1], out=part)
+            start += bits
+        if self.coverage_columns:
+            out[:, start:] = covered
+        return out
 
     def __setitem__(self, rows: slice | torch.Tensor, block: torch.Tensor) -> None:
         start = 0
