@@ -170,7 +170,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "lighttoken-hf" / "bench")
     parser.add_argument("--output-name", default="scaling")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per measurement")
-    parser.add_argument("--append", action="store_true", help="add to the runs already in the output file")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the output file's runs; a matrix and ratio measured again replace the earlier run")
     parser.add_argument("--child", nargs=2, metavar=("MATRIX", "RATIO"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -190,7 +191,12 @@ def main() -> None:
     }
     if args.append and out.is_file():
         earlier = json.loads(out.read_text(encoding="utf-8"))
-        payload["runs"], payload["failed"] = earlier.get("runs", []), earlier.get("failed", [])
+        again = {(m, float(r)) for m in args.matrices.split(",") for r in args.ratios.split(",")}
+        for run in earlier.get("runs", []):  # runs of an earlier commit keep that commit's id
+            run.setdefault("git_commit", (earlier.get("git") or {}).get("commit"))
+        payload["runs"] = [r for r in earlier.get("runs", []) if (r["matrix"], r["ratio_target"]) not in again]
+        payload["failed"] = earlier.get("failed", [])
+        payload["earlier_runs"] = [*earlier.get("earlier_runs", []), {k: earlier.get(k) for k in ("date", "git")}]
     for name in args.matrices.split(","):
         for ratio in (float(r) for r in args.ratios.split(",")):
             load = [
@@ -214,6 +220,7 @@ def main() -> None:
                 print(f"{name} {ratio:g}x failed: {reason}", file=sys.stderr)
                 continue
             run = json.loads(lines[-1][len("RESULT ") :])
+            run["git_commit"] = payload["git"].get("commit")
             payload["runs"].append(run)
             print(
                 f"{name} ({run['rows']} x {run['dim']}) {ratio:g}x: {run['seconds']:.1f} s, "

@@ -238,7 +238,28 @@ def _resolve_model(name: str | None) -> tuple[str, Path | None]:
         return str(folder.absolute()), folder
     if _looks_like_path(name):
         raise _UsageError(f"MODEL {name}: no such folder (and not a Hugging Face Hub id)")
+    if _hub_offline() and not _cached_on_this_machine(name):
+        raise _UsageError(
+            f"MODEL {name}: no such local folder, and the Hugging Face Hub is offline (HF_HUB_OFFLINE) with no "
+            f"cached copy of {name!r}: check the name (a local folder needs a path such as ./{name})"
+        )
     return name, None
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _cached_on_this_machine(repo_id: str) -> bool:
+    """Whether the Hub cache holds ``repo_id``'s config.json (an offline load can then succeed)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
 
 
 def _sentence_transformers_source(model_id: str, model_dir: Path | None) -> Path | None:
@@ -337,7 +358,15 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
         hf_logging.disable_progress_bar()
     try:
         _log(f"Loading {model_id}")
-        model, tokenizer = _load_source(model_id)
+        try:
+            model, tokenizer = _load_source(model_id)
+        except Exception as err:
+            if type(err).__name__ != "SafetensorError":  # safetensors' own error is no OSError
+                raise
+            raise OSError(
+                f"cannot read the weights of MODEL {model_id} ({err}): the safetensors file is truncated or "
+                "damaged (an interrupted download or copy?); download or save it again"
+            ) from None
         compressed = compress(model, args.ratio, tokenizer=tokenizer, progress=args.progress, **options)
         if args.base_model is not None:
             record_base_model(compressed.config.backbone, model_id, args.base_model)
@@ -519,6 +548,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (ValueError, TypeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":  # safetensors' own error is no OSError
+            raise
+        print(
+            f"error: a safetensors file could not be written ({err}): is the disk full? Nothing was replaced; "
+            "free space and run again.",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

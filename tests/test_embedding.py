@@ -151,6 +151,23 @@ def test_materialize_gives_the_same_output(layout, gen):
     close(m(ids), before)
 
 
+def test_training_mode_drops_the_cache_so_lookups_follow_updates_and_carry_gradients(gen):
+    m = random_embedding("tiers_padding").eval().materialize()
+    ids = torch.randint(0, m.num_embeddings, (6,), generator=gen)
+    assert not m(ids).requires_grad  # the cache is an inference snapshot
+    m.train()
+    out = m(ids)
+    assert out.requires_grad
+    out.sum().backward()
+    assert m.decoder_0_bias.grad is not None
+    with torch.no_grad():
+        m.decoder_0_bias.add_(1.0)
+    m.eval()
+    close(m(ids), m.decode_rows(ids))  # no stale rows after the update
+    m.materialize().train(False)  # eval mode keeps a cache
+    assert m._cache is not None
+
+
 def test_materialized_cache_follows_dtype_casts(gen):
     m = random_embedding("tiers_padding").materialize()
     ids = torch.randint(0, m.num_embeddings, (5,), generator=gen)

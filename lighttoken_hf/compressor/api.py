@@ -34,8 +34,14 @@ from .resources import (
     trim_free_memory,
 )
 from .sensitivity import embedding_sensitivity, whitening
-from .settings import SENSITIVITY_METRICS
 from .svd import low_rank_factors
+from .validation import (
+    check_finite_module,
+    check_frequencies,
+    check_matrix_values,
+    check_sensitivity,
+    check_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -119,43 +125,8 @@ class CompressionSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        get_loss(self.loss)
-        if self.output_layer not in ("compress", "dense"):
-            raise ValueError(f"output_layer must be 'compress' or 'dense', got {self.output_layer!r}")
-        if not 0 <= self.sensitivity_shrinkage <= 1:
-            raise ValueError(f"sensitivity_shrinkage must be in [0, 1], got {self.sensitivity_shrinkage}")
-        if self.sensitivity_metric not in SENSITIVITY_METRICS:
-            raise ValueError(
-                f"sensitivity_metric must be one of {', '.join(SENSITIVITY_METRICS)}, got {self.sensitivity_metric!r}"
-            )
-        if self.joint_iterations < 0:
-            raise ValueError(
-                f"joint_iterations must be >= 0 (0: no joint refinement), got {self.joint_iterations}"
-            )
-        if self.angle_weight < 1:
-            raise ValueError(f"angle_weight must be >= 1, got {self.angle_weight}")
-        if not isinstance(getattr(torch, self.factor_dtype, None), torch.dtype):
-            raise ValueError(
-                f"factor_dtype must name a torch dtype such as 'float16', got {self.factor_dtype!r}"
-            )
-        decoder_dtype = (
-            getattr(torch, self.decoder_dtype, None) if isinstance(self.decoder_dtype, str) else None
-        )
-        if not isinstance(decoder_dtype, torch.dtype) or not (
-            decoder_dtype.is_floating_point or decoder_dtype == torch.int8
-        ):
-            raise ValueError(
-                f"decoder_dtype must be 'int8' or a float dtype such as 'float16', got {self.decoder_dtype!r}"
-            )
-        if isinstance(self.schedule, dict):
-            self.schedule = StageSchedule(**self.schedule)
+        check_settings(self)  # every field's type and range, one clear error each
         resolve_device(self.device)  # a bad or unavailable device fails here, before any work
-        if self.threads is not None and (
-            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
-        ):
-            raise ValueError(
-                f"threads must be a positive integer or None (fit to the idle cores), got {self.threads!r}"
-            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -331,6 +302,29 @@ def _row_weights(frequencies: torch.Tensor | None, power: float, n: int) -> torc
     return (w / w.mean()).float()
 
 
+def _plan(
+    v: int, d: int, settings: CompressionSettings, *, frequency_aware: bool, has_padding_row: bool
+) -> CompressionPlan:
+    """The planner's layout for a V x d matrix under ``settings`` (raises with the possible range if none fits)."""
+    fbytes = torch.empty((), dtype=getattr(torch, settings.factor_dtype)).element_size()
+    return plan_for_ratio(
+        v,
+        d,
+        settings.ratio if settings.budget_bytes is None else None,
+        budget_bytes=settings.budget_bytes,
+        svd_rank=settings.svd_rank,
+        num_stages=settings.num_stages,
+        stage_bits=settings.stage_bits,
+        max_stage_bits=settings.max_stage_bits,
+        frequency_aware=frequency_aware,
+        frequency_share=settings.frequency_share,
+        tier_decay=settings.tier_decay,
+        factor_bytes=fbytes,
+        has_padding_row=has_padding_row,
+        int8_decoders=settings.decoder_dtype == "int8",
+    )
+
+
 def compress_matrix(
     matrix: torch.Tensor,
     settings: CompressionSettings,
@@ -379,39 +373,20 @@ def _compress_matrix(
     start = time.perf_counter()
     e = _check_matrix(matrix)
     v, d = e.shape
+    check_matrix_values(e, settings.factor_dtype)
     device = resolve_device(settings.device)
     return_freed_blocks_to_the_system()
     use_metric = settings.sensitivity_weighted and sensitivity is not None
-    if sensitivity is not None and tuple(sensitivity.shape) != (d, d):
-        raise ValueError(
-            f"the sensitivity matrix must be {d} x {d} for a {v} x {d} embedding, got {tuple(sensitivity.shape)}"
-        )
-    if use_metric and not torch.isfinite(sensitivity).all():
-        raise ValueError("the sensitivity matrix contains NaN or Inf")
+    if sensitivity is not None:
+        sensitivity = check_sensitivity(sensitivity, d)
     if padding_idx is not None and not -v <= padding_idx < v:
         raise ValueError(f"padding_idx {padding_idx} is outside the {v} rows")
     padding_idx = padding_idx % v if padding_idx is not None else None
+    if frequencies is not None:
+        frequencies = check_frequencies(frequencies, v)
     use_freq = settings.frequency_aware and frequencies is not None
-    if frequencies is not None and frequencies.numel() != v:
-        raise ValueError(f"token frequencies have {frequencies.numel()} entries but the matrix has {v} rows")
     factor_dtype = getattr(torch, settings.factor_dtype)
-    fbytes = torch.empty((), dtype=factor_dtype).element_size()
-    plan: CompressionPlan = plan_for_ratio(
-        v,
-        d,
-        settings.ratio if settings.budget_bytes is None else None,
-        budget_bytes=settings.budget_bytes,
-        svd_rank=settings.svd_rank,
-        num_stages=settings.num_stages,
-        stage_bits=settings.stage_bits,
-        max_stage_bits=settings.max_stage_bits,
-        frequency_aware=use_freq,
-        frequency_share=settings.frequency_share,
-        tier_decay=settings.tier_decay,
-        factor_bytes=fbytes,
-        has_padding_row=padding_idx is not None,
-        int8_decoders=settings.decoder_dtype == "int8",
-    )
+    plan = _plan(v, d, settings, frequency_aware=use_freq, has_padding_row=padding_idx is not None)
     module = LightTokenEmbedding(
         v,
         d,
@@ -421,6 +396,7 @@ def _compress_matrix(
         padding_idx=padding_idx,
         factor_dtype=factor_dtype,
         decoder_dtype=getattr(torch, settings.decoder_dtype),
+        dtype=matrix.dtype,  # lookups come back in the matrix's dtype, as from an nn.Embedding
     )
     loss_fn = get_loss(settings.loss)
     if settings.loss == "cosine_bound" and settings.angle_weight != 1:
@@ -529,6 +505,7 @@ def _compress_matrix(
         timings["joint"] = time.perf_counter() - clock
         bar.update(1)
     bar.close()
+    check_finite_module(module, settings.factor_dtype)
     if module.compressed_nbytes != plan.nbytes:  # the accounting and the module must agree exactly
         raise AssertionError(f"planned {plan.nbytes} bytes but the module stores {module.compressed_nbytes}")
     report = CompressionReport(
@@ -803,6 +780,14 @@ def _compress_model(
     _check_no_shared_embedding(model, embedding)
     scale = embedding_scale(embedding)
     v = embedding.num_embeddings
+    # an unreachable target fails now, before the tokenizer, frequencies and metric are computed
+    _plan(
+        v,
+        embedding.embedding_dim,
+        settings,
+        frequency_aware=False,
+        has_padding_row=embedding.padding_idx is not None,
+    )
     needs_tokenizer = (settings.frequency_aware and token_frequencies is None) or (
         settings.sensitivity_weighted and sensitivity is None
     )

@@ -165,7 +165,8 @@ def refine_bits(
     flips = 0
     at_most = int(WIDE_BLOCK_SHARE * target.numel())
     for rows in row_blocks(signs.shape[0], max(signs.shape[1], target.shape[1]), wide=True, at_most=at_most):
-        block = signs[rows].to(torch.float32, copy=True)  # refined in place; ``signs`` keeps the old bits
+        before = signs[rows]  # read once (a packed ``signs`` unpacks on every read)
+        block = before.to(torch.float32, copy=True)  # refined in place; ``before`` keeps the old bits
         error = target[rows] - (block @ weight + bias)
         if fixed is not None:
             error -= fixed[rows].float() @ fixed_theta
@@ -176,8 +177,8 @@ def refine_bits(
         flips += changed
         if changed:
             if on_change is not None:
-                moved = (refined != signs[rows]).any(dim=1).nonzero().squeeze(1)
-                on_change(moved + rows.start, signs[rows][moved].float(), refined[moved])
+                moved = (refined != before).any(dim=1).nonzero().squeeze(1)
+                on_change(moved + rows.start, before[moved].float(), refined[moved])
             signs[rows] = refined.to(signs.dtype)
     return signs, flips
 

@@ -138,6 +138,11 @@ def plan_for_ratio(
         budget = int(budget_bytes)
         if budget <= 0:
             raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
+        if budget >= dense:
+            raise ValueError(
+                f"budget_bytes {budget} is not below the {dense} bytes of the fp32 {v} x {d} matrix (ratio "
+                f"{dense / budget:.2f} <= 1): that is no compression; give budget_bytes < {dense} (or ratio > 1)"
+            )
     if num_stages is not None and num_stages < 0:
         raise ValueError(f"num_stages must be >= 0, got {num_stages}")
     if stage_bits is not None and stage_bits < 8:
@@ -160,7 +165,12 @@ def plan_for_ratio(
         plan = build(rank, [], [])
         if rank < 1 or plan.nbytes > budget:
             raise ValueError(
-                _impossible(budget, dense, f"even a rank-1 SVD needs {build(1, [], []).nbytes} bytes")
+                _impossible(
+                    budget,
+                    dense,
+                    f"even a rank-1 SVD needs {build(1, [], []).nbytes} bytes",
+                    build(1, [], []).nbytes,
+                )
             )
         return plan
 
@@ -220,7 +230,7 @@ def _plan_stages(
         if total_bits < 8:
             minimal = build(rank, [8], [v]).nbytes
             raise ValueError(
-                _impossible(budget, dense, f"one 8-bit stage for all {v} rows needs {minimal} bytes")
+                _impossible(budget, dense, f"one 8-bit stage for all {v} rows needs {minimal} bytes", minimal)
             )
     bits = list(base)
     rows = [v] * len(bits)
@@ -228,7 +238,10 @@ def _plan_stages(
     if plan.nbytes > budget:
         raise ValueError(
             _impossible(
-                budget, dense, f"the requested {len(bits)} stage(s) of {bits} bits need {plan.nbytes} bytes"
+                budget,
+                dense,
+                f"the requested {len(bits)} stage(s) of {bits} bits need {plan.nbytes} bytes",
+                build(0, [8], [v]).nbytes,
             )
         )
     if tiers:
@@ -327,10 +340,10 @@ def default_svd_rank(num_embeddings: int, embedding_dim: int, budget_bytes: int)
     return int(max(0, min(embedding_dim // 16, (0.05 * budget_bytes) // per_rank)))
 
 
-def _impossible(budget: int, dense: int, why: str) -> str:
-    if budget <= 0:
-        return f"cannot compress into {budget} bytes: {why}. Choose a lower ratio."
+def _impossible(budget: int, dense: int, why: str, smallest: int) -> str:
+    """The error message of an unreachable target; ``smallest``: bytes of the smallest possible plan."""
     return (
-        f"cannot compress into {budget} bytes (ratio {dense / budget:.1f}): {why}. "
-        f"Choose a lower ratio or fewer/smaller stages."
+        f"cannot compress into {budget} bytes (ratio {dense / budget:.1f}): {why}. The largest ratio "
+        f"possible for this matrix is {dense / smallest:.1f} ({smallest} bytes); choose a ratio up to that "
+        "(or fewer/smaller stages)."
     )

@@ -40,6 +40,10 @@ class LightTokenConfig(PretrainedConfig):
         embedding_scale: factor the backbone's embedding module multiplies its lookups by (Gemma's
             ``sqrt(hidden_size)``; 1.0 for most models), applied by the compressed embedding's forward.
         compression_stats: measured facts (real ratio and bytes, fidelity metrics, settings).
+        checksums: written by ``save_pretrained``: ``{"input": {tensor: digest}, "input_layout": {...}}``
+            (and ``"output"``, ``"output_layout"`` for an untied output matrix): a short SHA-256 of every
+            compressed tensor (``LightTokenEmbedding.checksums``) and the fields the module was built with
+            (``LightTokenEmbedding.layout``), checked by ``from_pretrained``; ``None`` before the first save.
     """
 
     model_type = "lighttoken"
@@ -58,6 +62,7 @@ class LightTokenConfig(PretrainedConfig):
     embedding_scale: float = 1.0
     output_embedding: dict[str, Any] | None = None
     compression_stats: dict[str, Any] | None = None
+    checksums: dict[str, dict[str, Any]] | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         self.stage_bits = list(self.stage_bits or [])

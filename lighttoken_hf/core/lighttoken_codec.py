@@ -30,6 +30,7 @@ A row is rebuilt as ``lowrank_left[i] @ lowrank_right + sum_s [stage s covers i]
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -195,6 +196,32 @@ class LightTokenEmbedding(nn.Module):
         """``dense_nbytes / compressed_nbytes``."""
         return self.dense_nbytes / self.compressed_nbytes
 
+    def layout(self) -> dict:
+        """The shapes and storage choices this module was built with (what ``config.json`` records)."""
+        return {
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "svd_rank": self.svd_rank,
+            "stage_bits": list(self.stage_bits),
+            "stage_rows": list(self.stage_rows),
+            "padding_idx": self.padding_idx,
+            "factor_dtype": str(self.lowrank_right.dtype).removeprefix("torch."),
+            "decoder_dtype": str(self.decoder_dtype).removeprefix("torch."),
+            "row_index": self.row_index,
+            "output_scale": self.output_scale,
+        }
+
+    def checksums(self) -> dict[str, str]:
+        """A short SHA-256 of every stored tensor (state-dict name -> 16 hex digits) over its dtype, shape
+        and bytes: saved in ``config.json`` and checked on load, so a corrupted or edited weights file is an
+        error instead of silently wrong outputs."""
+        sums = {}
+        for name, tensor in sorted(self.state_dict().items()):
+            digest = hashlib.sha256(f"{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            sums[name] = digest.hexdigest()[:16]
+        return sums
+
     def _stored_tensors(self) -> list[torch.Tensor]:
         return [t for _, t in self.named_parameters()] + [t for _, t in self.named_buffers()]
 
@@ -326,12 +353,23 @@ class LightTokenEmbedding(nn.Module):
         return torch.cat(cols + inside, dim=1)
 
     def materialize(self, enable: bool = True) -> LightTokenEmbedding:
-        """Cache (or drop, with ``enable=False``) the dense reconstructed matrix for faster lookups."""
+        """Cache (or drop, with ``enable=False``) the dense reconstructed matrix for faster lookups.
+
+        The cache is an inference snapshot without gradients: ``train()`` drops it (lookups then decode
+        again, with gradients, and see every parameter update); after changing the parameters in eval
+        mode, call ``materialize()`` again.
+        """
         self._cache = None
         if enable:
             with torch.no_grad():
                 self._cache = self._decode_all()
         return self
+
+    def train(self, mode: bool = True) -> LightTokenEmbedding:
+        """``nn.Module.train``; training mode drops a :meth:`materialize` cache (it would go stale)."""
+        if mode:
+            self._cache = None
+        return super().train(mode)
 
     def _decode_all(self) -> torch.Tensor:
         device, total = self.lowrank_left.device, self.num_embeddings

@@ -210,6 +210,48 @@ class LightTokenLMHead(nn.Module):
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
+def _config_of(path: Any, kwargs: dict[str, Any]) -> LightTokenConfig | None:
+    """The ``config=`` passed to ``from_pretrained``, else the checkpoint's own (``None`` if unreadable)."""
+    config = kwargs.get("config")
+    if isinstance(config, LightTokenConfig):
+        return config
+    hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+    try:
+        return LightTokenConfig.from_pretrained(path, **hub)
+    except Exception:  # noqa: BLE001 - from_pretrained itself reports an unloadable config
+        return None
+
+
+#: ``LightTokenEmbedding.layout()`` keys whose ``LightTokenConfig`` field has another name.
+_CONFIG_FIELD = {"output_scale": "embedding_scale"}
+
+
+def _check_saved_layout(config: LightTokenConfig) -> None:
+    """Refuse a config.json whose compressed-embedding fields differ from those it was saved with.
+
+    ``save_pretrained`` records each compressed module's ``layout()`` beside its checksums; an edited
+    field (a moved ``padding_idx``, emptied ``stage_bits``...) would build a module that reads the same
+    weights wrongly, so it is named here, before any weight is loaded.
+    """
+    recorded = getattr(config, "checksums", None) or {}
+    current = {"input": config.to_dict(), "output": dict(getattr(config, "output_embedding", None) or {})}
+    for role, fields in current.items():
+        expected = recorded.get(f"{role}_layout") or {}
+        if fields.get("decoder_dtype") is None:  # configs before int8 decoders: the factor dtype
+            fields["decoder_dtype"] = fields.get("factor_dtype")
+        changed = [
+            f"{_CONFIG_FIELD.get(k, k)} is {fields.get(_CONFIG_FIELD.get(k, k))!r}, saved as {v!r}"
+            for k, v in expected.items()
+            if _CONFIG_FIELD.get(k, k) in fields and fields[_CONFIG_FIELD.get(k, k)] != v
+        ]
+        if changed:
+            raise ValueError(
+                f"config.json's {role} embedding fields differ from those the checkpoint was saved with "
+                f"({'; '.join(changed)}): config.json was edited. Restore those values (the weights file "
+                "matches them) or save the checkpoint again."
+            )
+
+
 def _weights_files(path: Any) -> str:
     """The weight file(s) of checkpoint ``path``, for error messages."""
     path = str(path)
@@ -389,7 +431,10 @@ class LightTokenPreTrainedModel(PreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         ignore_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         files = _weights_files(pretrained_model_name_or_path)
-        mapping = cls._head_key_mapping(pretrained_model_name_or_path, kwargs)
+        config = _config_of(pretrained_model_name_or_path, kwargs)
+        if config is not None:
+            _check_saved_layout(config)
+        mapping = cls._head_key_mapping(config)
         if mapping:
             kwargs["key_mapping"] = {**mapping, **(kwargs.get("key_mapping") or {})}
         try:
@@ -414,11 +459,26 @@ class LightTokenPreTrainedModel(PreTrainedModel):
                 if not set(mapping) & set(getattr(conversion, "_original_source_patterns", ()))
             ]
         prefixes = [n + "." for n, m in model.named_modules() if isinstance(m, LightTokenEmbedding)]
+        for key in sorted(info["unexpected_keys"]):
+            if key.startswith(tuple(prefixes)):
+                raise ValueError(
+                    f"the LightToken checkpoint {files} has a tensor {key!r} that config.json's compressed-"
+                    "embedding fields (stage_bits, stage_rows, svd_rank, padding_idx, row_index, decoder_dtype) "
+                    "do not describe: config.json was edited or comes from another compression."
+                )
+        # saved from this very class, every tensor must be there (another class may add a fresh task head)
+        same_class = cls.__name__ in (getattr(config, "architectures", None) or [])
         for key in sorted(info["missing_keys"]):
             if key.startswith(tuple(prefixes)):
                 raise OSError(
                     f"the LightToken checkpoint {files} has no tensor {key!r}, which the compressed embedding "
                     "needs: the file is incomplete or was not saved from this model; save it again."
+                )
+            if same_class:
+                raise OSError(
+                    f"the LightToken checkpoint {files} has no tensor {key!r}, which its {cls.__name__} needs "
+                    "(it would be randomly initialised): the file is incomplete or was edited; save or download "
+                    "it again."
                 )
         for key, ckpt_shape, model_shape in info["mismatched_keys"]:
             where = f"tensor {key!r} in {files} has shape {tuple(ckpt_shape)}, config.json says {tuple(model_shape)}"
@@ -431,10 +491,39 @@ class LightTokenPreTrainedModel(PreTrainedModel):
                 raise RuntimeError(
                     f"size mismatch: {where}; pass ignore_mismatched_sizes=True to re-initialise it."
                 )
+        model._verify_checksums(files)
         return (model, info) if want_info else model
 
+    def compressed_embeddings(self) -> dict[str, tuple[str, LightTokenEmbedding]]:
+        """``{"input": (name, module)}``, plus ``"output"`` for an untied output matrix compressed on its own."""
+        found = {}
+        for name, module in self.named_modules():
+            if isinstance(module, LightTokenLMHead) and not module.tied:
+                found["output"] = (f"{name}.codec", module.codec)
+            elif isinstance(module, LightTokenEmbedding) and not name.endswith(".codec"):
+                found["input"] = (name, module)
+        return found
+
+    def _verify_checksums(self, files: str) -> None:
+        """Compare every compressed tensor with the checksum ``config.json`` recorded when it was saved."""
+        recorded = getattr(self.config, "checksums", None) or {}
+        for role, (name, module) in self.compressed_embeddings().items():
+            expected = recorded.get(role)
+            if expected is None:  # saved before checksums existed
+                continue
+            actual = module.checksums()
+            bad = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+            if bad:
+                tensors = ", ".join(repr(f"{name}.{k}") for k in bad)
+                raise ValueError(
+                    f"LightToken checkpoint {files}: the tensor(s) {tensors} differ from the checksums that "
+                    "config.json recorded when the checkpoint was saved. The weights file is corrupted (an "
+                    "interrupted or damaged download or copy) or was edited, and would give wrong outputs: "
+                    "download or save the checkpoint again."
+                )
+
     @classmethod
-    def _head_key_mapping(cls, path: Any, kwargs: dict[str, Any]) -> dict[str, str]:
+    def _head_key_mapping(cls, config: LightTokenConfig | None) -> dict[str, str]:
         """Checkpoint key renaming between a base-model and a task-head checkpoint of the same backbone.
 
         A ``LightTokenModel`` checkpoint stores ``backbone.<layers>`` while a task class's backbone (e.g.
@@ -443,13 +532,6 @@ class LightTokenPreTrainedModel(PreTrainedModel):
         .from_pretrained(base_checkpoint, num_labels=3)``: backbone and compressed embedding loaded, fresh
         head) needs that prefix added or stripped; keys already in the model's layout are left alone.
         """
-        config = kwargs.get("config")
-        if not isinstance(config, LightTokenConfig):
-            hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-            try:
-                config = LightTokenConfig.from_pretrained(path, **hub)
-            except Exception:  # noqa: BLE001 - from_pretrained itself reports an unloadable config
-                return {}
         if not isinstance(getattr(config, "backbone", None), PretrainedConfig):
             return {}
         try:
@@ -514,6 +596,10 @@ class LightTokenPreTrainedModel(PreTrainedModel):
         for auto_cls, model_cls in LIGHTTOKEN_CLASSES:
             auto_map[auto_cls.__name__] = f"{module}.{model_cls.__name__}"
         self.config.auto_map = auto_map
+        self.config.checksums = {}
+        for role, (_, module) in self.compressed_embeddings().items():
+            self.config.checksums[role] = module.checksums()
+            self.config.checksums[f"{role}_layout"] = module.layout()
         if not kwargs.get("is_main_process", True) or os.path.isfile(os.fspath(save_directory)):
             return super().save_pretrained(save_directory, *args, **kwargs)  # writes nothing
         # Written into a hidden sibling folder, then moved into place: an interrupted save never leaves
