@@ -15,7 +15,8 @@ quantize (Q8_0, Q5_0, Q4_0; its K-quants only dequantize); group-wise int4/int2 
 ``baselines.quantize_rows``); product quantization (when ``faiss-cpu`` is installed) and truncated SVD at
 ``--baseline-ratios``. Ratios are against fp32 (bf16: half of it) and count every stored byte (scales,
 codebooks, factors). Writes ``benchmarks/results/lm_<model>.json`` (after every row) and a
-ratio-vs-perplexity plot ``.png`` (``--replot`` draws it again from the JSON).
+ratio-vs-perplexity plot ``.png`` (``--replot`` draws it again from the JSON; ``--append`` adds this run's
+rows to the JSON's, the earlier runs' dates and commits recorded).
 """
 
 from __future__ import annotations
@@ -62,14 +63,15 @@ def with_matrix(model: Any, matrix: Any) -> Any:
     return replaced
 
 
-def baseline_matrices(matrix: Any, ratios: list[float]):
-    """Yield (method, reconstructed matrix, stored bytes, seconds) for every alternative."""
+def baseline_matrices(matrix: Any, ratios: list[float], fixed: bool = True):
+    """Yield (method, reconstructed matrix, stored bytes, seconds) for every alternative (``fixed``: also
+    the GGUF and integer types, whose ratios are fixed by their formats)."""
     vocab, dim = matrix.shape
-    for name in GGUF_TYPES:
+    for name in GGUF_TYPES if fixed else ():
         start = time.perf_counter()
         rebuilt, nbytes = gguf_roundtrip(matrix, name)
         yield f"gguf-{name}", rebuilt, nbytes, time.perf_counter() - start
-    for name, bits, group in INTEGER_TYPES:
+    for name, bits, group in INTEGER_TYPES if fixed else ():
         start = time.perf_counter()
         result = baselines.quantize_rows(matrix, bits=bits, group_size=group)
         yield name, result.reconstructed, result.nbytes, time.perf_counter() - start
@@ -121,12 +123,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="LightToken ratios also run with the encoder metric (sensitivity_metric='hidden_states')")
     parser.add_argument("--baseline-ratios", type=float, nargs="*", default=[16, 25], help="SVD and PQ ratios")
     parser.add_argument("--no-baselines", dest="baselines", action="store_false")
+    parser.add_argument("--no-fixed-baselines", dest="fixed_baselines", action="store_false",
+                        help="skip the GGUF and integer types (their ratios do not depend on --baseline-ratios)")
     parser.add_argument("--texts", type=int, default=200)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--output-name", default=None)
     parser.add_argument("--replot", action="store_true", help="only draw the plot again from the output JSON")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the output JSON's rows (same texts required); a method measured again is replaced")
     args = parser.parse_args(argv)
     output = REPO_ROOT / "benchmarks" / "results" / f"{args.output_name or 'lm_' + args.model}.json"
     if args.replot:
@@ -158,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         "gguf_types_the_gguf_package_cannot_quantize": ["Q6_K", "Q4_K", "Q2_K"],
         "rows": [],
     }
+    if args.append and output.is_file():
+        earlier = json.loads(output.read_text(encoding="utf-8"))
+        if earlier["texts"] != payload["texts"] or earlier["model"] != payload["model"]:
+            raise SystemExit(f"--append: {output} was measured on other texts or another model")
+        payload["rows"] = earlier["rows"]
+        payload["earlier_runs"] = [*earlier.get("earlier_runs", []),
+                                   {k: earlier[k] for k in ("date", "git", "args")}]  # fmt: skip
 
     def score(method: str, family: str, candidate: Any, nbytes: int, seconds: float, **extra: Any) -> None:
         held = lm_fidelity(model, candidate, tokenizer, texts, max_length=args.max_length,
@@ -172,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         payload["perplexity_original"] = held["perplexity_original"]
         payload["sample_original"] = held["sample_original"]
-        payload["rows"].append(row)
+        payload["rows"] = [r for r in payload["rows"] if r["method"] != method] + [row]
         print(f"{method:<16} {row['ratio_vs_fp32']:6.1f}x  ppl {row['perplexity_compressed']:9.2f} "
               f"({row['perplexity_increase']:+.1%})  KL {row['next_token_kl']:.3f}  "
               f"top-1 {row['top1_agreement']:.3f}", flush=True)  # fmt: skip
@@ -195,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
               sensitivity=report.sensitivity, frequency_source=report.frequency_source)  # fmt: skip
         del compressed
     if args.baselines:
-        for method, rebuilt, nbytes, seconds in baseline_matrices(matrix, args.baseline_ratios):
+        for method, rebuilt, nbytes, seconds in baseline_matrices(matrix, args.baseline_ratios, args.fixed_baselines):
             family = method.split("-")[0] if method.startswith(("gguf", "svd", "pq")) else "integer"
             candidate = with_matrix(model, rebuilt)
             score(method, family, candidate, nbytes, seconds)

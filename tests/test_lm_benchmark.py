@@ -52,3 +52,10 @@ def test_the_swap_replaces_the_tied_matrix_in_a_copy():
     assert torch.equal(swapped.get_input_embeddings().weight, new)
     assert torch.equal(swapped.get_output_embeddings().weight, new)  # tied: the logits read it too
     assert torch.equal(model.get_input_embeddings().weight, before)
+
+
+def test_without_the_fixed_types_only_the_ratio_baselines_run():
+    names = [name for name, *_ in lm_benchmark.baseline_matrices(_matrix(), [16, 50], fixed=False)]
+    assert names[0] == "svd-16x"
+    assert not any(name.startswith(("gguf", "int")) for name in names)
+    assert {"svd-16x", "svd-50x"} <= set(names)

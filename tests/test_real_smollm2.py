@@ -123,3 +123,34 @@ def test_cli_compresses_a_gguf_file_that_loads_and_generates_without_the_package
     # the default schedule at 8x measured +4.2% on 200 held-out paragraphs (benchmarks/results/
     # lm_cli_smollm2.json); this short schedule (1 epoch, no joint refinement) must stay within 1.5x
     assert loaded["perplexity"] < 1.5 * original, (loaded["perplexity"], original)
+
+
+def test_16x_beats_int2_group32_on_real_text():
+    """Step 5's floor: LightToken at 16x (a short schedule) keeps real text likelier than int2 group-32 at 10.7x."""
+    pytest.importorskip("gguf", reason="needs `pip install gguf`")
+    from conftest import load_benchmark
+
+    import lighttoken_hf
+    from lighttoken_hf.gguf import load_gguf
+    from lighttoken_hf.pretrained import smollm2_gguf_path
+
+    try:
+        gguf_file = smollm2_gguf_path()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    baselines, lm_benchmark = load_benchmark("baselines"), load_benchmark("lm_benchmark")
+    model, tok = load_gguf(gguf_file)
+    model.eval()
+    texts = _texts()
+    matrix = model.get_input_embeddings().weight.detach().float()
+    int2 = baselines.quantize_rows(matrix, bits=2, group_size=32, backend="own")
+    int2_ratio = matrix.numel() * 4 / int2.nbytes
+    int2_perplexity = _perplexity(lm_benchmark.with_matrix(model, int2.reconstructed), tok, texts)
+
+    compressed = lighttoken_hf.compress(model, ratio=16, tokenizer=tok, progress=False, schedule={"max_epochs": 3})
+    report = compressed.compression_report
+    assert report.ratio >= 16 > int2_ratio > 10
+    assert report.sensitivity.get("metric") == "lm"  # the causal-LM default the benchmark chose
+    perplexity = _perplexity(compressed.eval(), tok, texts)
+    original = _perplexity(model, tok, texts)
+    assert original < perplexity < int2_perplexity, (original, perplexity, int2_perplexity)
