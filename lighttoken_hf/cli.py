@@ -238,12 +238,36 @@ def _resolve_model(name: str | None) -> tuple[str, Path | None]:
         return str(folder.absolute()), folder
     if _looks_like_path(name):
         raise _UsageError(f"MODEL {name}: no such folder (and not a Hugging Face Hub id)")
-    if _hub_offline() and not _cached_on_this_machine(name):
-        raise _UsageError(
-            f"MODEL {name}: no such local folder, and the Hugging Face Hub is offline (HF_HUB_OFFLINE) with no "
-            f"cached copy of {name!r}: check the name (a local folder needs a path such as ./{name})"
+    if not _cached_on_this_machine(name):
+        problem = (
+            f"the Hugging Face Hub is offline (HF_HUB_OFFLINE) with no cached copy of {name!r}"
+            if _hub_offline()
+            else _hub_problem(name)
         )
+        if problem:
+            raise _UsageError(
+                f"MODEL {name}: no such local folder, and {problem}: check the name (a local folder needs a "
+                f"path such as ./{name})"
+            )
     return name, None
+
+
+def _hub_problem(repo_id: str) -> str | None:
+    """Why ``repo_id`` cannot be loaded from the Hub (asked once, 10 s at most), or ``None`` if it can."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        return None  # it exists; from_pretrained explains the access it needs
+    except RepositoryNotFoundError:
+        return "the Hugging Face Hub has no model of that name (or it is private: log in with `hf auth login`)"
+    except HFValidationError:
+        return "it is not a valid Hugging Face Hub model id"
+    except Exception as err:  # noqa: BLE001 - any network failure: the Hub cannot be reached
+        return f"the Hugging Face Hub cannot be reached ({type(err).__name__}) and no cached copy exists"
+    return None
 
 
 def _hub_offline() -> bool:

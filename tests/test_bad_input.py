@@ -144,6 +144,21 @@ def test_a_mistyped_bare_model_name_offline_is_refused_at_once(tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bare_model_name_the_hub_cannot_confirm_is_refused_at_once(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    from lighttoken_hf.cli import main
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused at once
+    code = main(
+        ["compress", "bert-base-uncsed", "--out", str(tmp_path / "out"), "--ratio", "4", "--no-progress"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no such local folder" in err and "cannot be reached" in err and "./bert-base-uncsed" in err
+
+
 def test_a_truncated_source_model_is_one_line_from_the_cli(tiny_model_dir, tmp_path, capsys):
     import shutil
 
