@@ -173,3 +173,23 @@ def test_a_truncated_source_model_is_one_line_from_the_cli(tiny_model_dir, tmp_p
     assert err.splitlines()[-1].startswith("error: cannot read the weights") and "Traceback" not in err
     assert "truncated or damaged" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_nothing(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import safetensors
+    import transformers.modeling_utils
+
+    from lighttoken_hf.cli import main
+
+    def full_disk(*args, **kwargs):  # what safetensors raises when the disk fills (os error 28)
+        raise safetensors.SafetensorError("Error while serializing: No space left on device (os error 28)")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_disk)
+    out = tmp_path / "out"
+    code = main(["compress", str(tiny_model_dir), "--out", str(out), "--ratio", "4", "--epochs", "1",
+                 "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines()[-1].startswith("error: a safetensors file could not be written") and "Traceback" not in err
+    assert "disk full" in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
