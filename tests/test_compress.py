@@ -117,6 +117,44 @@ def test_other_float_dtypes(dtype):
     assert m.compression_report.fidelity["mean_row_cosine"] > 0.5
 
 
+def test_settings_object_is_the_primary_form(compressed_planted):
+    from lighttoken_hf import CompressionSettings
+
+    e, m = compressed_planted
+    settings = CompressionSettings(ratio=8, schedule=FAST_SCHEDULE)
+    by_object = compress(e.clone(), settings, progress=False)
+    for key, value in m.state_dict().items():  # the same codes as the keyword form
+        assert torch.equal(by_object.state_dict()[key], value), key
+    assert by_object.compression_report.settings == settings.to_dict()
+    # keywords override the object's fields (the object itself is left as it was)
+    wider = compress(e.clone(), settings, ratio=12, progress=False)
+    assert wider.compression_report.settings["ratio"] == 12 and settings.ratio == 8
+    assert wider.compression_ratio >= 12
+    with pytest.raises(TypeError, match="ratio twice"):
+        compress(e, 8, ratio=9)
+    with pytest.raises(TypeError, match="CompressionSettings or a ratio"):
+        compress(e, "8")
+    with pytest.raises(TypeError, match="unknown compress\\(\\) option"):
+        compress(e, settings, epochs=3)
+    with pytest.raises(ValueError, match="frequency_share"):
+        settings.replace(frequency_share=2.0)  # checked like the constructor
+
+
+def test_cli_defaults_are_the_settings_defaults():
+    import dataclasses
+
+    from lighttoken_hf.cli import build_parser
+    from lighttoken_hf.compressor.settings import CompressionSettings
+
+    args = build_parser().parse_args(["compress", "--out", "x"])
+    defaults = CompressionSettings()
+    assert (args.ratio, args.seed, args.device) == (defaults.ratio, defaults.seed, defaults.device)
+    text = build_parser()._subparsers._group_actions[0].choices["compress"].format_help()
+    for name in ("loss", "joint_iterations", "decoder_dtype", "output_layer"):
+        assert f"default: {getattr(defaults, name)}" in " ".join(text.split()), name
+    assert {f.name for f in dataclasses.fields(defaults)} >= {"ratio", "schedule"}
+
+
 def test_budget_bytes_instead_of_ratio():
     e = make_planted_matrix(vocab=256, dim=16)
     m = compress(e, budget_bytes=3000, schedule=FAST_SCHEDULE, progress=False)

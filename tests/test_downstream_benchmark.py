@@ -291,16 +291,16 @@ def test_merge_replace_lets_a_later_matrix_supersede_an_earlier_one():
 def test_cache_key_follows_the_lighttoken_defaults(monkeypatch):
     import dataclasses
 
-    from lighttoken_hf.compressor import api
+    from lighttoken_hf.compressor import settings
 
     method = ds.METHODS["lighttoken-25x"]
     before = ds._cache_key("model", method)
     assert before == ds._cache_key("model", method)
 
     @dataclasses.dataclass
-    class ChangedDefaults(api.CompressionSettings):
+    class ChangedDefaults(settings.CompressionSettings):
         sensitivity_shrinkage: float = 0.5
 
-    monkeypatch.setattr(api, "CompressionSettings", ChangedDefaults)
+    monkeypatch.setattr(settings, "CompressionSettings", ChangedDefaults)
     assert ds._cache_key("model", method) != before  # a cached matrix of the old defaults is not reused
     assert ds._cache_key("model", ds.METHODS["pq-25x"]) == ds._cache_key("model", ds.METHODS["pq-25x"])

@@ -125,7 +125,8 @@ def test_gpu_codes_match_the_cpu_codes():
 _MEMORY_PROBE = textwrap.dedent(
     """
     import json, torch
-    from lighttoken_hf.compressor.api import CompressionSettings, compress_matrix
+    from lighttoken_hf.compressor.api import compress_matrix
+    from lighttoken_hf.compressor.settings import CompressionSettings
     from lighttoken_hf.compressor.resources import PeakResidentMemory
     g = torch.Generator().manual_seed(0)
     v, d = 200_000, 64

@@ -19,7 +19,7 @@ from ..core.lighttoken_codec import LightTokenEmbedding, pack_bits
 from ..core.modeling_lighttoken import LIGHTTOKEN_CLASSES, LightTokenForCausalLM, LightTokenPreTrainedModel
 from ..fidelity import matrix_fidelity
 from .frequencies import frequency_rank, general_text_frequencies, general_text_samples
-from .hashing import StageSchedule, train_stage, tune_decoder
+from .hashing import train_stage, tune_decoder
 from .joint import PackedSigns, refine_jointly
 from .lm_sensitivity import lm_sensitivity
 from .losses import LossFn, get_loss
@@ -34,102 +34,19 @@ from .resources import (
     trim_free_memory,
 )
 from .sensitivity import embedding_sensitivity, whitening
+from .settings import CompressionSettings
 from .svd import low_rank_factors
 from .validation import (
     check_finite_module,
     check_frequencies,
     check_matrix_values,
     check_sensitivity,
-    check_settings,
 )
 
 logger = logging.getLogger(__name__)
 
 #: Matrices of at least this many values get torch's threads fitted to the idle cores (a 0.2 s probe).
 _THREAD_FITTING_MIN_ELEMENTS = 1 << 20
-
-
-@dataclass
-class CompressionSettings:
-    """Every choice :func:`compress` makes; defaults chosen by measurement (docs/method.md).
-
-    Attributes:
-        ratio: target compression ratio (fp32 bytes / stored bytes); the real ratio is at least this.
-        budget_bytes: a byte budget instead of ``ratio``.
-        svd_rank: rank of the low-rank part (``None``: planner default).
-        num_stages: hashing stages covering all rows (``None``: planner; 0: SVD-only ablation).
-        stage_bits: bits per stage (``None``: planner).
-        max_stage_bits: widest stage the planner builds.
-        loss: ``"mse"`` (default, see docs/method.md), ``"cosine_bound"`` (the paper's) or ``"cosine"``.
-        angle_weight: extra weight (>= 1) on the angular term of the cosine-bound loss.
-        frequency_aware: spend extra stages on frequent tokens (needs a tokenizer or frequencies).
-        frequency_share: share of the code bytes spent on the frequency tiers (``None``: by the
-            target ratio, :func:`~lighttoken_hf.compressor.planner.default_frequency_share`).
-        tier_decay: each frequency tier covers this fraction of the previous tier's rows.
-        frequency_power: rows are weighted by ``frequency ** frequency_power`` in the losses (0: uniform).
-        sensitivity_weighted: measure the error in the model's own sensitivity metric (see
-            :mod:`~lighttoken_hf.compressor.sensitivity`; needs the model and its tokenizer, or a
-            precomputed ``sensitivity=`` matrix); ``False`` gives the plain Euclidean error.
-        sensitivity_shrinkage: how far that metric is shrunk toward the identity (0: the measured
-            metric, 1: plain Euclidean).
-        sensitivity_metric: which metric: ``"lm"`` (the Fisher information of the next-token
-            distribution, input and tied-output side, with one weight per row; see
-            :mod:`~lighttoken_hf.compressor.lm_sensitivity`), ``"hidden_states"`` (the sensitivity of
-            the last hidden states, the encoder metric) or ``"auto"`` (default: ``"lm"`` for causal LMs,
-            ``"hidden_states"`` for every other model).
-        joint_iterations: rounds of joint refinement once every stage is trained (all decoders and
-            the low-rank factor re-fitted together, then every row's bits across all stages; see
-            :mod:`~lighttoken_hf.compressor.joint`); 0 keeps each stage as trained (the plain method).
-        factor_dtype: storage dtype of the low-rank factors, decoder biases and scales.
-        decoder_dtype: storage dtype of the decoder weights: ``"int8"`` (default; one scale per code
-            bit, which frees about 12% of the budget for codes at no measured loss, docs/method.md) or
-            a float dtype such as ``"float16"`` (the plain method).
-        output_layer: for a language model whose output layer has its own (untied) V x d matrix:
-            ``"compress"`` (default) compresses it too, at the same ratio, so ``ratio`` is the ratio over
-            all the token matrices the model stores; ``"dense"`` keeps it as it is (its bytes are then
-            outside the ratio, and the report says so). A tied output layer always shares the one
-            compressed matrix.
-        schedule: training schedule of each hashing stage.
-        device: where the heavy steps run: ``"auto"`` (default: a CUDA GPU when torch sees one, else
-            the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. The compressed module is built on the CPU
-            either way; random numbers are drawn on the CPU, so a GPU gives the CPU's codes up to
-            floating-point rounding (docs/method.md, "Scale").
-        threads: torch threads during the compression on the CPU (``None``, the default: as many as
-            there are idle cores when it starts, at most torch's own count, so that busy cores do not
-            stall it; docs/method.md, "Scale").
-        seed: makes codes reproducible.
-    """
-
-    ratio: float | None = 25.0
-    budget_bytes: int | None = None
-    svd_rank: int | None = None
-    num_stages: int | None = None
-    stage_bits: int | None = None
-    max_stage_bits: int = 256
-    loss: str = "mse"
-    angle_weight: float = 1.0
-    frequency_aware: bool = True
-    frequency_share: float | None = None
-    tier_decay: float = 0.35
-    frequency_power: float = 0.5
-    sensitivity_weighted: bool = True
-    sensitivity_shrinkage: float = 0.25
-    sensitivity_metric: str = "auto"
-    joint_iterations: int = 8
-    factor_dtype: str = "float16"
-    decoder_dtype: str = "int8"
-    output_layer: str = "compress"
-    schedule: StageSchedule = field(default_factory=StageSchedule)
-    device: str = "auto"
-    threads: int | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_settings(self)  # every field's type and range, one clear error each
-        resolve_device(self.device)  # a bad or unavailable device fails here, before any work
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 #: One line on which number matters, with the measured reference points (benchmarks/README.md).
@@ -236,7 +153,13 @@ class CompressionReport:
                 lines.append(f"  {label:<27}{self.fidelity[key]:.4f}")
         for key, value in self.end_to_end.items():
             label = key.replace("_", " ")
-            shown = f"{value:.4f}" if isinstance(value, float) else repr(value) if isinstance(value, str) else value
+            shown = (
+                f"{value:.4f}"
+                if isinstance(value, float)
+                else repr(value)
+                if isinstance(value, str)
+                else value
+            )
             lines.append(f"  {label:<27}{shown}")
         metric = (
             f"on ({self.sensitivity.get('calibration')}, shrinkage {self.sensitivity.get('shrinkage')})"
@@ -593,19 +516,21 @@ def _refine_jointly(
     return fit.stats
 
 
-def _settings(ratio: float | None, options: dict) -> CompressionSettings:
-    names = {f.name for f in dataclasses.fields(CompressionSettings)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise TypeError(f"unknown compress() option(s) {unknown}; valid options: {sorted(names)}")
-    if options.get("budget_bytes") is not None:
-        ratio = None
-    schedule_keys = {f.name for f in dataclasses.fields(StageSchedule)}
-    if isinstance(options.get("schedule"), dict):
-        bad = sorted(set(options["schedule"]) - schedule_keys)
-        if bad:
-            raise TypeError(f"unknown schedule option(s) {bad}; valid: {sorted(schedule_keys)}")
-    return CompressionSettings(ratio=ratio, **options)
+def _settings(settings: CompressionSettings | float | None, options: dict) -> CompressionSettings:
+    """The settings of one :func:`compress` call: a settings object (``options`` override its fields),
+    a ratio, or nothing (the defaults), with ``options`` as keyword shortcuts for any field."""
+    if isinstance(settings, CompressionSettings):
+        return settings.replace(**options) if options else settings
+    if settings is not None:
+        if isinstance(settings, bool) or not isinstance(settings, (int, float)):
+            raise TypeError(
+                "compress()'s second argument is a CompressionSettings or a ratio (a number > 1), got "
+                f"{type(settings).__name__} {settings!r}"
+            )
+        if "ratio" in options:
+            raise TypeError("compress() got the ratio twice: as its second argument and as ratio=")
+        options = {"ratio": settings, **options}
+    return CompressionSettings().replace(**options)
 
 
 def _model_tokenizer(model: Any, tokenizer: Any) -> Any:
@@ -687,7 +612,7 @@ def _lm_metric(
 
 def compress(
     model_or_matrix: Any,
-    ratio: float | None = 25.0,
+    settings: CompressionSettings | float | None = None,
     *,
     tokenizer: Any = None,
     token_frequencies: torch.Tensor | None = None,
@@ -701,8 +626,9 @@ def compress(
 
     Args:
         model_or_matrix: a ``transformers.PreTrainedModel`` or a 2-D float tensor.
-        ratio: target compression ratio; the real ratio (fp32 bytes / bytes of everything stored) is
-            at least this. Use ``budget_bytes=`` instead for a byte budget.
+        settings: a :class:`CompressionSettings` (every choice, with its default), or just the target
+            ratio (fp32 bytes / bytes of everything stored; the real ratio is at least this); default:
+            ``CompressionSettings()``, 25x. Use ``budget_bytes=`` instead for a byte budget.
         tokenizer: used to estimate token frequencies from general English text (wordfreq) for the
             frequency-aware allocation; for a model it is loaded from ``model.name_or_path`` if omitted.
         token_frequencies: your own per-token counts or frequencies (length V) instead.
@@ -712,7 +638,8 @@ def compress(
             to use the metric when compressing a bare tensor.
         progress: show progress bars.
         inplace: for a model, swap the embedding in the given model object instead of a copy.
-        **options: any :class:`CompressionSettings` field (``svd_rank``, ``num_stages``, ``loss``...).
+        **options: any :class:`CompressionSettings` field as a shortcut (``ratio``, ``svd_rank``,
+            ``loss``...); with a settings object they override its fields.
 
     Returns:
         For a tensor: a :class:`LightTokenEmbedding`. For a model: a LightToken model
@@ -720,7 +647,7 @@ def compress(
         ``get_input_embeddings()`` is the :class:`LightTokenEmbedding`. Either way the report is at
         ``.compression_report`` (a :class:`CompressionReport`; ``print(report.summary())``).
     """
-    settings = _settings(ratio, options)
+    settings = _settings(settings, options)
     if isinstance(model_or_matrix, torch.Tensor):
         _check_tokenizer(tokenizer, _check_matrix(model_or_matrix).shape[0])
         freqs = token_frequencies

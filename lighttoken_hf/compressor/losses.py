@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import torch
 
+from .settings import LOSS_NAMES
+
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 _EPS = 1e-12
 
@@ -55,11 +57,8 @@ def cosine_loss(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None =
     return _weighted_mean(1 - torch.nn.functional.cosine_similarity(x, y, dim=-1, eps=1e-8), weights)
 
 
-LOSSES: dict[str, LossFn] = {
-    "cosine_bound": cosine_upper_bound_loss,
-    "mse": mse_loss,
-    "cosine": cosine_loss,
-}
+#: Each loss by its name in :data:`~lighttoken_hf.compressor.settings.LOSS_NAMES` (the settings' choices).
+LOSSES: dict[str, LossFn] = dict(zip(LOSS_NAMES, (mse_loss, cosine_upper_bound_loss, cosine_loss)))
 
 
 def get_loss(name: str) -> LossFn:

@@ -16,16 +16,16 @@ from typing import Any
 
 import torch
 
-from .losses import LOSSES
 from .resources import row_blocks
-from .settings import SENSITIVITY_METRICS, StageSchedule
+from .settings import (
+    DECODER_DTYPES,
+    FACTOR_DTYPES,
+    LOSS_NAMES,
+    OUTPUT_LAYERS,
+    SENSITIVITY_METRICS,
+    StageSchedule,
+)
 
-#: Storage dtypes the low-rank factors, decoder biases and scales can have.
-FACTOR_DTYPES = ("float16", "bfloat16", "float32", "float64")
-#: Storage dtypes of the decoder weights.
-DECODER_DTYPES = ("int8", *FACTOR_DTYPES)
-#: Values of ``output_layer``.
-OUTPUT_LAYERS = ("compress", "dense")
 #: Largest seed (seeds are 32-bit, as in numpy).
 MAX_SEED = 2**32 - 1
 #: Rows with a larger norm overflow the float32 losses the stages are trained with (squared norms).
@@ -108,7 +108,7 @@ def check_settings(settings: Any) -> None:
         if getattr(s, name) is not None:
             setattr(s, name, check_int(name, getattr(s, name), minimum=minimum))
     s.max_stage_bits = check_int("max_stage_bits", s.max_stage_bits, minimum=8)
-    s.loss = check_choice("loss", s.loss, tuple(LOSSES))
+    s.loss = check_choice("loss", s.loss, LOSS_NAMES)
     s.angle_weight = check_number("angle_weight", s.angle_weight, low=1)
     s.frequency_aware = check_bool("frequency_aware", s.frequency_aware)
     if s.frequency_share is not None:
