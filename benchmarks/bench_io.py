@@ -8,12 +8,10 @@ that the pure helpers stay cheap to import in tests.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import platform
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,25 +80,17 @@ def git_info() -> dict[str, Any]:
 
 
 def clean_json(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf become null, tuples lists, tensors/numpy values plain numbers, other objects str."""
-    if isinstance(value, Mapping):
-        return {str(k): clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_json(v) for v in value]
-    if hasattr(value, "tolist") and callable(value.tolist) and not isinstance(value, (str, bytes)):
-        return clean_json(value.tolist())  # torch tensors, numpy arrays and numpy scalars
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+    """JSON-safe copy (``lighttoken_hf.jsonio.to_json``): NaN/inf null, tensors/numpy values plain numbers."""
+    from lighttoken_hf.jsonio import to_json
+
+    return to_json(value)
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write ``clean_json(payload)`` to ``path`` atomically (a temporary file renamed over it)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(clean_json(payload), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Write ``payload`` to ``path`` atomically, JSON-safe (``lighttoken_hf.jsonio.write_json``)."""
+    from lighttoken_hf.jsonio import write_json as write
+
+    write(path, payload)
 
 
 def fmt(value: Any, spec: str) -> str:

@@ -28,11 +28,8 @@ import torch  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 import lighttoken_hf as lt  # noqa: E402
-from lighttoken_hf.fidelity import (  # noqa: E402
-    load_sentences_from_parquet,
-    matrix_fidelity,
-    sentence_embedding_cosine,
-)
+from lighttoken_hf.compressor.metrics import matrix_fidelity, sentence_embedding_cosine  # noqa: E402
+from lighttoken_hf.fidelity import load_sentences_from_parquet  # noqa: E402
 from lighttoken_hf.pretrained import default_model_path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import lighttoken_hf
     from lighttoken_hf.compressor.frequencies import general_text_frequencies
-    from lighttoken_hf.fidelity import mean_cosine, mean_pooled_embeddings
+    from lighttoken_hf.compressor.metrics import mean_cosine, mean_pooled_embeddings
 
     label, path = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)

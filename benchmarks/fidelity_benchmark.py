@@ -22,7 +22,6 @@ import datetime as dt
 import fnmatch
 import gc
 import importlib
-import importlib.util
 import inspect
 import json
 import multiprocessing as mp
@@ -68,26 +67,8 @@ FORWARD_SHAPE = (32, 128)
 
 
 def own_module(name: str):
-    """``lighttoken_hf.<name>`` (fidelity, pretrained), even while the package's ``__init__`` is broken.
-
-    These two modules need only torch/numpy; if importing the package fails (e.g. the compressor is
-    mid-refactor) they are loaded straight from their files so baseline-only runs still work.
-    """
-    try:
-        return importlib.import_module(f"lighttoken_hf.{name}")
-    except Exception as exc:  # noqa: BLE001
-        key = f"_lighttoken_hf_{name}"
-        if key in sys.modules:
-            return sys.modules[key]
-        warnings.warn(
-            f"import lighttoken_hf failed ({type(exc).__name__}: {exc}); loading {name}.py directly",
-            stacklevel=2,
-        )
-        spec = importlib.util.spec_from_file_location(key, REPO_ROOT / "lighttoken_hf" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-        return module
+    """``lighttoken_hf.<name>`` (fidelity, pretrained), imported when a job needs it (not at start-up)."""
+    return importlib.import_module(f"lighttoken_hf.{name}")
 
 
 # ------------------------------------------------------------------------------------ jobs

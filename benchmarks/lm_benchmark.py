@@ -141,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import lighttoken_hf as lt
     from lighttoken_hf import pretrained
+    from lighttoken_hf.compressor.lm_metrics import lm_fidelity
     from lighttoken_hf.compressor.resources import PeakResidentMemory
     from lighttoken_hf.gguf import load_gguf
-    from lighttoken_hf.lm_fidelity import lm_fidelity
 
     texts = held_out_texts(args.data_dir, args.texts)
     path = {"smollm2": pretrained.smollm2_gguf_path, "gemma3": pretrained.gemma3_gguf_path}.get(args.model)

@@ -38,7 +38,7 @@ def main() -> int:
 
     import lighttoken_hf as lt
     from lighttoken_hf.compressor.frequencies import general_text_samples
-    from lighttoken_hf.fidelity import tokenized_batches
+    from lighttoken_hf.compressor.metrics import tokenized_batches
     from lighttoken_hf.gguf import load_gguf
     from lighttoken_hf.pretrained import smollm2_gguf_path
 

@@ -78,7 +78,7 @@ def child(name: str, ratio: float, cache_dir: Path, device: str, threads: int | 
     """One measurement, in this (fresh) process."""
     import torch
 
-    from lighttoken_hf.compressor.api import compress_matrix
+    from lighttoken_hf.compressor.pipeline import compress_matrix
     from lighttoken_hf.compressor.resources import PeakResidentMemory
     from lighttoken_hf.compressor.settings import CompressionSettings
 

@@ -32,7 +32,8 @@ import torch  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 import lighttoken_hf as lt  # noqa: E402
-from lighttoken_hf.fidelity import load_sentences_from_parquet, sentence_embedding_cosine  # noqa: E402
+from lighttoken_hf.compressor.metrics import sentence_embedding_cosine  # noqa: E402
+from lighttoken_hf.fidelity import load_sentences_from_parquet  # noqa: E402
 from lighttoken_hf.pretrained import default_model_path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

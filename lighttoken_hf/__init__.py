@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CompressionPlan": ".compressor.planner",
     "plan_for_ratio": ".compressor.planner",
-    "CompressionReport": ".compressor.api",
+    "CompressionReport": ".compressor.report",
     "CompressionSettings": ".compressor.settings",
     "compress": ".compressor.api",
     "StageSchedule": ".compressor.settings",

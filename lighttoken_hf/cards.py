@@ -1,7 +1,6 @@
 """Model cards for LightToken checkpoints.
 
-:func:`model_card` renders ``lighttoken_hf/templates/lighttoken_model_card.md.jinja`` (a copy of the
-canonical ``model_cards/lighttoken_model_card.md.jinja``) through huggingface_hub's
+:func:`model_card` renders ``lighttoken_hf/templates/lighttoken_model_card.md.jinja`` through huggingface_hub's
 ``ModelCard.from_template``: base model, method and settings, real ratio and bytes, fidelity and
 end-to-end metrics, ``model-index`` evaluation results when given, usage, fine-tuning, limitations and
 citation. :func:`card_facts` computes the facts the card shows; ``lighttoken info`` prints the same rows
@@ -12,13 +11,13 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .compressor.api import fmt_size
+from .checkpoint import checkpoint_facts
 from .compressor.provenance import hub_model_id
+from .compressor.report import END_TO_END_LABELS, FIDELITY_LABELS, fmt_size
 
 __all__ = [
     "CARD_TAGS",
@@ -39,34 +38,15 @@ CARD_TAGS = ("lighttoken", "embedding-compression")
 #: Extra tag of a checkpoint saved as a sentence-transformers model (it has ``modules.json``).
 SENTENCE_TRANSFORMERS_TAG = "sentence-transformers"
 
-# LightToken class -> (Auto class to load it with, Hub pipeline tag)
-_CLASS_INFO = {
-    "LightTokenModel": ("AutoModel", "feature-extraction"),
-    "LightTokenForSequenceClassification": ("AutoModelForSequenceClassification", "text-classification"),
-    "LightTokenForTokenClassification": ("AutoModelForTokenClassification", "token-classification"),
-    "LightTokenForQuestionAnswering": ("AutoModelForQuestionAnswering", "question-answering"),
-    "LightTokenForMultipleChoice": ("AutoModelForMultipleChoice", None),
-}
-FIDELITY_LABELS = {
-    "rel_error": "relative Frobenius error",
-    "mean_row_cosine": "mean row cosine",
-    "min_row_cosine": "min row cosine",
-    "nn_overlap": "top-10 NN overlap",
-}
-_END_TO_END_LABELS = {
-    "sentence_embedding_cosine": "sentence-embedding cosine",
-    "sentences": "sentences",
-    "lm_kind": "language model",
-    "texts": "evaluation texts",
-    "predicted_tokens": "predicted tokens",
-    "perplexity_original": "perplexity (original)",
-    "perplexity_compressed": "perplexity (compressed)",
-    "perplexity_increase": "perplexity increase",
-    "next_token_kl": "next-token KL (nats/token)",
-    "top1_agreement": "top-1 agreement",
-    "sample_prompt": "greedy sample prompt",
-    "sample_original": "greedy sample (original)",
-    "sample_compressed": "greedy sample (compressed)",
+#: The Hub pipeline tag of each Auto class a LightToken class loads with (the classes: the core's
+#: ``LIGHTTOKEN_CLASSES``); an Auto class without one gets no tag.
+_PIPELINE_TAGS = {
+    "AutoModel": "feature-extraction",
+    "AutoModelForSequenceClassification": "text-classification",
+    "AutoModelForTokenClassification": "token-classification",
+    "AutoModelForQuestionAnswering": "question-answering",
+    "AutoModelForMaskedLM": "fill-mask",
+    "AutoModelForCausalLM": "text-generation",
 }
 _LOSS_DESCRIPTIONS = {
     "cosine_bound": "an upper bound of the squared Euclidean error that weights the angle between a row "
@@ -104,46 +84,11 @@ def _fmt_target(value: float) -> str:
 
 
 # ------------------------------------------------------------------------------------------ sources
-def _is_lighttoken_model(obj: Any) -> bool:
-    from .core.modeling_lighttoken import LightTokenPreTrainedModel
+def _auto_class_name(model_class: str) -> str:
+    """The Auto class that loads the LightToken class named ``model_class`` (``AutoModel`` if unknown)."""
+    from .core.modeling_lighttoken import LIGHTTOKEN_CLASSES
 
-    return isinstance(obj, LightTokenPreTrainedModel)
-
-
-def _info_from_model(model: Any, report: Any = None) -> dict:
-    """The facts of an in-memory LightToken model, shaped like :func:`lighttoken_hf.saving.checkpoint_info`."""
-    from .saving import _jsonable, _report_dict
-
-    config = model.config
-    backbone = config.backbone
-    backbone = backbone.to_dict() if hasattr(backbone, "to_dict") else dict(backbone or {})
-    if report is None:
-        report = getattr(model, "compression_report", None)
-    if report is not None:
-        report, source = _jsonable(_report_dict(report)), "compression report"
-    else:
-        report, source = _jsonable(dict(config.compression_stats or {})), "config compression_stats"
-    return {
-        "path": None,
-        "architectures": [type(model).__name__],
-        "base_model": {
-            "model_type": backbone.get("model_type"),
-            "architectures": backbone.get("architectures") or [],
-            "name_or_path": backbone.get("_name_or_path") or None,
-        },
-        "plan": {
-            "num_embeddings": config.num_embeddings,
-            "embedding_dim": config.embedding_dim,
-            "svd_rank": config.svd_rank,
-            "stage_bits": list(config.stage_bits or []),
-            "stage_rows": list(config.stage_rows or []),
-            "factor_dtype": config.factor_dtype,
-            "decoder_dtype": config.decoder_dtype,
-        },
-        "report": report,
-        "report_source": source,
-        "files": {},
-    }
+    return next((auto.__name__ for auto, cls in LIGHTTOKEN_CLASSES if cls.__name__ == model_class), "AutoModel")
 
 
 def _storage_text(factor_dtype: str, decoder_dtype: str) -> str:
@@ -152,24 +97,6 @@ def _storage_text(factor_dtype: str, decoder_dtype: str) -> str:
     if decoder_dtype == "int8":
         return f"bit-packed codes, {factor_dtype} factors, int8 decoders with a {factor_dtype} scale per code bit"
     return f"bit-packed codes, {factor_dtype} factors, {decoder_dtype} decoders"
-
-
-def _checkpoint(model_or_dir: Any, report: Any = None) -> dict:
-    if isinstance(model_or_dir, (str, os.PathLike)):
-        from .saving import checkpoint_info
-
-        info = checkpoint_info(model_or_dir)
-        if report is not None:
-            from .saving import _jsonable, _report_dict
-
-            info["report"], info["report_source"] = _jsonable(_report_dict(report)), "given report"
-        return info
-    if _is_lighttoken_model(model_or_dir):
-        return _info_from_model(model_or_dir, report)
-    raise TypeError(
-        "expected a LightToken-compressed model (from lighttoken_hf.compress) or the folder of a saved "
-        f"LightToken checkpoint, got {type(model_or_dir).__name__}"
-    )
 
 
 def _tokenizer_class(folder: str | None) -> str:
@@ -285,12 +212,13 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
         ``{"model" | "size" | "method" | "fidelity" | "end_to_end": [(label, text), ...]}``, the rows of the
         card's tables, which ``lighttoken info`` prints too.
     """
-    info = _checkpoint(model_or_dir, report)
+    info = checkpoint_facts(model_or_dir, report)
     base, plan, report_data = info["base_model"], info["plan"], info["report"] or {}
     settings = report_data.get("settings") or {}
     plan_notes = (report_data.get("plan") or {}).get("notes") or {}
     model_class = (info["architectures"] or ["LightTokenModel"])[0]
-    auto_class, pipeline_tag = _CLASS_INFO.get(model_class, ("AutoModel", None))
+    auto_class = _auto_class_name(model_class)
+    pipeline_tag = _PIPELINE_TAGS.get(auto_class)
     vocab, dim = plan["num_embeddings"], plan["embedding_dim"]
     stage_bits = [int(b) for b in plan["stage_bits"] or []]
     stage_rows = [int(r) for r in plan["stage_rows"] or []]
@@ -371,7 +299,7 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
     ]
     end_to_end = report_data.get("end_to_end") or {}
     e2e_rows = [
-        (_END_TO_END_LABELS.get(k, k.replace("_", " ")), _fmt_value(v)) for k, v in end_to_end.items()
+        (END_TO_END_LABELS.get(k, k.replace("_", " ")), _fmt_value(v)) for k, v in end_to_end.items()
     ]
 
     summary = [

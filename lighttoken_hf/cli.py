@@ -381,8 +381,9 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
     from transformers.utils import logging as hf_logging
 
     from . import compress
+    from .checkpoint import REPORT_FILENAME
     from .compressor.provenance import record_base_model
-    from .saving import REPORT_FILENAME, save_compressed
+    from .saving import save_compressed
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
     if not args.progress:
@@ -398,12 +399,13 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
                 f"cannot read the weights of MODEL {model_id} ({err}): the safetensors file is truncated or "
                 "damaged (an interrupted download or copy?); download or save it again"
             ) from None
-        compressed = compress(model, settings, tokenizer=tokenizer, progress=args.progress)
+        _log(f"Compressing, then comparing with the original on {len(sentences)} texts")
+        compressed = compress(
+            model, settings, tokenizer=tokenizer, evaluation_texts=sentences, progress=args.progress
+        )
         if args.base_model is not None:
             record_base_model(compressed.config.backbone, model_id, args.base_model)
         report = compressed.compression_report
-        report.end_to_end.update(_end_to_end(model, compressed, tokenizer, sentences))
-        compressed.config.compression_stats["end_to_end"] = dict(report.end_to_end)
         path = save_compressed(
             compressed, out, tokenizer=tokenizer, report=report, overwrite=args.overwrite, source_dir=st_source
         )
@@ -439,20 +441,6 @@ def _load_source(model_id: str) -> tuple[Any, Any]:
     return auto_cls.from_pretrained(model_id), AutoTokenizer.from_pretrained(model_id)
 
 
-def _end_to_end(model: Any, compressed: Any, tokenizer: Any, sentences: list[str]) -> dict[str, Any]:
-    """End-to-end fidelity on ``sentences``: the LM report for language models, else the sentence cosine."""
-    from .lm_fidelity import is_lm, lm_fidelity
-
-    if is_lm(model):
-        _log(f"Measuring perplexity, next-token KL and top-1 agreement on {len(sentences)} texts")
-        return lm_fidelity(model, compressed, tokenizer, sentences)
-    from .fidelity import sentence_embedding_cosine
-
-    _log(f"Measuring the end-to-end sentence-embedding cosine on {len(sentences)} sentences")
-    cosine = sentence_embedding_cosine(model, compressed, tokenizer, sentences)
-    return {"sentence_embedding_cosine": cosine, "sentences": len(sentences)}
-
-
 # ------------------------------------------------------------------------------------------ info
 def _row(label: str, value: Any) -> str:
     return f"  {label:<27}{value}"
@@ -469,9 +457,9 @@ def _info_lines(facts: dict) -> list[str]:
     if isinstance(seconds, (int, float)):
         lines.append(_row("compression time", f"{seconds:.1f} s"))
     lines.append(_row("report from", facts["report_source"]))
-    from .saving import _st_module_types
+    from .checkpoint import sentence_transformers_module_types
 
-    st_modules = _st_module_types(Path(facts["path"])) if facts.get("path") else None
+    st_modules = sentence_transformers_module_types(Path(facts["path"])) if facts.get("path") else None
     if st_modules:
         lines.append(_row("sentence-transformers", f"{' -> '.join(st_modules)} (load with "
                           "SentenceTransformer(DIR, trust_remote_code=True))"))
@@ -482,7 +470,7 @@ def _info_lines(facts: dict) -> list[str]:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .cards import card_facts
-    from .saving import checkpoint_info
+    from .checkpoint import checkpoint_info
 
     try:
         if args.json:
@@ -496,11 +484,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ push
 def _cmd_push(args: argparse.Namespace) -> int:
+    from .checkpoint import check_publishable
     from .compressor.provenance import hub_model_id
-    from .hub import DEFAULT_COMMIT_MESSAGE, _check_checkpoint, push_to_hub
+    from .hub import DEFAULT_COMMIT_MESSAGE, push_to_hub
 
     try:
-        _check_checkpoint(Path(args.dir).expanduser())
+        check_publishable(Path(args.dir).expanduser())
     except (FileNotFoundError, ValueError) as err:
         raise _UsageError(str(err)) from None
     if args.repo_id.count("/") > 1 or not args.repo_id.strip("/"):

@@ -26,18 +26,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import REMOTE_CODE_FILES, check_publishable
 from .sentence_transformers_support import (
     MODEL_CONFIG_FILENAME,
     MODULES_FILENAME,
     TRANSFORMER_CONFIG_FILENAMES,
 )
 
-__all__ = ["CHECKPOINT_FILES", "PICKLE_SUFFIXES", "REMOTE_CODE_FILES", "publishable_files", "push_to_hub"]
+__all__ = ["CHECKPOINT_FILES", "PICKLE_SUFFIXES", "publishable_files", "push_to_hub"]
 
 logger = logging.getLogger(__name__)
 
 #: The files a checkpoint needs for ``trust_remote_code=True`` loading.
-REMOTE_CODE_FILES = ("configuration_lighttoken.py", "modeling_lighttoken.py", "lighttoken_codec.py")
 #: Top-level files of a checkpoint that are published (besides ``*.safetensors``): config, remote code,
 #: tokenizer, generation settings, report, card and sentence-transformers settings.
 CHECKPOINT_FILES = frozenset(
@@ -68,25 +68,6 @@ CHECKPOINT_FILES = frozenset(
 #: Suffixes of pickle-based files, never published.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 DEFAULT_COMMIT_MESSAGE = "Upload LightToken-compressed model"
-
-
-def _check_checkpoint(folder: Path) -> dict:
-    """Facts of the checkpoint in ``folder``; raises if it cannot be loaded from the Hub as it is."""
-    from .saving import checkpoint_info
-
-    info = checkpoint_info(folder)
-    missing = [name for name in REMOTE_CODE_FILES if name not in info["files"]]
-    if missing:
-        raise ValueError(
-            f"{folder} lacks the remote-code files {missing}, so it could not be loaded with "
-            "trust_remote_code=True; save it again with lighttoken_hf.saving.save_compressed (or "
-            "model.save_pretrained after `import lighttoken_hf`)"
-        )
-    if not any(name.endswith(".safetensors") for name in info["files"]):
-        raise ValueError(
-            f"{folder} holds no .safetensors weights; save it with lighttoken_hf.saving.save_compressed"
-        )
-    return info
 
 
 def _st_module_folders(folder: Path) -> set[str]:
@@ -221,18 +202,18 @@ def push_to_hub(
     """
     from huggingface_hub import HfApi
 
-    from .cards import _is_lighttoken_model
+    from .checkpoint import is_lighttoken_model
     from .saving import save_compressed
 
     folder: Path | None = None
     if isinstance(model_or_dir, (str, os.PathLike)):
         folder = Path(model_or_dir).expanduser()
-        _check_checkpoint(folder)
+        check_publishable(folder)
         if tokenizer is not None:
             raise TypeError(
                 "tokenizer= is for model objects; a checkpoint folder is uploaded with its own tokenizer"
             )
-    elif not _is_lighttoken_model(model_or_dir):
+    elif not is_lighttoken_model(model_or_dir):
         raise TypeError(
             "push_to_hub expects a LightToken-compressed model (from lighttoken_hf.compress) or the folder of "
             f"a saved LightToken checkpoint, got {type(model_or_dir).__name__}"

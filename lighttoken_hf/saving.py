@@ -19,34 +19,22 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
-import struct
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import REPORT_FILENAME, is_lighttoken_checkpoint, report_dict
 from .core.modeling_lighttoken import recover_interrupted_saves
+from .jsonio import to_json
 
-__all__ = [
-    "CARD_FILENAME",
-    "REPORT_FILENAME",
-    "IncompleteCheckpointError",
-    "check_output_dir",
-    "check_weights_complete",
-    "checkpoint_info",
-    "is_lighttoken_checkpoint",
-    "reserve_output",
-    "save_compressed",
-]
+__all__ = ["CARD_FILENAME", "check_output_dir", "reserve_output", "save_compressed"]
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILENAME = "lighttoken_report.json"
 CARD_FILENAME = "README.md"
-_MODEL_TYPE = "lighttoken"
 
 
 def _target(out_dir: str | os.PathLike[str]) -> Path:
@@ -81,15 +69,6 @@ def _protected(path: Path, source: str | os.PathLike[str] | None) -> str | None:
         if resolved == src or resolved in src.parents:
             return f"it {'is' if resolved == src else 'holds'} the source model {source}"
     return None
-
-
-def is_lighttoken_checkpoint(folder: str | os.PathLike[str]) -> bool:
-    """True when ``folder`` has a ``config.json`` of model type ``lighttoken`` (complete or not)."""
-    try:
-        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(config, dict) and config.get("model_type") == _MODEL_TYPE
 
 
 def check_output_dir(
@@ -224,29 +203,6 @@ def _acquire(lock: Path, target: Path) -> Any:
         handle.close()
 
 
-def _jsonable(obj: Any) -> Any:
-    """``obj`` with NaN/Inf floats as ``null`` and unknown objects as strings (strict JSON)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, (str, int)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy / torch scalars
-        return _jsonable(obj.item())
-    return str(obj)
-
-
-def _report_dict(report: Any) -> dict:
-    if isinstance(report, Mapping):
-        return dict(report)
-    if hasattr(report, "to_dict"):
-        return report.to_dict()
-    raise TypeError(f"report must be a CompressionReport or a dict, got {type(report).__name__}")
-
-
 def _umask_mode() -> int:
     """The mode a plain ``mkdir`` would give (``mkdtemp`` makes 0700 folders)."""
     mask = os.umask(0)
@@ -318,7 +274,7 @@ def save_compressed(
             tokenizer = AutoTokenizer.from_pretrained(st_layout.transformer_dir)
     if report is None:
         report = getattr(model, "compression_report", None)
-    report_data = _jsonable(_report_dict(report)) if report is not None else None
+    report_data = to_json(report_dict(report)) if report is not None else None
 
     with reserve_output(target):
         check_output_dir(target, overwrite=overwrite, source=source_dir)  # again, after any recovery
@@ -403,143 +359,3 @@ def _write_card(folder: Path, card: Any) -> None:
     card.save(folder / CARD_FILENAME)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object")
-    return data
-
-
-def _st_module_types(folder: Path) -> list[str] | None:
-    """Short type names of the sentence-transformers modules saved in ``folder`` (``None``: none saved)."""
-    modules_file = folder / "modules.json"
-    if not modules_file.is_file():
-        return None
-    try:
-        modules = json.loads(modules_file.read_text(encoding="utf-8"))
-        return [str(m["type"]).rsplit(".", 1)[-1] for m in modules]
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
-        return None
-
-
-class IncompleteCheckpointError(ValueError):
-    """A LightToken checkpoint folder whose weights are missing or cut short (an interrupted save or copy)."""
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """Why the safetensors file ``path`` is unreadable or cut short, or ``None`` if its size adds up."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len > size - 8:
-                return f"{path.name} is cut short ({size:,} bytes, its header alone needs {header_len + 8:,})"
-            header = json.loads(f.read(header_len))
-    except (OSError, struct.error, ValueError, UnicodeDecodeError) as err:
-        return f"{path.name} is not a readable safetensors file ({err})"
-    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
-    expected = 8 + header_len + max(ends, default=0)
-    if size != expected:
-        return f"{path.name} has {size:,} bytes where its header describes {expected:,}"
-    return None
-
-
-def check_weights_complete(folder: str | os.PathLike[str]) -> None:
-    """Raise :class:`IncompleteCheckpointError` unless ``folder``'s safetensors weights are all there, whole.
-
-    Reads only the file headers and sizes: ``model.safetensors``, or every shard that
-    ``model.safetensors.index.json`` names.
-    """
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(_read_json(index)["weight_map"].values()))
-        except (KeyError, AttributeError, ValueError) as err:
-            raise IncompleteCheckpointError(f"{index} is broken ({err})") from None
-    elif (folder / "model.safetensors").is_file():
-        shards = ["model.safetensors"]
-    else:
-        raise IncompleteCheckpointError(
-            f"{folder} is an incomplete LightToken checkpoint: config.json is there but model.safetensors is "
-            "missing (an interrupted save or copy?); save or download it again"
-        )
-    for shard in shards:
-        problem = (
-            f"{shard} is missing" if not (folder / shard).is_file() else _safetensors_problem(folder / shard)
-        )
-        if problem:
-            raise IncompleteCheckpointError(
-                f"{folder} is an incomplete LightToken checkpoint: {problem} (an interrupted save or copy?); "
-                "save or download it again"
-            )
-
-
-def checkpoint_info(path: str | os.PathLike[str]) -> dict:
-    """Facts of a saved LightToken checkpoint, read from its JSON files (no weights are loaded).
-
-    Returns:
-        A dict with ``path``, ``base_model`` (``model_type``, ``architectures``, ``name_or_path`` of the
-        uncompressed backbone), ``plan`` (``svd_rank``, ``stage_bits``, ``stage_rows``, ``factor_dtype``,
-        ``decoder_dtype``, ``num_embeddings``, ``embedding_dim``), ``architectures`` of the compressed model,
-        ``report`` (the
-        contents of ``lighttoken_report.json``, else the ``compression_stats`` recorded in
-        ``config.json``), ``report_source``, ``sentence_transformers_modules`` (the module types of
-        ``modules.json``, e.g. ``["Transformer", "Pooling", "Normalize"]``, or ``None`` when the checkpoint is
-        not a sentence-transformers model) and ``files`` (name -> size in bytes).
-
-    Raises:
-        FileNotFoundError: ``path`` is not a folder or has no ``config.json``.
-        IncompleteCheckpointError: the weights are missing or cut short (a ``ValueError``).
-        ValueError: the folder is not a LightToken checkpoint (another ``model_type``) or its JSON is broken.
-    """
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a directory")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        if any(folder.glob("*.safetensors")) or (folder / "modeling_lighttoken.py").is_file():
-            raise IncompleteCheckpointError(
-                f"{folder} is an incomplete checkpoint: it has weights or model code but no config.json (an "
-                "interrupted save or copy?); save or download it again"
-            )
-        raise FileNotFoundError(f"{folder} has no config.json: it is not a saved model checkpoint")
-    config = _read_json(config_file)
-    if config.get("model_type") != _MODEL_TYPE:
-        raise ValueError(
-            f"{folder} is not a LightToken checkpoint (config.json has model_type "
-            f"{config.get('model_type')!r}, expected {_MODEL_TYPE!r}); compress a model first with "
-            "`lighttoken compress`"
-        )
-    check_weights_complete(folder)
-    backbone = config.get("backbone") or {}
-    report_file = folder / REPORT_FILENAME
-    if report_file.is_file():
-        report, source = _read_json(report_file), REPORT_FILENAME
-    else:
-        report, source = dict(config.get("compression_stats") or {}), "config.json compression_stats"
-    return {
-        "path": str(folder.absolute()),
-        "architectures": config.get("architectures") or [],
-        "base_model": {
-            "model_type": backbone.get("model_type"),
-            "architectures": backbone.get("architectures") or [],
-            "name_or_path": backbone.get("_name_or_path") or None,
-        },
-        "plan": {
-            "num_embeddings": config.get("num_embeddings"),
-            "embedding_dim": config.get("embedding_dim"),
-            "svd_rank": config.get("svd_rank"),
-            "stage_bits": config.get("stage_bits") or [],
-            "stage_rows": config.get("stage_rows") or [],
-            "factor_dtype": config.get("factor_dtype"),
-            "decoder_dtype": config.get("decoder_dtype"),
-        },
-        "report": report,
-        "report_source": source,
-        "sentence_transformers_modules": _st_module_types(folder),
-        "files": {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()},
-    }

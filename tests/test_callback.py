@@ -37,7 +37,7 @@ from lighttoken_hf.training import (
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 EMB = "backbone.bert.embeddings.word_embeddings."
-BUFFERS = ("codes_", "coverage_", "padding_row", "token_rank")  # the compressed embedding's buffers (never trained)
+BUFFERS = ("codes_", "coverage_", "padding_row")  # the compressed embedding's buffers (never trained)
 
 
 def is_buffer(name: str) -> bool:

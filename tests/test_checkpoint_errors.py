@@ -213,8 +213,7 @@ def _edit_config(folder, edit) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("padding_idx", 3), ("stage_bits", []), ("num_embeddings", 150), ("decoder_dtype", "float16"),
-     ("row_index", "token_rank")],
+    [("padding_idx", 3), ("stage_bits", []), ("num_embeddings", 150), ("decoder_dtype", "float16")],
 )  # fmt: skip
 def test_an_edited_config_field_is_an_error_naming_config_json(saved, tmp_path, field, value):
     folder = shutil.copytree(saved, tmp_path / "ckpt")
@@ -318,7 +317,7 @@ def test_random_corruption_fails_loudly_or_changes_nothing(saved, reference_outp
         field = data.draw(st.sampled_from(_LAYOUT_FIELDS), label="field")
         value = data.draw(
             st.one_of(st.none(), st.integers(-2, 300), st.lists(st.integers(0, 300), max_size=3),
-                      st.sampled_from(["float16", "bfloat16", "int8", "coverage", "token_rank"])),
+                      st.sampled_from(["float16", "bfloat16", "int8", "coverage", "ranks"])),
             label="value",
         )  # fmt: skip
         config[field] = value

@@ -380,6 +380,25 @@ def test_bfloat16_model_round_trip(tiny_bert, id_batch, tmp_path):
     assert torch.equal(reloaded_out, out)
 
 
+def test_evaluation_texts_measure_end_to_end_once_in_the_report(tiny_bert, tiny_tokenizer):
+    from lighttoken_hf.fidelity import builtin_sentences, sentence_embedding_cosine
+
+    tokenizer = tiny_tokenizer
+    texts = builtin_sentences()[:6]
+    compressed = fast(tiny_bert, 4, tokenizer=tokenizer, evaluation_texts=texts)
+    report = compressed.compression_report
+    expected = sentence_embedding_cosine(tiny_bert, compressed, tokenizer, texts)
+    assert report.end_to_end["sentence_embedding_cosine"] == pytest.approx(expected, abs=1e-6)
+    assert report.end_to_end["sentences"] == 6
+    assert compressed.config.compression_stats["end_to_end"] == report.end_to_end  # the one report
+    with pytest.raises(ValueError, match="inplace=False"):
+        fast(tiny_bert, 4, tokenizer=tokenizer, evaluation_texts=texts, inplace=True)
+    with pytest.raises(ValueError, match="needs a model"):
+        fast(torch.randn(64, 8), 4, evaluation_texts=texts)
+    with pytest.raises(TypeError, match="list of strings"):
+        fast(tiny_bert, 4, tokenizer=tokenizer, evaluation_texts="one text")
+
+
 def test_inplace_swaps_the_embedding_of_the_given_model(tiny_bert):
     compressed = fast(tiny_bert, 4, inplace=True)
     assert compressed.backbone is tiny_bert
@@ -429,7 +448,7 @@ def test_shared_input_embeddings_are_a_clear_error():
 
 
 def test_report_gives_the_whole_model_size_and_how_to_read_it(tiny_bert):
-    from lighttoken_hf.compressor.api import fmt_size
+    from lighttoken_hf.compressor.report import fmt_size
 
     dense = sum(p.numel() * p.element_size() for p in tiny_bert.parameters()) + sum(
         b.numel() * b.element_size() for b in tiny_bert.buffers()

@@ -15,8 +15,9 @@ import pytest
 from conftest import FAST_SCHEDULE
 
 import lighttoken_hf
+from lighttoken_hf.checkpoint import IncompleteCheckpointError, checkpoint_info
 from lighttoken_hf.cli import main
-from lighttoken_hf.saving import IncompleteCheckpointError, checkpoint_info, reserve_output, save_compressed
+from lighttoken_hf.saving import reserve_output, save_compressed
 
 SCRIPT = Path(__file__).with_name("crash_save_script.py")
 TESTS = str(Path(__file__).parent)

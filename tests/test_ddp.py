@@ -18,7 +18,6 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import BertModel
 
 import lighttoken_hf
-from lighttoken_hf import LightTokenEmbedding
 from lighttoken_hf.training.ddp import skip_constant_buffers_in_ddp
 
 
@@ -54,23 +53,6 @@ def _frequency_aware(tiny_bert_config, gen):
     return model
 
 
-def _with_token_rank_layout(model):
-    """The same shapes in the older checkpoint layout, whose frequency tiers use an int16 ``token_rank``."""
-    emb = model.get_input_embeddings()
-    legacy = LightTokenEmbedding(
-        emb.num_embeddings, emb.embedding_dim, svd_rank=emb.svd_rank, stage_bits=emb.stage_bits,
-        stage_rows=emb.stage_rows, padding_idx=emb.padding_idx, row_index="token_rank",
-    )  # fmt: skip
-    assert legacy.token_rank.dtype == torch.int16
-    model.set_input_embeddings(legacy)
-    return model
-
-
-def test_ddp_cannot_broadcast_the_int16_token_rank_of_older_checkpoints(gloo_group, tiny_bert_config, gen):
-    with pytest.raises(RuntimeError, match="Invalid scalar type"):
-        DistributedDataParallel(_with_token_rank_layout(_frequency_aware(tiny_bert_config, gen)))
-
-
 def test_coverage_masks_and_int8_decoders_broadcast_and_ddp_wraps_without_help(
     gloo_group, tiny_bert_config, gen, id_batch
 ):
@@ -83,7 +65,7 @@ def test_coverage_masks_and_int8_decoders_broadcast_and_ddp_wraps_without_help(
 
 
 def test_skipping_the_constant_buffers_lets_ddp_wrap_and_train(gloo_group, tiny_bert_config, gen, id_batch):
-    model = _with_token_rank_layout(_frequency_aware(tiny_bert_config, gen))
+    model = _frequency_aware(tiny_bert_config, gen)
     names = skip_constant_buffers_in_ddp(model)
     embedding = model.get_input_embeddings()
     assert {n.rsplit(".", 1)[-1] for n in names} == {n for n, _ in embedding.named_buffers()}
@@ -91,7 +73,7 @@ def test_skipping_the_constant_buffers_lets_ddp_wrap_and_train(gloo_group, tiny_
 
     wrapped = DistributedDataParallel(model, find_unused_parameters=True)
     wrapped(**id_batch).last_hidden_state.sum().backward()
-    assert embedding.decoder_0_weight.grad is not None  # the older layout: fp16 decoder weights
+    assert embedding.decoder_0_scale.grad is not None  # parameters are still synchronised and trained
 
 
 @pytest.mark.slow

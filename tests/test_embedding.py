@@ -15,21 +15,20 @@ from safetensors.torch import load_file, save_file
 from lighttoken_hf import LightTokenEmbedding
 
 #: (V, d, svd_rank, stage_bits, stage_rows, padding_idx, row_index, decoder_dtype): SVD only, hashing
-#: only, mixed with frequency tiers (coverage masks, or the older token-rank table) and a padding row,
-#: the same with int8 decoders, and a padding index given from the end.
+#: only, mixed with frequency tiers (coverage masks) and a padding row, the same with int8 decoders, and a
+#: padding index given from the end (fp16 decoders unless int8 is named).
 LAYOUTS = {
-    "svd_only": (40, 6, 3, (), None, None, "coverage", None),
-    "hashing_only": (40, 6, 0, (5, 16), None, None, "coverage", None),
-    "tiers_padding": (50, 12, 3, (9, 16, 8), (50, 20, 7), 0, "coverage", None),
-    "tiers_token_rank": (50, 12, 3, (9, 16, 8), (50, 20, 7), 0, "token_rank", None),
+    "svd_only": (40, 6, 3, (), None, None, "coverage", torch.float16),
+    "hashing_only": (40, 6, 0, (5, 16), None, None, "coverage", torch.float16),
+    "tiers_padding": (50, 12, 3, (9, 16, 8), (50, 20, 7), 0, "coverage", torch.float16),
     "tiers_int8": (50, 12, 3, (9, 16, 8), (50, 20, 7), 0, "coverage", torch.int8),
-    "negative_padding": (30, 4, 2, (1, 12), (30, 11), -1, "coverage", None),
+    "negative_padding": (30, 4, 2, (1, 12), (30, 11), -1, "coverage", torch.float16),
 }
 
 
 def random_embedding(layout: str, seed: int = 0, factor_dtype=torch.float16) -> LightTokenEmbedding:
-    """A LightTokenEmbedding with random stored tensors (random code bytes, token ranks a permutation,
-    coverage masks a random set of the stage's row count)."""
+    """A LightTokenEmbedding with random stored tensors (random code bytes, coverage masks a random set of
+    the stage's row count)."""
     v, d, rank, bits, rows, padding_idx, row_index, decoder_dtype = LAYOUTS[layout]
     m = LightTokenEmbedding(
         v, d, svd_rank=rank, stage_bits=bits, stage_rows=rows, padding_idx=padding_idx,
@@ -38,9 +37,7 @@ def random_embedding(layout: str, seed: int = 0, factor_dtype=torch.float16) -> 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in itertools.chain(m.named_parameters(), m.named_buffers()):
-            if name == "token_rank":
-                t.copy_(torch.randperm(v, generator=g).to(t.dtype))
-            elif name.startswith("coverage_"):
+            if name.startswith("coverage_"):
                 covered = np.zeros(v, dtype=np.uint8)
                 covered[torch.randperm(v, generator=g)[: m.stage_rows[int(name.split("_")[1])]].numpy()] = 1
                 t.copy_(torch.from_numpy(np.packbits(covered, bitorder="little")))
@@ -56,14 +53,13 @@ def random_embedding(layout: str, seed: int = 0, factor_dtype=torch.float16) -> 
 def reference_matrix(m: LightTokenEmbedding) -> torch.Tensor:
     """The documented reconstruction, computed independently in float64 from the stored tensors.
 
-    row i = lowrank_left[i] @ lowrank_right + sum_s [rank(i) < rows_s] (b_s(i) @ W_s + c_s), with b_s
+    row i = lowrank_left[i] @ lowrank_right + sum_s [stage s covers i] (b_s(i) @ W_s + c_s), with b_s
     the stage's little-endian packed bits mapped to {-1, +1} and W_s = qweight * scale[:, None] for int8
     decoders; the padding row is stored exactly.
     """
     state = m.state_dict()
     v = m.num_embeddings
     out = state["lowrank_left"].double() @ state["lowrank_right"].double()
-    rank = state["token_rank"].long() if "token_rank" in state else torch.arange(v)
     for s, (bits, rows) in enumerate(zip(m.stage_bits, m.stage_rows, strict=True)):
         codes = state[f"codes_{s}"]
         assert codes.shape == (rows, (bits + 7) // 8)
@@ -81,9 +77,9 @@ def reference_matrix(m: LightTokenEmbedding) -> torch.Tensor:
             )
             assert int(covered.sum()) == rows
             out[covered] += decoded
-        else:
-            covered = rank < rows
-            out[covered] += decoded[rank[covered]]
+        else:  # a stage over every row
+            assert rows == v
+            out += decoded
     if m.padding_idx is not None:
         out[m.padding_idx] = state["padding_row"].double()
     return out
@@ -248,14 +244,12 @@ def test_safetensors_round_trip(layout, tmp_path, gen):
     assert torch.equal(fresh.weight, m.weight)
 
 
-@pytest.mark.parametrize("layout", ["tiers_padding", "tiers_token_rank"])
+@pytest.mark.parametrize("layout", ["tiers_padding", "tiers_int8"])
 def test_compressed_nbytes_counts_every_stored_tensor(layout):
     m = random_embedding(layout)
     v, d = m.num_embeddings, m.embedding_dim
     expected = (v + d) * 3 * 2  # factors, fp16
     expected += d * 2  # padding row
-    if layout == "tiers_token_rank":
-        expected += v * 2  # int16 token ranks
     for b, r in zip(m.stage_bits, m.stage_rows, strict=True):
         expected += r * ((b + 7) // 8) + d * 2  # codes, decoder bias
         # decoder weight: fp16, or int8 with an fp16 scale per code bit
@@ -265,14 +259,6 @@ def test_compressed_nbytes_counts_every_stored_tensor(layout):
     assert m.compressed_nbytes == expected
     assert m.dense_nbytes == v * d * 4
     assert m.compression_ratio == pytest.approx(v * d * 4 / expected)
-
-
-def test_large_vocab_uses_int32_token_ranks():
-    m = LightTokenEmbedding(40000, 2, stage_bits=[8], stage_rows=[100], row_index="token_rank")
-    assert m.state_dict()["token_rank"].dtype == torch.int32
-    small = LightTokenEmbedding(1000, 2, stage_bits=[8], stage_rows=[100], row_index="token_rank")
-    assert small.state_dict()["token_rank"].dtype == torch.int16
-    assert "token_rank" not in LightTokenEmbedding(1000, 2, stage_bits=[8], stage_rows=[100]).state_dict()
 
 
 def test_coverage_mask_that_disagrees_with_the_row_count_is_a_clear_error():
@@ -348,7 +334,7 @@ def test_gradients_reach_the_stored_factors():
     assert m.decoder_0_weight.grad is not None
 
 
-@pytest.mark.parametrize("layout", ["tiers_padding", "tiers_token_rank", "tiers_int8"])
+@pytest.mark.parametrize("layout", ["tiers_padding", "tiers_int8"])
 def test_repeated_ids_give_the_gradients_of_a_dense_gather(layout):
     # forward decodes each distinct id once and a tier only for the ids it covers; the gradients must
     # still be those of gathering every position from the full reconstruction

@@ -20,9 +20,9 @@ from transformers import (
 )
 
 import lighttoken_hf as lt
-from lighttoken_hf.compressor.api import embedding_scale
+from lighttoken_hf.compressor.lm_metrics import lm_fidelity, perplexity
+from lighttoken_hf.compressor.surgery import embedding_scale
 from lighttoken_hf.gguf import load_gguf
-from lighttoken_hf.lm_fidelity import lm_fidelity, perplexity
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -167,6 +167,23 @@ def test_lm_report_fields_and_identity():
     assert report["next_token_kl"] > 0 and 0 <= report["top1_agreement"] <= 1
     with pytest.raises(ValueError, match="causal or two masked"):
         lm_fidelity(model, lt.compress(torch.randn(50, 8), ratio=2, progress=False), tok, ["1 2 3"])
+
+
+def test_a_causal_lm_reports_end_to_end_once_and_its_card_names_the_causal_auto_class():
+    from lighttoken_hf.cards import card_facts
+
+    model, tok = _llama(), _IdTokenizer(300)
+    compressed = lt.compress(
+        model, ratio=8, tokenizer=tok, calibration_texts=_texts(300), evaluation_texts=_texts(300, seed=3), **FAST
+    )
+    report = compressed.compression_report
+    expected = lm_fidelity(model, compressed, tok, _texts(300, seed=3))
+    assert report.end_to_end["perplexity_compressed"] == pytest.approx(expected["perplexity_compressed"], rel=1e-6)
+    assert compressed.config.compression_stats["end_to_end"]["next_token_kl"] == pytest.approx(
+        expected["next_token_kl"], rel=1e-6
+    )
+    facts = card_facts(compressed)
+    assert (facts["auto_class"], facts["pipeline_tag"]) == ("AutoModelForCausalLM", "text-generation")
 
 
 def test_a_tokenizer_larger_than_the_vocabulary_is_refused():

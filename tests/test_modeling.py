@@ -157,3 +157,14 @@ def test_dtype_casts_the_backbone_and_keeps_the_compressed_storage(tiny_bert, id
 
     auto = AutoModel.from_pretrained(tmp_path, dtype="auto")  # the dtype recorded at save time
     assert auto.dtype == torch.float32 and auto.get_input_embeddings().lowrank_left.dtype == torch.float16
+
+
+def test_dtype_is_the_compute_dtype_not_the_fp16_storage(tiny_bert_config):
+    """The compressed embedding's fp16 factors come last in iteration: ``.dtype`` (and the first parameter
+    that sentence-transformers reads) is the backbone's compute dtype, for the wrapper and the backbone."""
+    model = _compressed_classifier(tiny_bert_config)
+    assert model.get_input_embeddings().lowrank_left.dtype == torch.float16
+    assert model.dtype == model.backbone.dtype == torch.float32
+    assert next(model.parameters()).dtype == torch.float32
+    assert model.to(torch.bfloat16).dtype == torch.bfloat16
+    assert model.get_input_embeddings().lowrank_left.dtype == torch.float16  # storage kept

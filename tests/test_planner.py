@@ -25,7 +25,7 @@ def module_for(plan) -> LightTokenEmbedding:
         stage_rows=plan.stage_rows,
         padding_idx=0 if plan.has_padding_row else None,
         factor_dtype=FACTOR_DTYPES[plan.factor_bytes],
-        decoder_dtype=torch.int8 if plan.int8_decoders else None,
+        decoder_dtype=torch.int8 if plan.int8_decoders else FACTOR_DTYPES[plan.factor_bytes],
     )
 
 

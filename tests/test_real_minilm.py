@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 import lighttoken_hf
 from lighttoken_hf import LightTokenEmbedding, compress
-from lighttoken_hf.fidelity import builtin_sentences, mean_pooled_embeddings, sentence_embedding_cosine
+from lighttoken_hf.compressor.metrics import mean_pooled_embeddings, sentence_embedding_cosine
+from lighttoken_hf.fidelity import builtin_sentences
 from lighttoken_hf.pretrained import default_model_path
 
 pytestmark = pytest.mark.slow

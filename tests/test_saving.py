@@ -11,7 +11,8 @@ import torch
 from conftest import FAST_SCHEDULE
 
 import lighttoken_hf
-from lighttoken_hf.saving import REPORT_FILENAME, check_output_dir, checkpoint_info, save_compressed
+from lighttoken_hf.checkpoint import REPORT_FILENAME, checkpoint_info
+from lighttoken_hf.saving import check_output_dir, save_compressed
 
 REMOTE_CODE = ("configuration_lighttoken.py", "modeling_lighttoken.py", "lighttoken_codec.py")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -294,55 +295,14 @@ def test_checkpoint_info_rejects_folders_that_are_not_lighttoken_checkpoints(tin
         checkpoint_info(broken)
 
 
-def _as_token_rank_layout(embedding: lighttoken_hf.LightTokenEmbedding) -> lighttoken_hf.LightTokenEmbedding:
-    """The same stored values in the layout written before coverage masks: an int16 ``token_rank``
-    (frequency position of each token) and every stage's rows in that order."""
-    v = embedding.num_embeddings
-    ids = torch.arange(v)
-    level = sum(embedding.stage_index(s, ids)[0].long() for s in range(len(embedding.stage_bits)))
-    order = torch.argsort(-level, stable=True)  # tokens covered by more (nested) tiers first
-    legacy = lighttoken_hf.LightTokenEmbedding(
-        v, embedding.embedding_dim, svd_rank=embedding.svd_rank, stage_bits=embedding.stage_bits,
-        stage_rows=embedding.stage_rows, padding_idx=embedding.padding_idx, row_index="token_rank",
-    )  # fmt: skip
-    state = {k: t for k, t in embedding.state_dict().items() if not k.startswith(("coverage_", "codes_"))}
-    state["token_rank"] = torch.argsort(order).to(torch.int16)
-    for s, rows in enumerate(embedding.stage_rows):
-        inside, row = embedding.stage_index(s, order[:rows])
-        assert inside.all()  # the tiers are nested, so a frequency order exists
-        state[f"codes_{s}"] = getattr(embedding, f"codes_{s}")[row]
-    legacy.load_state_dict(state)
-    return legacy
+def test_the_config_and_the_codec_agree_on_every_layout_default():
+    """A config field left out means what the codec's own default means (one layout, no older variants)."""
+    import inspect
 
-
-def test_checkpoint_in_the_older_token_rank_layout_still_loads(tiny_bert_config, gen, id_batch, tmp_path):
-    """Checkpoints saved before coverage masks and int8 decoders (config without ``row_index`` and
-    ``decoder_dtype``, an int16 token_rank, fp16 decoder weights) load and decode exactly as they did."""
-    from transformers import BertModel
-
-    tiny_bert_config.vocab_size = 4000
-    torch.manual_seed(0)
-    zipf = 1.0 / torch.arange(1, 4001, dtype=torch.float32)[torch.randperm(4000, generator=gen)]
-    model = lighttoken_hf.compress(
-        BertModel(tiny_bert_config), ratio=8, token_frequencies=zipf, schedule=FAST_SCHEDULE, progress=False,
-        decoder_dtype="float16",
-    ).eval()
-    embedding = model.get_input_embeddings()
-    assert embedding.row_index == "coverage" and min(embedding.stage_rows) < 4000
-    legacy = _as_token_rank_layout(embedding)
-    assert torch.equal(legacy.weight, embedding.weight)
-    with torch.no_grad():
-        expected = model(**id_batch).last_hidden_state
-    model.set_input_embeddings(legacy)
-    model.save_pretrained(tmp_path / "old")
-    config = json.loads((tmp_path / "old" / "config.json").read_text(encoding="utf-8"))
-    config.pop("row_index", None)  # the fields did not exist then
-    config.pop("decoder_dtype", None)
-    (tmp_path / "old" / "config.json").write_text(json.dumps(config), encoding="utf-8")
-
-    from transformers import AutoModel
-
-    reloaded = AutoModel.from_pretrained(tmp_path / "old").eval()
-    assert reloaded.get_input_embeddings().uses_token_rank
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(**id_batch).last_hidden_state, expected, rtol=0, atol=0)
+    config = lighttoken_hf.LightTokenConfig()
+    codec = inspect.signature(lighttoken_hf.LightTokenEmbedding.__init__).parameters
+    assert config.row_index == codec["row_index"].default == "coverage"
+    assert getattr(torch, config.decoder_dtype) == codec["decoder_dtype"].default == torch.int8
+    assert getattr(torch, config.factor_dtype) == codec["factor_dtype"].default
+    with pytest.raises(ValueError, match="row_index must be one of"):
+        lighttoken_hf.LightTokenEmbedding(10, 2, stage_bits=[8], stage_rows=[5], row_index="token_rank")

@@ -14,9 +14,9 @@ from conftest import FAST_SCHEDULE, make_planted_matrix
 from lighttoken_hf import compress
 from lighttoken_hf.compressor import resources
 from lighttoken_hf.compressor.hashing import refine_bits
+from lighttoken_hf.compressor.metrics import matrix_fidelity
 from lighttoken_hf.compressor.resources import resolve_device, row_blocks
 from lighttoken_hf.compressor.svd import low_rank_factors
-from lighttoken_hf.fidelity import matrix_fidelity
 
 
 def _codes(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -125,7 +125,7 @@ def test_gpu_codes_match_the_cpu_codes():
 _MEMORY_PROBE = textwrap.dedent(
     """
     import json, torch
-    from lighttoken_hf.compressor.api import compress_matrix
+    from lighttoken_hf.compressor.pipeline import compress_matrix
     from lighttoken_hf.compressor.settings import CompressionSettings
     from lighttoken_hf.compressor.resources import PeakResidentMemory
     g = torch.Generator().manual_seed(0)

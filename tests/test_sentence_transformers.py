@@ -18,8 +18,9 @@ from conftest import FAST_SCHEDULE
 from hub_server import LocalHub
 
 import lighttoken_hf
+from lighttoken_hf.checkpoint import checkpoint_info
 from lighttoken_hf.cli import main
-from lighttoken_hf.saving import checkpoint_info, save_compressed
+from lighttoken_hf.saving import save_compressed
 from lighttoken_hf.sentence_transformers_support import (
     is_sentence_transformers_dir,
     sentence_transformers_layout,

@@ -66,6 +66,19 @@ def test_correlations_match_scipy(seed):
     assert metrics.spearman(pred.round(0), ref) == pytest.approx(scipy.stats.spearmanr(pred.round(0), ref)[0])
 
 
+def test_zero_shot_sts_is_the_spearman_of_embedding_cosines(tiny_bert, tiny_tokenizer):
+    from lighttoken_hf.compressor.metrics import mean_pooled_embeddings
+    from lighttoken_hf.fidelity import builtin_sentences, sts_spearman
+
+    texts = builtin_sentences()[:16]
+    first, second, gold = texts[:8], texts[8:], np.linspace(0, 5, 8)
+    a, b = (mean_pooled_embeddings(tiny_bert, tiny_tokenizer, t) for t in (first, second))
+    cosines = torch.nn.functional.cosine_similarity(a, b)
+    expected = scipy.stats.spearmanr(cosines.numpy(), gold)[0]
+    assert sts_spearman(tiny_bert, tiny_tokenizer, first, second, gold) == pytest.approx(expected)
+    assert sts_spearman(tiny_bert, tiny_tokenizer, first, second, torch.tensor(gold)) == pytest.approx(expected)
+
+
 def test_glue_metrics_per_task_and_compute_metrics():
     from transformers import EvalPrediction
 

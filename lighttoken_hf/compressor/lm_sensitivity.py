@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..fidelity import tokenized_batches
+from .metrics import tokenized_batches
 
 
 def lm_sensitivity(

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checks import check_bool, check_choice, check_int, check_number
+
 __all__ = [
     "DECODER_DTYPES",
     "FACTOR_DTYPES",
@@ -32,6 +34,8 @@ FACTOR_DTYPES = ("float16", "bfloat16", "float32", "float64")
 DECODER_DTYPES = ("int8", *FACTOR_DTYPES)
 #: Values of ``CompressionSettings.output_layer``.
 OUTPUT_LAYERS = ("compress", "dense")
+#: Largest seed (seeds are 32-bit, as in numpy).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -143,9 +147,8 @@ class CompressionSettings:
 
     def __post_init__(self) -> None:
         from .resources import resolve_device  # torch: only once settings are made, not for --help
-        from .validation import check_settings
 
-        check_settings(self)  # every field's type and range, one clear error each
+        _check_settings(self)  # every field's type and range, one clear error each
         resolve_device(self.device)  # a bad or unavailable device fails here, before any work
 
     def to_dict(self) -> dict:
@@ -163,3 +166,65 @@ class CompressionSettings:
         if options.get("budget_bytes") is not None and "ratio" not in options:
             options["ratio"] = None  # a byte budget replaces the default ratio
         return dataclasses.replace(self, **options)
+
+
+def _check_settings(settings: Any) -> None:
+    """Check (and normalise in place) every field of a ``CompressionSettings``; raise on the first bad one.
+
+    Types are normalised (numpy scalars to Python, a ``torch.dtype`` to its name, a schedule dict to
+    a :class:`StageSchedule`) so that the settings serialise to JSON as they are.
+    """
+    s = settings
+    if s.ratio is not None:
+        s.ratio = check_number("ratio", s.ratio)  # the planner checks > 1 (with what is possible)
+    if s.budget_bytes is not None:
+        if isinstance(s.budget_bytes, float) and s.budget_bytes.is_integer():
+            s.budget_bytes = int(s.budget_bytes)  # 1e6 is a whole number of bytes
+        s.budget_bytes = check_int("budget_bytes", s.budget_bytes, minimum=1)
+    if s.ratio is None and s.budget_bytes is None:
+        raise ValueError("give a target: ratio= (e.g. 25) or budget_bytes=")
+    for name, minimum in (("svd_rank", 0), ("num_stages", 0), ("stage_bits", 8)):
+        if getattr(s, name) is not None:
+            setattr(s, name, check_int(name, getattr(s, name), minimum=minimum))
+    s.max_stage_bits = check_int("max_stage_bits", s.max_stage_bits, minimum=8)
+    s.loss = check_choice("loss", s.loss, LOSS_NAMES)
+    s.angle_weight = check_number("angle_weight", s.angle_weight, low=1)
+    s.frequency_aware = check_bool("frequency_aware", s.frequency_aware)
+    if s.frequency_share is not None:
+        s.frequency_share = check_number("frequency_share", s.frequency_share, low=0, high=1, high_open=True)
+    s.tier_decay = check_number("tier_decay", s.tier_decay, low=0, high=1, low_open=True, high_open=True)
+    s.frequency_power = check_number("frequency_power", s.frequency_power, low=0)
+    s.sensitivity_weighted = check_bool("sensitivity_weighted", s.sensitivity_weighted)
+    s.sensitivity_shrinkage = check_number("sensitivity_shrinkage", s.sensitivity_shrinkage, low=0, high=1)
+    s.sensitivity_metric = check_choice("sensitivity_metric", s.sensitivity_metric, SENSITIVITY_METRICS)
+    s.joint_iterations = check_int("joint_iterations", s.joint_iterations, minimum=0)
+    s.factor_dtype = check_choice("factor_dtype", s.factor_dtype, FACTOR_DTYPES)
+    s.decoder_dtype = check_choice("decoder_dtype", s.decoder_dtype, DECODER_DTYPES)
+    s.output_layer = check_choice("output_layer", s.output_layer, OUTPUT_LAYERS)
+    s.schedule = _check_schedule(s.schedule)
+    if s.threads is not None:
+        s.threads = check_int("threads", s.threads, minimum=1)
+    s.seed = check_int("seed", s.seed, minimum=0, maximum=MAX_SEED)
+
+
+def _check_schedule(schedule: Any) -> StageSchedule:
+    """A :class:`StageSchedule` from itself or a dict of its fields, each of its default's type."""
+    if isinstance(schedule, StageSchedule):
+        values = dataclasses.asdict(schedule)
+    elif isinstance(schedule, dict):
+        values = dict(schedule)
+    else:
+        raise TypeError(
+            f"schedule must be a StageSchedule or a dict of its fields, got {type(schedule).__name__} {schedule!r}"
+        )
+    fields = {f.name: f.default for f in dataclasses.fields(StageSchedule)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise TypeError(f"unknown schedule option(s) {unknown}; valid: {sorted(fields)}")
+    for name, value in values.items():
+        if value is None and fields[name] is not None and name != "rows_per_epoch":
+            raise TypeError(f"schedule.{name} must be a number, got None")
+        if value is not None:
+            check = check_int if isinstance(fields[name], int) else check_number
+            values[name] = check(f"schedule.{name}", value)
+    return StageSchedule(**values)

@@ -9,144 +9,34 @@ checks (ratio, byte budget, stage shapes) are in :mod:`~lighttoken_hf.compressor
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import numbers
 from typing import Any
 
 import torch
 
 from .resources import row_blocks
-from .settings import (
-    DECODER_DTYPES,
-    FACTOR_DTYPES,
-    LOSS_NAMES,
-    OUTPUT_LAYERS,
-    SENSITIVITY_METRICS,
-    StageSchedule,
-)
 
-#: Largest seed (seeds are 32-bit, as in numpy).
-MAX_SEED = 2**32 - 1
 #: Rows with a larger norm overflow the float32 losses the stages are trained with (squared norms).
 MAX_TRAINABLE_ROW_NORM = 2.0**56
 
 
-def _got(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"
-
-
-def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """``value`` as an ``int`` (numpy integers too, never a bool or a float), within the bounds."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {_got(value)}")
-    value = int(value)
-    if minimum is not None and value < minimum or maximum is not None and value > maximum:
-        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-        raise ValueError(f"{name} must be {bounds}, got {value}")
-    return value
-
-
-def check_number(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """``value`` as a finite ``float`` (an int or float, never a bool or a string) within the interval."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number (int or float), got {_got(value)}")
-    value = float(value)
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if not math.isfinite(value) or too_low or too_high:
-        left = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-        right = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-        where = f"in {left}, {right}" if low is not None and high is not None else None
-        where = where or (f"{'>' if low_open else '>='} {low:g}" if low is not None else f"<= {high:g}")
-        raise ValueError(f"{name} must be a finite number {where}, got {value}")
-    return value
-
-
-def check_bool(name: str, value: Any) -> bool:
-    """``value`` as a ``bool`` (numpy bools too); strings such as ``"no"`` are refused, not truthy."""
-    if isinstance(value, (str, bytes)) or value not in (True, False):
-        raise TypeError(f"{name} must be True or False, got {_got(value)}")
-    return bool(value)
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """``value``, one of the strings ``choices`` (a ``torch.dtype`` is taken by its name)."""
-    if isinstance(value, torch.dtype):
-        value = str(value).removeprefix("torch.")
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, one of {list(choices)}, got {_got(value)}")
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-def check_settings(settings: Any) -> None:
-    """Check (and normalise in place) every field of a ``CompressionSettings``; raise on the first bad one.
-
-    Types are normalised (numpy scalars to Python, a ``torch.dtype`` to its name, a schedule dict to
-    a :class:`StageSchedule`) so that the settings serialise to JSON as they are.
-    """
-    s = settings
-    if s.ratio is not None:
-        s.ratio = check_number("ratio", s.ratio)  # the planner checks > 1 (with what is possible)
-    if s.budget_bytes is not None:
-        if isinstance(s.budget_bytes, float) and s.budget_bytes.is_integer():
-            s.budget_bytes = int(s.budget_bytes)  # 1e6 is a whole number of bytes
-        s.budget_bytes = check_int("budget_bytes", s.budget_bytes, minimum=1)
-    if s.ratio is None and s.budget_bytes is None:
-        raise ValueError("give a target: ratio= (e.g. 25) or budget_bytes=")
-    for name, minimum in (("svd_rank", 0), ("num_stages", 0), ("stage_bits", 8)):
-        if getattr(s, name) is not None:
-            setattr(s, name, check_int(name, getattr(s, name), minimum=minimum))
-    s.max_stage_bits = check_int("max_stage_bits", s.max_stage_bits, minimum=8)
-    s.loss = check_choice("loss", s.loss, LOSS_NAMES)
-    s.angle_weight = check_number("angle_weight", s.angle_weight, low=1)
-    s.frequency_aware = check_bool("frequency_aware", s.frequency_aware)
-    if s.frequency_share is not None:
-        s.frequency_share = check_number("frequency_share", s.frequency_share, low=0, high=1, high_open=True)
-    s.tier_decay = check_number("tier_decay", s.tier_decay, low=0, high=1, low_open=True, high_open=True)
-    s.frequency_power = check_number("frequency_power", s.frequency_power, low=0)
-    s.sensitivity_weighted = check_bool("sensitivity_weighted", s.sensitivity_weighted)
-    s.sensitivity_shrinkage = check_number("sensitivity_shrinkage", s.sensitivity_shrinkage, low=0, high=1)
-    s.sensitivity_metric = check_choice("sensitivity_metric", s.sensitivity_metric, SENSITIVITY_METRICS)
-    s.joint_iterations = check_int("joint_iterations", s.joint_iterations, minimum=0)
-    s.factor_dtype = check_choice("factor_dtype", s.factor_dtype, FACTOR_DTYPES)
-    s.decoder_dtype = check_choice("decoder_dtype", s.decoder_dtype, DECODER_DTYPES)
-    s.output_layer = check_choice("output_layer", s.output_layer, OUTPUT_LAYERS)
-    s.schedule = check_schedule(s.schedule)
-    if s.threads is not None:
-        s.threads = check_int("threads", s.threads, minimum=1)
-    s.seed = check_int("seed", s.seed, minimum=0, maximum=MAX_SEED)
-
-
-def check_schedule(schedule: Any) -> StageSchedule:
-    """A :class:`StageSchedule` from itself or a dict of its fields, each of its default's type."""
-    if isinstance(schedule, StageSchedule):
-        values = dataclasses.asdict(schedule)
-    elif isinstance(schedule, dict):
-        values = dict(schedule)
-    else:
-        raise TypeError(f"schedule must be a StageSchedule or a dict of its fields, got {_got(schedule)}")
-    fields = {f.name: f.default for f in dataclasses.fields(StageSchedule)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise TypeError(f"unknown schedule option(s) {unknown}; valid: {sorted(fields)}")
-    for name, value in values.items():
-        if value is None and fields[name] is not None and name != "rows_per_epoch":
-            raise TypeError(f"schedule.{name} must be a number, got None")
-        if value is not None:
-            check = check_int if isinstance(fields[name], int) else check_number
-            values[name] = check(f"schedule.{name}", value)
-    return StageSchedule(**values)
+def check_matrix(matrix: Any) -> torch.Tensor:
+    """``matrix`` as a detached fp32 CPU tensor, refused with one clear error unless it is a finite 2-D float one."""
+    if not isinstance(matrix, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor or a PreTrainedModel, got {type(matrix).__name__}")
+    if matrix.dim() != 2:
+        raise ValueError(f"the embedding matrix must be 2-D (vocab x dim), got shape {tuple(matrix.shape)}")
+    if matrix.numel() == 0:
+        raise ValueError(f"the embedding matrix is empty (shape {tuple(matrix.shape)})")
+    if not matrix.is_floating_point():
+        raise TypeError(f"the embedding matrix must be floating point, got {matrix.dtype}")
+    matrix = matrix.detach().float().cpu()
+    finite = all(bool(torch.isfinite(matrix[rows]).all()) for rows in row_blocks(*matrix.shape))
+    if not finite:
+        bad = (~torch.isfinite(matrix)).nonzero()[0].tolist()
+        raise ValueError(
+            f"the embedding matrix contains NaN or Inf (first at row {bad[0]}, column {bad[1]}); fix the weights first"
+        )
+    return matrix
 
 
 def check_matrix_values(matrix: torch.Tensor, factor_dtype: str) -> None:

@@ -28,10 +28,10 @@ class LightTokenConfig(PretrainedConfig):
         stage_rows: rows covered by each stage (most frequent tokens first).
         padding_idx: padding row, stored exactly (``None`` for none).
         factor_dtype: storage dtype of the low-rank factors, decoder biases and scales (``"float16"``...).
-        decoder_dtype: storage dtype of the decoder weights (``"int8"`` or a float dtype); ``None``, the
-            default for configs written before int8 decoders, means ``factor_dtype``.
-        row_index: how a frequency tier finds a token's row (``LightTokenEmbedding``): ``"coverage"``
-            bit masks, or ``"token_rank"``, the default for configs written before that field existed.
+        decoder_dtype: storage dtype of the decoder weights (``"int8"``, one scale per code bit, or a float
+            dtype).
+        row_index: how a frequency tier finds a token's row (``LightTokenEmbedding``): ``"coverage"`` bit
+            masks.
         output_embedding: for a language model whose output layer had its own (untied) V x d matrix that
             was compressed too: that matrix's shapes (the keyword arguments of ``LightTokenEmbedding``:
             ``num_embeddings``, ``embedding_dim``, ``svd_rank``, ``stage_bits``, ``stage_rows``,
@@ -57,8 +57,8 @@ class LightTokenConfig(PretrainedConfig):
     stage_rows: list[int] | None = None
     padding_idx: int | None = None
     factor_dtype: str = "float16"
-    decoder_dtype: str | None = None
-    row_index: str = "token_rank"
+    decoder_dtype: str = "int8"
+    row_index: str = "coverage"
     embedding_scale: float = 1.0
     output_embedding: dict[str, Any] | None = None
     compression_stats: dict[str, Any] | None = None

@@ -14,10 +14,6 @@ they round-trip through ``state_dict`` / safetensors):
   ``stage_rows[s]`` covered tokens are stored in id order, so token ``i``'s row in ``codes_{s}`` is
   the number of covered ids below ``i`` (from a per-byte prefix count computed on first use and
   cached in memory, 4 bytes per 8 tokens; never stored).
-* ``token_rank`` (V,) int16 (int32 when V > 32767): the older layout (``row_index="token_rank"``,
-  checkpoints written before the coverage masks). Each token's position in the frequency order;
-  every stage stores its rows in that order and stage ``s`` covers the ``stage_rows[s]`` first.
-  Present only when some stage covers fewer than V rows.
 * ``codes_{s}`` (stage_rows[s] x ceil(B_s / 8)) uint8: stage ``s``'s binary codes, bit-packed
   (1 bit per code bit, little-endian bit order inside a byte).
 * ``decoder_{s}_weight`` (B_s x d) and ``decoder_{s}_bias`` (d,): stage ``s``'s linear decoder,
@@ -76,19 +72,17 @@ class LightTokenEmbedding(nn.Module):
         padding_idx: like ``nn.Embedding``: that row is stored exactly (``padding_row``).
         factor_dtype: storage dtype of the low-rank factors, the decoder biases (and scales) and the
             padding row.
-        decoder_dtype: storage dtype of the decoder weights: a float dtype, or ``torch.int8`` (one
-            ``factor_dtype`` scale per code bit); ``None`` means ``factor_dtype`` (the layout of
-            checkpoints written before int8 decoders).
+        decoder_dtype: storage dtype of the decoder weights: ``torch.int8`` (one ``factor_dtype`` scale per
+            code bit) or a float dtype.
         dtype: dtype of the vectors returned by ``forward``.
-        row_index: how a stage that covers fewer than V rows finds a token's row: ``"coverage"``
-            (a packed bit mask per such stage, 1 bit per token) or ``"token_rank"`` (one int16
-            table of frequency positions, the layout of older checkpoints).
+        row_index: how a stage that covers fewer than V rows finds a token's row: ``"coverage"`` (a packed
+            bit mask per such stage, 1 bit per token; the only layout so far, recorded in the config).
         output_scale: factor ``forward`` multiplies the looked-up rows by, for backbones whose
             embedding module scales its output (Gemma's ``sqrt(hidden_size)``); ``weight`` and a
             tied output layer use the unscaled matrix, as the original module's ``weight`` is.
     """
 
-    ROW_INDEXES = ("coverage", "token_rank")
+    ROW_INDEXES = ("coverage",)
 
     def __init__(
         self,
@@ -102,13 +96,12 @@ class LightTokenEmbedding(nn.Module):
         factor_dtype: torch.dtype = torch.float16,
         dtype: torch.dtype = torch.float32,
         row_index: str = "coverage",
-        decoder_dtype: torch.dtype | None = None,
+        decoder_dtype: torch.dtype = torch.int8,
         output_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if row_index not in self.ROW_INDEXES:
             raise ValueError(f"row_index must be one of {self.ROW_INDEXES}, got {row_index!r}")
-        decoder_dtype = factor_dtype if decoder_dtype is None else decoder_dtype
         if not (decoder_dtype.is_floating_point or decoder_dtype == torch.int8):
             raise ValueError(f"decoder_dtype must be a float dtype or torch.int8, got {decoder_dtype}")
         if num_embeddings <= 0 or embedding_dim <= 0:
@@ -144,13 +137,9 @@ class LightTokenEmbedding(nn.Module):
             # The padding row is kept exactly (an nn.Embedding returns weight[padding_idx] there).
             self.register_buffer("padding_row", torch.zeros(embedding_dim, dtype=factor_dtype))
         self.row_index = row_index
-        self.uses_token_rank = row_index == "token_rank" and any(r < num_embeddings for r in stage_rows)
-        if self.uses_token_rank:
-            rank_dtype = torch.int16 if num_embeddings <= torch.iinfo(torch.int16).max else torch.int32
-            self.register_buffer("token_rank", torch.arange(num_embeddings, dtype=rank_dtype))
         self._prefix: dict[int, tuple[tuple, tuple[torch.Tensor, torch.Tensor]]] = {}
         for s, (bits, rows) in enumerate(zip(stage_bits, stage_rows)):
-            if row_index == "coverage" and rows < num_embeddings:  # until loaded: the first `rows` ids
+            if rows < num_embeddings:  # until loaded: the first `rows` ids
                 first = (torch.arange(num_embeddings) < rows).unsqueeze(0)
                 self.register_buffer(f"coverage_{s}", pack_bits(first)[0])
             self.register_buffer(f"codes_{s}", torch.zeros(rows, (bits + 7) // 8, dtype=torch.uint8))
@@ -252,9 +241,6 @@ class LightTokenEmbedding(nn.Module):
         """``(inside, row)`` for token ``ids`` in stage ``s``: whether the stage covers each id, and its
         row in ``codes_{s}`` (clamped into range where the stage skips the id)."""
         rows = self.stage_rows[s]
-        if self.uses_token_rank:  # every stage's rows are in frequency order
-            rank = self.token_rank.index_select(0, ids).long()
-            return rank < rows, rank.clamp(max=rows - 1)
         if rows == self.num_embeddings:
             return torch.ones_like(ids, dtype=torch.bool), ids
         mask = getattr(self, f"coverage_{s}")

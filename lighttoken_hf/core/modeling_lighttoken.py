@@ -53,7 +53,7 @@ def output_embedding_from_config(config: LightTokenConfig) -> LightTokenEmbeddin
         stage_rows=list(shapes["stage_rows"]),
         factor_dtype=getattr(torch, shapes["factor_dtype"]),
         row_index=shapes["row_index"],
-        decoder_dtype=getattr(torch, shapes["decoder_dtype"]) if shapes.get("decoder_dtype") else None,
+        decoder_dtype=getattr(torch, shapes["decoder_dtype"]),
     )
 
 
@@ -68,7 +68,7 @@ def embedding_from_config(config: LightTokenConfig) -> LightTokenEmbedding:
         padding_idx=config.padding_idx,
         factor_dtype=getattr(torch, config.factor_dtype),
         row_index=config.row_index,
-        decoder_dtype=getattr(torch, config.decoder_dtype) if config.decoder_dtype else None,
+        decoder_dtype=getattr(torch, config.decoder_dtype),
         output_scale=getattr(config, "embedding_scale", 1.0),
     )
 
@@ -194,7 +194,7 @@ class LightTokenLMHead(nn.Module):
             for j in range(nbytes):
                 values = values + sums[:, j].index_select(1, codes[:, j].long())
             inside, row = emb.stage_index(s, ids)
-            if emb.stage_rows[s] == vocab and not emb.uses_token_rank:
+            if emb.stage_rows[s] == vocab:
                 logits = logits + values
             else:
                 logits = logits + values.index_select(1, row) * inside.to(values.dtype)
@@ -237,8 +237,6 @@ def _check_saved_layout(config: LightTokenConfig) -> None:
     current = {"input": config.to_dict(), "output": dict(getattr(config, "output_embedding", None) or {})}
     for role, fields in current.items():
         expected = recorded.get(f"{role}_layout") or {}
-        if fields.get("decoder_dtype") is None:  # configs before int8 decoders: the factor dtype
-            fields["decoder_dtype"] = fields.get("factor_dtype")
         changed = [
             f"{_CONFIG_FIELD.get(k, k)} is {fields.get(_CONFIG_FIELD.get(k, k))!r}, saved as {v!r}"
             for k, v in expected.items()
@@ -409,17 +407,6 @@ class LightTokenPreTrainedModel(PreTrainedModel):
         fn.__doc__ = type(self).forward.__doc__
         self.forward = types.MethodType(fn, self)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """Compute dtype of the backbone (the compressed embedding's fp16 storage does not count)."""
-        for module in self.backbone.modules():
-            if isinstance(module, LightTokenEmbedding):
-                continue
-            for param in module.parameters(recurse=False):
-                if param.is_floating_point():
-                    return param.dtype
-        return self.get_input_embeddings().output_dtype
-
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
         """``PreTrainedModel.from_pretrained``, but a missing, misshapen or unreadable compressed tensor is an error.
@@ -560,11 +547,11 @@ class LightTokenPreTrainedModel(PreTrainedModel):
     def _register_embedding_last(self, embedding: torch.nn.Module) -> None:
         """Move ``embedding`` to the end of its parent's submodules, so it is not the first parameter.
 
-        Much code reads a model's dtype from its first parameter (``next(model.parameters()).dtype``:
-        sentence-transformers' ``SentenceTransformer.dtype``, which also casts the modules after the
-        transformer to it, and transformers' ``PreTrainedModel.dtype`` of the backbone). The input
-        embedding usually comes first, and its first parameter is an fp16 storage factor, not the
-        compute dtype. Only the order of iteration changes: names and the state dict keys stay the same.
+        Code reads a model's dtype from its first floating-point parameter (``PreTrainedModel.dtype``, of
+        this model and of the backbone; sentence-transformers' ``SentenceTransformer.dtype``, which also
+        casts the modules after the transformer to it). The input embedding usually comes first, and its
+        first parameter is an fp16 storage factor, not the compute dtype. This one reordering is the whole
+        fix: only the order of iteration changes; names and state-dict keys stay the same.
         """
         for module in self.backbone.modules():
             name = next((n for n, child in module._modules.items() if child is embedding), None)

@@ -7,12 +7,11 @@ model's parameters and buffers so that runs can check every rank ended with iden
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from pathlib import Path
-from typing import Any
 
 import torch
+
+from ..jsonio import write_json
 
 __all__ = [
     "end_process_group",
@@ -70,11 +69,3 @@ def parameter_digest(model: torch.nn.Module) -> dict[str, str]:
     return digests
 
 
-def write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as indented JSON, atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path

@@ -143,9 +143,9 @@ def prepare_model(
         **task_kwargs: ``num_labels``, ``id2label``, ``problem_type``... for the head.
     """
     from ..saving import save_compressed
-    from .models import _resolve_path
+    from .models import resolve_model_path
 
-    path = _resolve_path(model)
+    path = resolve_model_path(model)
     if ratio is not None and is_lighttoken_checkpoint(path):
         logger.info(
             "%s is already LightToken-compressed: fine-tuning it as is (ratio %s ignored)", path, ratio

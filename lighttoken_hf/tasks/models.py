@@ -46,7 +46,7 @@ TASK_AUTO_CLASSES: dict[str, str] = {
 _EXTRA_LORA_TARGETS = {"mpnet": ["q", "v"], "distilbert": ["q_lin", "v_lin"], "albert": ["query", "value"]}
 
 
-def _resolve_path(model: str | os.PathLike[str] | None) -> str:
+def resolve_model_path(model: str | os.PathLike[str] | None) -> str:
     if model is None:
         from ..pretrained import default_model_path
 
@@ -114,7 +114,7 @@ def load_model_for_task(
 
     if task not in TASK_AUTO_CLASSES:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_AUTO_CLASSES)}")
-    path = _resolve_path(model)
+    path = resolve_model_path(model)
     compressed = is_lighttoken_checkpoint(path)
     if compress_ratio is not None and compressed:
         raise ValueError(
@@ -167,7 +167,7 @@ def compress_to_dir(
     target = Path(out_dir)
     if not overwrite and (target / "config.json").is_file() and is_lighttoken_checkpoint(target):
         return target
-    path = _resolve_path(model)
+    path = resolve_model_path(model)
     tok = transformers.AutoTokenizer.from_pretrained(path)
     dense = transformers.AutoModel.from_pretrained(path)
     compressed = compress(dense, ratio=ratio, tokenizer=tok, progress=progress, **options)

@@ -34,7 +34,6 @@ Design decisions (docs/finetuning.md has the longer version):
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -47,6 +46,7 @@ from transformers.trainer_callback import CallbackHandler, ExportableState
 from transformers.training_args import ParallelMode
 
 from ..core.lighttoken_codec import LightTokenEmbedding
+from ..jsonio import write_json
 from .ddp import skip_constant_buffers_in_ddp
 
 logger = logging.getLogger(__name__)
@@ -557,12 +557,7 @@ class LightTokenCallback(TrainerCallback, ExportableState):
             "embedding": {**embedding_storage_stats(model), **embedding_param_counts(model).to_dict()},
             "compression_stats": getattr(config, "compression_stats", None),
         }
-        path = os.path.join(target, CALLBACK_STATE_FILENAME)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_json(os.path.join(target, CALLBACK_STATE_FILENAME), payload, sort_keys=True)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -13,12 +13,10 @@ __all__ = ["skip_constant_buffers_in_ddp"]
 def skip_constant_buffers_in_ddp(model: torch.nn.Module) -> list[str]:
     """Keep DDP from broadcasting the compressed embedding's buffers; returns their names.
 
-    A ``LightTokenEmbedding``'s buffers (packed codes, coverage masks, the padding row and, in
-    checkpoints made before coverage masks, an int16 ``token_rank``) are constants. DDP broadcasts
-    every buffer from rank 0 when it wraps the model, and neither gloo nor NCCL can broadcast int16
-    ("Invalid scalar type"), so the wrap fails for such an older frequency-aware checkpoint. Every
-    rank loads (or compresses) the same checkpoint, so skipping them is safe; parameters (factors,
-    decoders) are still synchronised. Call before the model is wrapped.
+    A ``LightTokenEmbedding``'s buffers (packed codes, coverage masks, the padding row, int8 decoder
+    directions) are constants that every rank loads (or compresses) identically, so DDP need not
+    broadcast them from rank 0 when it wraps the model; parameters (factors, decoder scales) are still
+    synchronised. Call before the model is wrapped.
     """
     names = []
     for module_name, module in model.named_modules():

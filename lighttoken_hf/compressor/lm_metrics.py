@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .metrics import model_device, tokenized_batches
+
 __all__ = ["DEFAULT_PROMPT", "generation_speed", "greedy_sample", "is_lm", "lm_fidelity", "perplexity"]
 
 #: Prompt of the greedy samples in reports and model cards.
@@ -38,26 +40,14 @@ def is_lm(model: torch.nn.Module) -> str | None:
     return None
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _batches(
     tokenizer: Any, texts: Sequence[str], *, max_length: int, batch_size: int, device: torch.device
 ) -> Iterator[dict[str, Tensor]]:
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise ValueError("LM fidelity needs at least one non-empty text")
-    step = batch_size if getattr(tokenizer, "pad_token", None) is not None else 1
-    for start in range(0, len(texts), step):
-        batch = tokenizer(
-            texts[start : start + step],
-            padding=step > 1,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
-        yield {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    for batch in tokenized_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length, device=device):
+        yield {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
 
 def _predictions(
@@ -100,7 +90,7 @@ def perplexity(
     nll, count = 0.0, 0
     try:
         for b, batch in enumerate(
-            _batches(tokenizer, texts, max_length=max_length, batch_size=batch_size, device=_device(model))
+            _batches(tokenizer, texts, max_length=max_length, batch_size=batch_size, device=model_device(model))
         ):
             logp, targets = _predictions(model, batch, kind, tokenizer, seed + b)
             nll -= float(logp.gather(1, targets.unsqueeze(1)).sum())
@@ -117,7 +107,7 @@ def greedy_sample(
     model: torch.nn.Module, tokenizer: Any, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 12
 ) -> str:
     """The greedy continuation of ``prompt`` (through ``generate`` with the KV cache), without the prompt."""
-    batch = tokenizer(prompt, return_tensors="pt").to(_device(model))
+    batch = tokenizer(prompt, return_tensors="pt").to(model_device(model))
     out = model.generate(
         **batch,
         max_new_tokens=max_new_tokens,
@@ -132,7 +122,7 @@ def generation_speed(
     model: torch.nn.Module, tokenizer: Any, prompt: str = DEFAULT_PROMPT, new_tokens: int = 32
 ) -> float:
     """Greedy-generation speed in new tokens per second (KV cache on, batch 1, one warm-up call)."""
-    batch = tokenizer(prompt, return_tensors="pt").to(_device(model))
+    batch = tokenizer(prompt, return_tensors="pt").to(model_device(model))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     kwargs = {"do_sample": False, "pad_token_id": pad, "min_new_tokens": new_tokens}
     model.generate(**batch, max_new_tokens=2, **{**kwargs, "min_new_tokens": 2})
@@ -180,7 +170,7 @@ def lm_fidelity(
     agree = count = 0
     try:
         for b, batch in enumerate(
-            _batches(tokenizer, texts, max_length=max_length, batch_size=batch_size, device=_device(original))
+            _batches(tokenizer, texts, max_length=max_length, batch_size=batch_size, device=model_device(original))
         ):
             if reference is not None and b < len(reference):
                 logp_o, targets = reference[b][0].float(), reference[b][1]
@@ -188,7 +178,7 @@ def lm_fidelity(
                 logp_o, targets = _predictions(original, batch, kind, tokenizer, seed + b)
                 if reference is not None:
                     reference.append((logp_o.half(), targets))
-            moved = {k: v.to(_device(compressed)) for k, v in batch.items()}
+            moved = {k: v.to(model_device(compressed)) for k, v in batch.items()}
             logp_c, _ = _predictions(compressed, moved, kind, tokenizer, seed + b)
             logp_c = logp_c.to(logp_o.device)
             if logp_o.shape != logp_c.shape:
