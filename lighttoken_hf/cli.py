@@ -1,4 +1,5 @@
-"""The ``lighttoken`` command line: ``compress`` a model, ``info`` a saved checkpoint, ``push`` it to the Hub.
+"""The ``lighttoken`` command line: ``compress`` a model, ``info`` a saved checkpoint, ``push`` it to the Hub,
+``export`` it to ONNX.
 
 A thin layer: argument parsing, checks of the arguments and printing. The work is done by
 :func:`lighttoken_hf.compress`, :mod:`lighttoken_hf.fidelity`, :mod:`lighttoken_hf.saving`,
@@ -58,7 +59,7 @@ def _int_at_least(minimum: int) -> Any:
 
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    """The ``lighttoken`` argument parser (subcommands ``compress``, ``info`` and ``push``)."""
+    """The ``lighttoken`` argument parser (subcommands ``compress``, ``info``, ``push`` and ``export``)."""
     from . import __version__
     from .compressor.settings import (
         DECODER_DTYPES,
@@ -181,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
                       "is a Hub id)")
     push.add_argument("--message", metavar="TEXT", help="commit message")
     push.set_defaults(handler=_cmd_push)
+
+    export = commands.add_parser(
+        "export",
+        help="export a saved checkpoint to ONNX with the token-matrix decode inside the graph",
+        description="Write DIR's compressed model as an ONNX file whose graph keeps the packed codes and "
+        "decodes the looked-up rows (dynamic batch and sequence axes; checked with onnx.checker). Needs "
+        "pip install 'lighttoken-hf[onnx]'.",
+    )
+    export.add_argument("dir", metavar="DIR", help="folder written by `lighttoken compress`")
+    export.add_argument("--onnx", required=True, metavar="OUT.onnx", help="ONNX file to write")
+    export.add_argument("--opset", type=_int_at_least(14), default=17, help="ONNX opset (default: %(default)s)")
+    export.set_defaults(handler=_cmd_export)
     return parser
 
 
@@ -541,6 +554,22 @@ def _show_library_warnings() -> None:
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ------------------------------------------------------------------------------------------ export
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .onnx_export import export_onnx
+
+    if not (Path(args.dir).expanduser() / "config.json").is_file():
+        raise _UsageError(f"DIR {args.dir} is not a checkpoint folder (no config.json in it)")
+    _log(f"Exporting {args.dir} to {args.onnx}")
+    try:
+        path = export_onnx(args.dir, args.onnx, opset=args.opset)
+    except ImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"Saved to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

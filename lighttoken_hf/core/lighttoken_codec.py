@@ -248,11 +248,11 @@ class LightTokenEmbedding(nn.Module):
         inside = (byte >> offset) & 1 == 1
         # row = covered ids in earlier bytes (cached prefix count) + covered ids below `id` in its byte
         below = byte & ((1 << offset) - 1)
-        prefix, popcount = self._coverage_prefix(s)
+        prefix, popcount = self.coverage_prefix(s)
         row = prefix.index_select(0, ids >> 3) + popcount.index_select(0, below)
         return inside, row.clamp(max=rows - 1)
 
-    def _coverage_prefix(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def coverage_prefix(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Covered ids in the bytes before each byte of ``coverage_{s}`` (int32, V / 8 entries) and the
         per-byte popcount table, cached per mask version: the id -> row map costs 4 bytes per 8 tokens
         of memory and nothing on disk."""

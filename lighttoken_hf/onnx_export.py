@@ -1,0 +1,324 @@
+"""ONNX export of a LightToken-compressed model with the token-matrix decode inside the graph.
+
+The exported graph stores the compressed tensors as they are in the checkpoint (packed uint8 codes,
+int8 decoder weights and their scales, fp16 low-rank factors, coverage masks, the padding row) and
+rebuilds only the looked-up rows with standard ONNX ops (Gather, Cast, MatMul, Mul, Add, Where), so
+the file is about the checkpoint's size, never the dense V x d matrix. Bit unpacking is done by table
+lookups (a 256 x 8 table of +-1 signs per code byte, and 2048-entry tables for a coverage mask's bit
+and its in-byte prefix count), which every onnxruntime build supports.
+
+Heads: the base model (hidden states), sequence / token classification, question answering and masked
+or causal LMs (without the KV cache: ``use_cache=False``, one full forward per call). A tied output
+layer (:class:`~.core.modeling_lighttoken.LightTokenLMHead`) is exported by decoding the *full* V x d
+matrix inside the graph on every call (the file stays small; the runtime memory holds the decoded
+matrix during a call). An untied output layer stays a dense Linear, as in the checkpoint.
+
+The exporter is ``torch.onnx.export(..., dynamo=False)`` with constant folding off: folding would turn
+the casts of the stored uint8 / int8 / fp16 tensors into fp32 or int64 initializers and inflate the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .core.lighttoken_codec import LightTokenEmbedding
+from .core.modeling_lighttoken import LightTokenLMHead, LightTokenPreTrainedModel
+
+__all__ = ["OnnxLightTokenEmbedding", "export_onnx"]
+
+_POPCOUNT = [bin(byte).count("1") for byte in range(256)]
+#: Heads whose forward takes (batch, sequence) token ids; multiple choice takes (batch, choices, sequence).
+_SUPPORTED = (
+    "LightTokenModel",
+    "LightTokenForSequenceClassification",
+    "LightTokenForTokenClassification",
+    "LightTokenForQuestionAnswering",
+    "LightTokenForMaskedLM",
+    "LightTokenForCausalLM",
+)
+
+
+class OnnxLightTokenEmbedding(nn.Module):
+    """An export-friendly view of a :class:`LightTokenEmbedding`: the same rows, traceable ops only.
+
+    It shares the embedding's stored tensors (registered here as buffers, so the exporter writes them
+    once, in their stored dtypes) and adds three small lookup tables and, per frequency tier, the prefix
+    count of its coverage mask (int32, 4 bytes per 8 tokens). ``forward`` decodes only the requested
+    ids; ``decode_all`` decodes the full matrix (for a tied output layer).
+    """
+
+    def __init__(self, embedding: LightTokenEmbedding) -> None:
+        super().__init__()
+        self.embedding_dim = embedding.embedding_dim
+        self.num_embeddings = embedding.num_embeddings
+        self.padding_idx = embedding.padding_idx
+        self.output_scale = embedding.output_scale
+        self.stage_bits = list(embedding.stage_bits)
+        self.stage_rows = list(embedding.stage_rows)
+        self.svd_rank = embedding.svd_rank
+        self.int8_decoders = embedding.int8_decoders
+        self.full = [r == self.num_embeddings for r in self.stage_rows]
+        for name, tensor in [*embedding.named_parameters(), *embedding.named_buffers()]:
+            self.register_buffer(name, tensor.detach())
+        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1  # (256, 8), little-endian
+        self.register_buffer("sign_table", bits.float() * 2 - 1)
+        # index byte * 8 + offset: is bit `offset` set, and how many bits below it are set
+        self.register_buffer("bit_table", bits.flatten().to(torch.int32))
+        below = torch.cumsum(bits, dim=1) - bits
+        self.register_buffer("below_table", below.flatten().to(torch.int32))
+        for s, full in enumerate(self.full):
+            if not full:
+                prefix, _ = embedding.coverage_prefix(s)  # checks the mask against the config
+                self.register_buffer(f"prefix_{s}", prefix.to(torch.int32))
+
+    def _stage_index(self, s: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inside as float 0/1, row as int64) of ``ids`` in stage ``s``."""
+        rows = self.stage_rows[s]
+        byte_index = torch.div(ids, 8, rounding_mode="floor")
+        byte = getattr(self, f"coverage_{s}").index_select(0, byte_index).long()
+        slot = byte * 8 + torch.remainder(ids, 8)
+        inside = self.bit_table.index_select(0, slot)
+        row = getattr(self, f"prefix_{s}").index_select(0, byte_index) + self.below_table.index_select(
+            0, slot
+        )
+        return inside.float(), row.long().clamp(max=rows - 1)
+
+    def _decoder_weight(self, s: int) -> torch.Tensor:
+        if self.int8_decoders:
+            scale = getattr(self, f"decoder_{s}_scale").float()
+            return getattr(self, f"decoder_{s}_qweight").float() * scale.unsqueeze(1)
+        return getattr(self, f"decoder_{s}_weight").float()
+
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` (1-D int64) as (N, d) float32, as :meth:`LightTokenEmbedding.decode_rows`."""
+        out = torch.zeros(ids.shape[0], self.embedding_dim, dtype=torch.float32)
+        if self.svd_rank:
+            left = self.lowrank_left.index_select(0, ids).float()
+            out = out + left @ self.lowrank_right.float()
+        for s, bits in enumerate(self.stage_bits):
+            if self.full[s]:
+                inside, row = None, ids
+            else:
+                inside, row = self._stage_index(s, ids)
+            codes = getattr(self, f"codes_{s}").index_select(0, row).long()
+            signs = nn.functional.embedding(codes, self.sign_table).flatten(1)[:, :bits]
+            part = signs @ self._decoder_weight(s) + getattr(self, f"decoder_{s}_bias").float()
+            out = out + (part if inside is None else part * inside.unsqueeze(1))
+        if self.padding_idx is not None:
+            is_pad = (ids == self.padding_idx).unsqueeze(1)
+            out = torch.where(is_pad, self.padding_row.float().unsqueeze(0), out)
+        return out
+
+    def decode_all(self) -> torch.Tensor:
+        """The full reconstructed V x d matrix (unscaled, like ``LightTokenEmbedding.weight``)."""
+        return self.decode(torch.arange(self.num_embeddings))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = self.decode(input_ids.reshape(-1).long())
+        if self.output_scale != 1.0:
+            rows = rows * self.output_scale
+        return rows.reshape(*input_ids.shape, self.embedding_dim)
+
+
+class _OnnxTiedHead(nn.Module):
+    """A tied output layer for export: ``hidden @ decode_all()^T (+ bias)``, the full matrix decoded in-graph."""
+
+    def __init__(self, embedding: OnnxLightTokenEmbedding, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.__dict__["embedding"] = embedding  # its tensors are the input embedding's
+        self.bias = bias
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = hidden.float() @ self.embedding.decode_all().T
+        return logits if self.bias is None else logits + self.bias.float()
+
+
+class _Exported(nn.Module):
+    """Positional-tensor forward returning a tuple of tensors, for the exporter."""
+
+    def __init__(self, model: LightTokenPreTrainedModel, inputs: list[str], outputs: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.inputs, self.outputs = inputs, outputs
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        kwargs: dict[str, Any] = dict(zip(self.inputs, tensors))
+        if type(self.model).__name__ == "LightTokenForCausalLM":
+            kwargs["use_cache"] = False
+        out = self.model(**kwargs, return_dict=True)
+        return tuple(out[name] for name in self.outputs)
+
+
+def _load(checkpoint: str | os.PathLike) -> LightTokenPreTrainedModel:
+    from transformers import AutoConfig
+
+    import lighttoken_hf  # noqa: F401 - registers the lighttoken model type
+    from lighttoken_hf.core.modeling_lighttoken import LIGHTTOKEN_CLASSES
+
+    path = Path(checkpoint).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is not a checkpoint folder (no config.json); pass a folder saved by "
+            "`lighttoken compress` or save_pretrained"
+        )
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type != "lighttoken":
+        raise ValueError(
+            f"{path} holds a {config.model_type!r} model, not a LightToken-compressed one: "
+            "compress it first (lighttoken compress MODEL --out DIR), then export DIR"
+        )
+    classes = {cls.__name__: cls for _, cls in LIGHTTOKEN_CLASSES}
+    name = next((a for a in (config.architectures or []) if a in classes), "LightTokenModel")
+    return classes[name].from_pretrained(path).eval()
+
+
+@contextlib.contextmanager
+def _export_view(model: LightTokenPreTrainedModel) -> Iterator[None]:
+    """Swap the input embedding (and a tied head) for their export views; restore them afterwards."""
+    backbone = model.backbone
+    embedding = backbone.get_input_embeddings()
+    view = OnnxLightTokenEmbedding(embedding)
+    head = backbone.get_output_embeddings()
+    head_name = None
+    if isinstance(head, LightTokenLMHead):
+        head_name = next(n for n, m in backbone.named_modules() if m is head)
+    owner_name, attr = next(
+        (n.rpartition(".")[0], n.rpartition(".")[2]) for n, m in backbone.named_modules() if m is embedding
+    )
+    owner = backbone.get_submodule(owner_name)
+    setattr(owner, attr, view)
+    if head_name is not None:
+        parent, _, head_attr = head_name.rpartition(".")
+        setattr(backbone.get_submodule(parent), head_attr, _OnnxTiedHead(view, head.bias))
+    try:
+        yield
+    finally:
+        setattr(owner, attr, embedding)
+        if head_name is not None:
+            setattr(backbone.get_submodule(parent), head_attr, head)
+
+
+def _output_names(model: LightTokenPreTrainedModel) -> list[str]:
+    name = type(model).__name__
+    if name == "LightTokenModel":
+        outs = ["last_hidden_state"]
+        if getattr(model.backbone, "pooler", None) is not None:
+            outs.append("pooler_output")
+        return outs
+    if name == "LightTokenForQuestionAnswering":
+        return ["start_logits", "end_logits"]
+    return ["logits"]
+
+
+def export_onnx(
+    checkpoint_dir_or_model: str | os.PathLike | LightTokenPreTrainedModel,
+    path: str | os.PathLike,
+    *,
+    opset: int = 17,
+    inputs: list[str] | None = None,
+    batch: int = 2,
+    sequence: int = 8,
+    check: bool = True,
+    overwrite: bool = True,
+) -> Path:
+    """Export a LightToken-compressed model to ONNX with the token-matrix decode inside the graph.
+
+    Args:
+        checkpoint_dir_or_model: a compressed checkpoint folder or an in-memory compressed model.
+        path: the ``.onnx`` file to write (atomically: an interrupted export leaves no file behind).
+        opset: ONNX opset version.
+        inputs: graph inputs (default: ``input_ids``, ``attention_mask`` and, when the backbone takes
+            them, ``token_type_ids``); batch and sequence axes are dynamic.
+        batch, sequence: shape of the dummy inputs used for tracing.
+        check: run ``onnx.checker.check_model`` on the written file.
+        overwrite: replace an existing file at ``path`` (otherwise ``FileExistsError``).
+
+    Returns:
+        The path of the written file.
+
+    Raises:
+        ImportError: ``onnx`` is not installed (``pip install lighttoken-hf[onnx]``).
+        ValueError: the model is not LightToken-compressed, or its head is not supported.
+    """
+    try:
+        import onnx
+    except ImportError as err:
+        raise ImportError("ONNX export needs the onnx package: pip install 'lighttoken-hf[onnx]'") from err
+    model = checkpoint_dir_or_model
+    if isinstance(model, (str, os.PathLike)):
+        model = _load(model)
+    if not isinstance(model, LightTokenPreTrainedModel) or not isinstance(
+        model.get_input_embeddings(), LightTokenEmbedding
+    ):
+        raise ValueError(
+            f"export_onnx exports LightToken-compressed models, got {type(model).__name__}: compress it first "
+            "with lighttoken_hf.compress(model, ratio) (a plain model exports with torch.onnx.export)"
+        )
+    if type(model).__name__ not in _SUPPORTED:
+        raise ValueError(
+            f"ONNX export of {type(model).__name__} is not supported; supported heads: {', '.join(_SUPPORTED)}"
+        )
+    out = Path(path).expanduser()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True or choose another path")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"the folder of {out} does not exist; create it first")
+    import inspect
+
+    accepted = inspect.signature(model.backbone.forward).parameters
+    if inputs is None:
+        inputs = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
+    unknown = [n for n in inputs if n not in accepted]
+    if unknown:
+        raise ValueError(f"the model's forward takes no input {unknown[0]!r}; it takes {', '.join(accepted)}")
+    vocab = model.get_input_embeddings().num_embeddings
+    dummy = {
+        "input_ids": torch.randint(0, vocab, (batch, sequence)),
+        "attention_mask": torch.ones(batch, sequence, dtype=torch.long),
+        "token_type_ids": torch.zeros(batch, sequence, dtype=torch.long),
+        "position_ids": torch.arange(sequence).expand(batch, sequence).contiguous(),
+    }
+    args = tuple(dummy[n] for n in inputs)
+    outputs = _output_names(model)
+    dims = {0: "batch", 1: "sequence"}
+    dynamic = {n: dims for n in [*inputs, *outputs]}
+    if "pooler_output" in outputs:
+        dynamic["pooler_output"] = {0: "batch"}
+    if type(model).__name__ == "LightTokenForSequenceClassification":
+        dynamic["logits"] = {0: "batch"}
+    was_training = model.training
+    model.eval()
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        with _export_view(model), torch.no_grad(), warnings.catch_warnings():
+            # the tracer's notes on the backbone's shape checks (constant for any batch / sequence)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                _Exported(model, inputs, outputs),
+                args,
+                tmp,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_axes=dynamic,
+                opset_version=opset,
+                do_constant_folding=False,
+                dynamo=False,
+            )
+        if check:
+            onnx.checker.check_model(tmp)
+        os.replace(tmp, out)
+    finally:
+        model.train(was_training)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
