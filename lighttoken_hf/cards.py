@@ -91,6 +91,24 @@ def _auto_class_name(model_class: str) -> str:
     return next((auto.__name__ for auto, cls in LIGHTTOKEN_CLASSES if cls.__name__ == model_class), "AutoModel")
 
 
+def _whole_model_rows(report: Mapping, quantization: str | None) -> list[tuple[str, str]]:
+    """The whole model's stored bytes, its ratios to fp32 and bf16 and each part's share (when recorded)."""
+    after, fp32 = report.get("model_nbytes_after"), report.get("model_fp32_nbytes")
+    if not after:
+        return []
+    text = _fmt_bytes(after)
+    if fp32:
+        text += f" ({fp32 / after:.2f}x smaller than fp32, {fp32 / 2 / after:.2f}x than bf16)"
+    rows = [("whole model", text)]
+    parts = report.get("model_parts_after") or {}
+    if parts:
+        shares = ", ".join(f"{name.replace('_', ' ')} {n / after:.0%}" for name, n in parts.items())
+        rows.append(("parts of the whole model", shares))
+    backbone = f"{quantization} weights (torchao weight-only)" if quantization else "as in the base model"
+    rows.append(("backbone Linear layers", backbone))
+    return rows
+
+
 def _storage_text(factor_dtype: str, decoder_dtype: str) -> str:
     if decoder_dtype == factor_dtype:
         return f"bit-packed codes, {factor_dtype} factors and decoders"
@@ -266,6 +284,7 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
         ]
     else:
         size_rows = [("real ratio", "unknown (no compression report found)")]
+    size_rows += _whole_model_rows(report_data, settings.get("quantize_backbone"))
 
     if stage_bits:
         plural = "s" if len(stage_bits) != 1 else ""
@@ -312,6 +331,7 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
         "model_class": model_class,
         "auto_class": auto_class,
         "pipeline_tag": pipeline_tag,
+        "backbone_quantization": settings.get("quantize_backbone"),
         "base": base,
         "base_model_id": base_id,
         "num_embeddings": vocab,

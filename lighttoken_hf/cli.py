@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``lighttoken`` argument parser (subcommands ``compress``, ``info``, ``push`` and ``export``)."""
     from . import __version__
     from .compressor.settings import (
+        BACKBONE_QUANTIZATIONS,
         DECODER_DTYPES,
         LOSS_NAMES,
         OUTPUT_LAYERS,
@@ -134,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="an untied output layer (its own V x d matrix): compress it too, at the same ratio, "
                       f"or keep it dense (default: {default['output_layer']}); a tied one always shares the "
                       "compressed matrix")
+    comp.add_argument("--quantize-backbone", choices=BACKBONE_QUANTIZATIONS, default=None,
+                      help="whole-model compression: also quantize the backbone's Linear weights (int8: torchao "
+                      "weight-only, one scale per output channel; the checkpoint then needs torchao to load; "
+                      "default: keep them)")
     comp.add_argument("--sentences", metavar="FILE",
                       help="text file, one sentence a line, for the end-to-end check "
                       "(default: 120 built-in sentences)")
@@ -386,6 +391,7 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
         "sensitivity_metric": args.sensitivity_metric,
         "decoder_dtype": args.decoder_dtype,
         "output_layer": args.output_layer,
+        "quantize_backbone": args.quantize_backbone,
         "device": args.device,
         "schedule": {"max_epochs": args.epochs} if args.epochs is not None else None,
     }

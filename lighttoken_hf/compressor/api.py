@@ -7,6 +7,7 @@ to end: one :class:`~.report.CompressionReport`, produced once.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Sequence
@@ -17,13 +18,14 @@ import torch
 from ..core.configuration_lighttoken import LightTokenConfig
 from ..core.modeling_lighttoken import LightTokenForCausalLM, LightTokenPreTrainedModel
 from ..jsonio import to_json
+from .backbone import quantize_backbone
 from .frequencies import general_text_frequencies, general_text_samples
 from .lm_metrics import is_lm, lm_fidelity
 from .lm_sensitivity import lm_sensitivity
 from .metrics import sentence_embedding_cosine
 from .pipeline import compress_matrix, plan_for_settings
 from .provenance import record_base_model
-from .report import fmt_size, model_nbytes
+from .report import fmt_size, model_nbytes, model_parts_nbytes
 from .sensitivity import embedding_sensitivity
 from .settings import CompressionSettings
 from .surgery import (
@@ -248,6 +250,10 @@ def _compress_model(
             f"{type(embedding).__name__}); LightToken compresses token-embedding matrices only"
         )
     wrapper_cls = wrapper_class(model)
+    if settings.quantize_backbone is not None and importlib.util.find_spec("torchao") is None:
+        raise ImportError(
+            "quantize_backbone needs torchao (weight-only quantization): pip install 'lighttoken-hf[quantize]'"
+        )
     check_no_shared_embedding(model, embedding)
     scale = embedding_scale(embedding)
     v = embedding.num_embeddings
@@ -367,9 +373,14 @@ def _compress_model(
     if output_module is not None:
         output_module.output_dtype = untied.weight.dtype
         wrapped.get_output_embeddings().codec = output_module.to(untied.weight.device)
+    if settings.quantize_backbone is not None:
+        wrapped = quantize_backbone(wrapped, settings.quantize_backbone)
     report.output_layer = output_layer
     report.model_nbytes_before = nbytes_before
     report.model_nbytes_after = model_nbytes(wrapped)
+    report.model_parts_before = model_parts_nbytes(model)
+    report.model_parts_after = model_parts_nbytes(wrapped)
+    report.model_fp32_nbytes = 4 * sum(p.numel() for p in model.parameters() if p.is_floating_point())
     wrapped.name_or_path = getattr(model, "name_or_path", "")
     if evaluation_texts is not None:
         report.end_to_end.update(end_to_end_fidelity(model, wrapped, tokenizer, evaluation_texts))

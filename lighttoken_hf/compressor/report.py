@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["END_TO_END_LABELS", "FIDELITY_LABELS", "CompressionReport", "fmt_size", "model_nbytes"]
+__all__ = [
+    "END_TO_END_LABELS",
+    "FIDELITY_LABELS",
+    "CompressionReport",
+    "fmt_size",
+    "model_nbytes",
+    "model_parts_nbytes",
+    "tensor_nbytes",
+]
 
 #: How the report, the model card and ``lighttoken info`` name each matrix-fidelity figure.
 FIDELITY_LABELS = {
@@ -60,17 +68,54 @@ def fmt_size(nbytes: float) -> str:
     return str(nbytes)
 
 
+def tensor_nbytes(tensor: torch.Tensor) -> int:
+    """Bytes ``tensor`` stores: a torchao quantized tensor counts its inner tensors (int8 data, scales)."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is None:
+        return tensor.numel() * tensor.element_size()
+    names, _ = flatten()
+    return sum(tensor_nbytes(getattr(tensor, name)) for name in names if getattr(tensor, name) is not None)
+
+
+def _storage_key(tensor: torch.Tensor) -> int:
+    """One key per storage (tied weights count once); a tensor subclass without a plain storage by identity."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        return id(tensor)
+    return tensor.untyped_storage().data_ptr()
+
+
 def model_nbytes(model: torch.nn.Module) -> int:
     """Bytes of a model's parameters and buffers, each storage counted once (tied weights once)."""
+    return sum(model_parts_nbytes(model).values())
+
+
+def model_parts_nbytes(model: torch.nn.Module) -> dict[str, int]:
+    """A model's stored bytes by part: ``token_matrix`` (the input embedding and an output matrix of its own,
+    dense or compressed), ``backbone`` (the weights of its ``nn.Linear`` layers) and ``rest`` (norms, biases,
+    position embeddings, buffers...). Each storage counts once."""
+    token_modules = set()
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for module in (embedding, output):
+        if module is not None and (module is embedding or getattr(module, "weight", None) is not None):
+            token_modules.update(id(m) for m in module.modules())
+    parts = {"token_matrix": 0, "backbone": 0, "rest": 0}
     seen: set[int] = set()
-    total = 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        key = tensor.untyped_storage().data_ptr()
-        if key in seen:
-            continue
-        seen.add(key)
-        total += tensor.numel() * tensor.element_size()
-    return total
+    for module in model.modules():
+        own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        for name, tensor in own:
+            if tensor is None or _storage_key(tensor) in seen:
+                continue
+            key = _storage_key(tensor)
+            seen.add(key)
+            if id(module) in token_modules and not (module is output and name == "bias"):
+                part = "token_matrix"
+            elif isinstance(module, torch.nn.Linear) and name == "weight":
+                part = "backbone"
+            else:
+                part = "rest"
+            parts[part] += tensor_nbytes(tensor)
+    return parts
 
 
 @dataclass
@@ -95,6 +140,10 @@ class CompressionReport:
     #: bytes of the whole model's tensors before and after (``None`` for a bare matrix)
     model_nbytes_before: int | None = None
     model_nbytes_after: int | None = None
+    #: the whole model's bytes by part before and after (:func:`model_parts_nbytes`), and its bytes in fp32
+    model_parts_before: dict = field(default_factory=dict)
+    model_parts_after: dict = field(default_factory=dict)
+    model_fp32_nbytes: int | None = None
     #: what became of the model's output layer (``None``: the model has none)
     output_layer: str | None = None
     #: an untied output matrix compressed on its own: its fp32 and stored bytes and its fidelity
@@ -163,6 +212,13 @@ class CompressionReport:
             lines.append(
                 f"  {'whole model':<27}{fmt_size(before)} -> {fmt_size(after)} ({before / after:.2f}x smaller)"
             )
+            if self.model_fp32_nbytes:
+                fp32 = self.model_fp32_nbytes
+                lines.append(f"  {'whole-model ratio':<27}{fp32 / after:.2f}x vs fp32, {fp32 / 2 / after:.2f}x vs bf16")
+            if self.model_parts_after:
+                parts = self.model_parts_after.items()
+                shares = ", ".join(f"{name.replace('_', ' ')} {fmt_size(n)} ({n / after:.0%})" for name, n in parts)
+                lines.append(f"  {'parts':<27}{shares}")
         guide = _LM_READING_GUIDE if "perplexity_increase" in self.end_to_end else _READING_GUIDE
         lines.append(f"  {'how to read it':<27}{guide}")
         return "\n".join(lines)

@@ -19,6 +19,7 @@ __all__ = [
     "FACTOR_DTYPES",
     "LOSS_NAMES",
     "OUTPUT_LAYERS",
+    "BACKBONE_QUANTIZATIONS",
     "SENSITIVITY_METRICS",
     "CompressionSettings",
     "StageSchedule",
@@ -34,6 +35,8 @@ FACTOR_DTYPES = ("float16", "bfloat16", "float32", "float64")
 DECODER_DTYPES = ("int8", *FACTOR_DTYPES)
 #: Values of ``CompressionSettings.output_layer``.
 OUTPUT_LAYERS = ("compress", "dense")
+#: Values of ``CompressionSettings.quantize_backbone`` besides ``None`` (see compressor/backbone.py).
+BACKBONE_QUANTIZATIONS = ("int8",)
 #: Largest seed (seeds are 32-bit, as in numpy).
 MAX_SEED = 2**32 - 1
 
@@ -110,6 +113,9 @@ class CompressionSettings:
             all the token matrices the model stores; ``"dense"`` keeps it as it is (its bytes are then
             outside the ratio, and the report says so). A tied output layer always shares the one
             compressed matrix.
+        quantize_backbone: whole-model compression: ``"int8"`` quantizes the weights of every Linear layer of
+            the backbone (torchao weight-only int8, one scale per output channel, through transformers'
+            ``TorchAoConfig``; the checkpoint then needs torchao to load); ``None`` (default) keeps them.
         schedule: training schedule of each hashing stage.
         device: where the heavy steps run: ``"auto"`` (default: a CUDA GPU when torch sees one, else
             the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. The compressed module is built on the CPU
@@ -140,6 +146,7 @@ class CompressionSettings:
     factor_dtype: str = "float16"
     decoder_dtype: str = "int8"
     output_layer: str = "compress"
+    quantize_backbone: str | None = None
     schedule: StageSchedule = field(default_factory=StageSchedule)
     device: str = "auto"
     threads: int | None = None
@@ -201,6 +208,8 @@ def _check_settings(settings: Any) -> None:
     s.factor_dtype = check_choice("factor_dtype", s.factor_dtype, FACTOR_DTYPES)
     s.decoder_dtype = check_choice("decoder_dtype", s.decoder_dtype, DECODER_DTYPES)
     s.output_layer = check_choice("output_layer", s.output_layer, OUTPUT_LAYERS)
+    if s.quantize_backbone is not None:
+        s.quantize_backbone = check_choice("quantize_backbone", s.quantize_backbone, BACKBONE_QUANTIZATIONS)
     s.schedule = _check_schedule(s.schedule)
     if s.threads is not None:
         s.threads = check_int("threads", s.threads, minimum=1)

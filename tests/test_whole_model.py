@@ -1,0 +1,143 @@
+"""Whole-model compression: the token matrix by LightToken and the backbone's Linear weights by torchao
+weight-only int8 (through transformers' TorchAoConfig): sizes by part, a reload without the package, LoRA."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import FAST_SCHEDULE
+from safetensors.torch import save_file
+from tiny_models import tiny_bert_config
+
+import lighttoken_hf as lt
+
+pytest.importorskip("torchao", reason="whole-model compression needs torchao: pip install torchao")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A tiny BERT compressed 8x with an fp32 backbone and with an int8 one (same seed, same codes)."""
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config(vocab_size=3000, hidden_size=64, intermediate_size=128)).eval()
+    settings = lt.CompressionSettings(ratio=8, schedule=FAST_SCHEDULE)
+    dense_backbone = lt.compress(model, settings, progress=False).eval()
+    int8 = lt.compress(model, settings, quantize_backbone="int8", progress=False).eval()
+    return model, dense_backbone, int8
+
+
+def test_int8_backbone_quantizes_every_linear_weight_and_counts_every_byte(pair):
+    from lighttoken_hf.compressor.report import model_nbytes
+
+    model, dense_backbone, int8 = pair
+    linears = [m for m in int8.backbone.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m.weight).__name__ == "Int8Tensor" for m in linears)
+    stored, plain_stored = (m.get_input_embeddings().state_dict() for m in (int8, dense_backbone))
+    for name in ("codes_0", "decoder_0_qweight"):  # the compressed token matrix keeps its own format
+        assert torch.equal(stored[name], plain_stored[name])
+    report, plain = int8.compression_report, dense_backbone.compression_report
+    assert sum(report.model_parts_after.values()) == report.model_nbytes_after == model_nbytes(int8)
+    int8_weights = sum(m.weight.numel() for m in linears)  # one byte each, plus a scale per output row
+    scales = 8 * sum(m.out_features for m in linears)  # a float32 scale (and zero point) per output row
+    assert int8_weights <= report.model_parts_after["backbone"] <= int8_weights + scales
+    assert report.model_parts_after["backbone"] < plain.model_parts_after["backbone"] / 3.5
+    assert report.model_fp32_nbytes == 4 * sum(p.numel() for p in model.parameters())
+    assert report.model_fp32_nbytes / report.model_nbytes_after > plain.model_fp32_nbytes / plain.model_nbytes_after
+    assert "vs bf16" in report.summary() and "backbone" in report.summary()
+    ids = torch.randint(0, 3000, (3, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = int8(input_ids=ids).last_hidden_state, dense_backbone(input_ids=ids).last_hidden_state
+    cosine = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).min()
+    assert cosine > 0.99  # int8 weights move the outputs a little, not the direction
+
+
+def test_reloads_without_the_package_with_the_same_outputs(pair, tmp_path):
+    _, _, int8 = pair
+    int8.save_pretrained(tmp_path / "model")
+    ids = torch.randint(0, 3000, (2, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = int8(input_ids=ids).last_hidden_state
+    save_file({"ids": ids, "out": expected.contiguous()}, str(tmp_path / "io.safetensors"))
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["lighttoken_hf"] = None  # not importable: the remote code and transformers do the work
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        assert type(model.backbone.encoder.layer[0].intermediate.dense.weight).__name__ == "Int8Tensor"
+        io = load_file({str(tmp_path / "io.safetensors")!r})
+        with torch.no_grad():
+            out = model(input_ids=io["ids"]).last_hidden_state
+        assert torch.equal(out, io["out"]), float((out - io["out"]).abs().max())
+        print("OK")
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert run.returncode == 0 and "OK" in run.stdout, run.stderr[-3000:]
+
+
+def test_lora_trains_on_the_int8_backbone(pair):
+    from peft import LoraConfig, get_peft_model
+
+    _, _, int8 = pair
+    lora = get_peft_model(int8, LoraConfig(target_modules=["query", "value"], r=4))
+    trainable = [p for p in lora.parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n, p in lora.named_parameters() if p.requires_grad)
+    ids = torch.randint(0, 3000, (4, 8), generator=torch.Generator().manual_seed(3))
+    target = torch.randn(4, 8, 64, generator=torch.Generator().manual_seed(4))
+    optimizer = torch.optim.Adam(trainable, lr=1e-2)
+    losses = []
+    for _ in range(6):
+        loss = ((lora(input_ids=ids).last_hidden_state - target) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    lora.unload()  # leave the shared fixture's model without adapters
+
+
+def test_bad_quantize_backbone_values_are_clear_errors():
+    with pytest.raises(ValueError, match="quantize_backbone must be one of"):
+        lt.CompressionSettings(quantize_backbone="int4")
+    with pytest.raises(TypeError, match="quantize_backbone"):
+        lt.CompressionSettings(quantize_backbone=8)
+
+
+def test_card_gives_the_whole_model_size_and_says_torchao_is_needed(pair):
+    from lighttoken_hf.cards import card_facts, model_card
+
+    _, dense_backbone, int8 = pair
+    rows = dict(card_facts(int8)["sections"]["size"])
+    report = int8.compression_report
+    assert f"{report.model_fp32_nbytes / report.model_nbytes_after:.2f}x smaller than fp32" in rows["whole model"]
+    assert "backbone" in rows["parts of the whole model"] and "int8" in rows["backbone Linear layers"]
+    assert "pip install torchao" in str(model_card(int8))
+    assert "pip install torchao" not in str(model_card(dense_backbone))
+    assert dict(card_facts(dense_backbone)["sections"]["size"])["backbone Linear layers"] == "as in the base model"
+
+
+def test_cli_quantize_backbone_writes_a_quantized_checkpoint(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from lighttoken_hf.cli import main
+
+    out = tmp_path / "out"
+    args = ["compress", str(tiny_model_dir), "--out", str(out), "--ratio", "4", "--epochs", "1", "--no-progress"]
+    assert main([*args, "--quantize-backbone", "int8"]) == 0
+    assert "vs bf16" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["quantization_config"]["quant_method"] == "torchao"
+    report = json.loads((out / "lighttoken_report.json").read_text(encoding="utf-8"))
+    assert report["settings"]["quantize_backbone"] == "int8" and report["end_to_end"]["sentence_embedding_cosine"] > 0.9
+    assert main([*args[:3], str(tmp_path / "x"), *args[4:], "--quantize-backbone", "int4"]) == 2
