@@ -141,3 +141,22 @@ def test_cli_quantize_backbone_writes_a_quantized_checkpoint(tiny_model_dir, tmp
     report = json.loads((out / "lighttoken_report.json").read_text(encoding="utf-8"))
     assert report["settings"]["quantize_backbone"] == "int8" and report["end_to_end"]["sentence_embedding_cosine"] > 0.9
     assert main([*args[:3], str(tmp_path / "x"), *args[4:], "--quantize-backbone", "int4"]) == 2
+
+
+def test_an_int8_backbone_model_exports_to_onnx_with_equal_outputs(pair, tmp_path):
+    """The export works and matches PyTorch; the backbone's int8 weights are written dequantized (fp32)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from lighttoken_hf.onnx_export import export_onnx
+
+    _, _, int8 = pair
+    path = export_onnx(int8, tmp_path / "int8.onnx")
+    assert not int8.training
+    ids = torch.randint(0, 3000, (2, 9), generator=torch.Generator().manual_seed(5))
+    feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {i.name: feeds[i.name].numpy() for i in session.get_inputs()})[0]
+    with torch.no_grad():
+        want = int8(**feeds).last_hidden_state.numpy()
+    assert np.abs(got - want).max() <= 1e-4
