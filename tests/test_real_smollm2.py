@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 pytestmark = pytest.mark.slow
 
@@ -60,14 +59,9 @@ def _texts() -> list[str]:
 
 
 def _perplexity(model, tok, texts) -> float:
-    nll = count = 0.0
-    with torch.no_grad():
-        for text in texts:
-            ids = tok(text, return_tensors="pt", truncation=True, max_length=128)["input_ids"]
-            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-            nll -= float(logp.gather(1, ids[0, 1:, None]).sum())
-            count += ids.shape[1] - 1
-    return float(torch.tensor(nll / count).exp())
+    from lighttoken_hf.compressor.lm_metrics import perplexity
+
+    return perplexity(model, tok, texts, max_length=128, batch_size=1)
 
 
 def test_cli_compresses_a_gguf_file_that_loads_and_generates_without_the_package(tmp_path):

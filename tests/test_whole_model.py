@@ -160,3 +160,21 @@ def test_an_int8_backbone_model_exports_to_onnx_with_equal_outputs(pair, tmp_pat
     with torch.no_grad():
         want = int8(**feeds).last_hidden_state.numpy()
     assert np.abs(got - want).max() <= 1e-4
+
+
+def test_a_tied_causal_lm_keeps_its_compressed_head_and_generates(tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)  # fmt: skip
+    settings = lt.CompressionSettings(ratio=8, quantize_backbone="int8", schedule=FAST_SCHEDULE)
+    model = lt.compress(AutoModelForCausalLM.from_config(config).eval(), settings, progress=False).eval()
+    assert type(model.backbone.get_output_embeddings()).__name__ == "LightTokenLMHead"  # not quantized away
+    assert type(model.backbone.model.layers[0].mlp.up_proj.weight).__name__ == "Int8Tensor"
+    ids = torch.randint(0, 300, (1, 6), generator=torch.Generator().manual_seed(6))
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape == (1, 10)
+    model.save_pretrained(tmp_path / "lm")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "lm").eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)

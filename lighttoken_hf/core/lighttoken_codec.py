@@ -281,7 +281,7 @@ class LightTokenEmbedding(nn.Module):
         unique, inverse = torch.unique(ids, return_inverse=True)
         return self._decode_unique(unique).index_select(0, inverse)
 
-    def _sign_table(self, compute: torch.dtype, device: torch.device) -> torch.Tensor:
+    def sign_table(self, compute: torch.dtype, device: torch.device) -> torch.Tensor:
         """(256, 8) table of each byte's 8 code bits as -1/+1 (little-endian), cached per dtype/device."""
         key = (compute, device)
         if key not in self._signs:
@@ -295,7 +295,7 @@ class LightTokenEmbedding(nn.Module):
         compute = (
             torch.float32 if dtype in (torch.float16, torch.bfloat16) and ids.device.type == "cpu" else dtype
         )
-        table = self._sign_table(compute, ids.device)
+        table = self.sign_table(compute, ids.device)
         out = torch.zeros(ids.shape[0], self.embedding_dim, dtype=compute, device=ids.device)
         full_signs, full_weights, tiers = [], [], []
         for s, bits in enumerate(self.stage_bits):
@@ -329,7 +329,7 @@ class LightTokenEmbedding(nn.Module):
         """(len(ids), sum B_s + S) matrix ``A`` of the tokens ``ids``: each stage's code signs (+-1, 0
         where the stage skips the token) followed by one coverage flag (1/0) per stage, so that the
         decoded rows are ``A @ [decoder weights; decoder biases]`` plus the low-rank part."""
-        table = self._sign_table(dtype, ids.device)
+        table = self.sign_table(dtype, ids.device)
         cols, inside = [], []
         for s, bits in enumerate(self.stage_bits):
             covered, row = self.stage_index(s, ids)

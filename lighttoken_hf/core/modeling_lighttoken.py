@@ -180,7 +180,7 @@ class LightTokenLMHead(nn.Module):
         """
         emb = self.embedding
         n, vocab = coded.shape[0], emb.num_embeddings
-        table = emb._sign_table(coded.dtype, coded.device)  # (256, 8): bit k of byte b as -1/+1
+        table = emb.sign_table(coded.dtype, coded.device)  # (256, 8): bit k of byte b as -1/+1
         ids = torch.arange(vocab, device=coded.device)
         total, offset = sum(emb.stage_bits), 0
         logits = coded.new_zeros(n, vocab)
