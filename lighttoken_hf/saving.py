@@ -158,7 +158,7 @@ def reserve_output(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
     handle = _acquire(lock, path)
     _HELD[path] = 1
     try:
-        for message in recover_interrupted_saves(path, legacy=True):
+        for message in recover_interrupted_saves(path):
             logger.warning("lighttoken: %s", message)
         yield path
     finally:

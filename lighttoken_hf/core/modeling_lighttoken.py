@@ -261,8 +261,8 @@ def _weights_files(path: Any) -> str:
 
 #: Hidden folders of a save in progress beside its destination ``name``: ``.{name}.tmp-{pid}-{random}`` (the
 #: files being written) and ``.{name}.old-{pid}-{random}`` (a checkpoint being replaced, kept until the new
-#: one is in place). Older releases wrote them without the ``{pid}-`` part.
-STAGING_FOLDER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+$")
+#: one is in place).
+STAGING_FOLDER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -277,14 +277,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recover_interrupted_saves(target: str | os.PathLike[str], *, legacy: bool = False) -> list[str]:
+def recover_interrupted_saves(target: str | os.PathLike[str]) -> list[str]:
     """Clean up after saves to ``target`` whose process died (``kill -9``, power loss); returns what was done.
 
     A staging folder is stale when the process its name records has exited. A stale ``.tmp-`` folder is
     removed. A stale ``.old-`` folder holds the previous checkpoint of an interrupted overwrite: it is moved
-    back when ``target`` is missing, and removed when the new checkpoint is in place. Folders of older
-    releases (no process id in the name) count as stale only with ``legacy=True``, for a caller that holds
-    the destination's lock. Nothing else is touched.
+    back when ``target`` is missing, and removed when the new checkpoint is in place. Nothing else is touched.
     """
     target = os.path.abspath(os.fspath(target))
     parent, name = os.path.split(target)
@@ -303,8 +301,7 @@ def recover_interrupted_saves(target: str | os.PathLike[str], *, legacy: bool = 
             owner = STAGING_FOLDER.match(owner)["name"]
         if owner != name:
             continue
-        pid = match["pid"]
-        if (pid is None and not legacy) or (pid is not None and _pid_alive(int(pid))):
+        if _pid_alive(int(match["pid"])):
             continue
         old = os.path.join(path, name)
         if match["kind"] == "old" and os.path.isdir(old) and not os.path.lexists(target):
