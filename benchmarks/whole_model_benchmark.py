@@ -5,7 +5,7 @@ int8 weight-only quantization of the backbone, against torchao int8 on everythin
 
 Rows: the original (fp32); torchao int8 weight-only on every Linear and on the word embedding (one scale per
 row); LightToken at each ``--ratios`` with an fp32 backbone and with ``quantize_backbone="int8"`` (library
-defaults otherwise). Each row: every stored byte of the model (``model_nbytes``; torchao tensors count their
+defaults otherwise). Each row: every stored byte of the model (``model_parts_nbytes``; torchao tensors count their
 int8 data and scales), its ratio to fp32 and bf16, the share of each part, the end-to-end cosine of mean-pooled
 sentence embeddings against the original on held-out text (CoLA dev sentences and RTE dev premises, as the
 fidelity benchmark's held-out column) and the zero-shot STS-B Spearman (a seeded sample of the training pairs).
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import lighttoken_hf as lt
     from lighttoken_hf.compressor.backbone import quantize_backbone
-    from lighttoken_hf.compressor.report import model_nbytes, model_parts_nbytes
+    from lighttoken_hf.compressor.report import model_parts_nbytes
     from lighttoken_hf.fidelity import mean_cosine, mean_pooled_embeddings, sts_spearman
     from lighttoken_hf.pretrained import default_model_path
 
@@ -128,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def score(method: str, candidate: Any, **extra: Any) -> None:
-        nbytes = model_nbytes(candidate)
+        parts = model_parts_nbytes(candidate)
+        nbytes = sum(parts.values())
         embeddings = mean_pooled_embeddings(candidate, tokenizer, texts)
         row = {
             "method": method, "nbytes": nbytes, "ratio_vs_fp32": fp32 / nbytes, "ratio_vs_bf16": fp32 / 2 / nbytes,
-            "parts": model_parts_nbytes(candidate), "e2e_cosine_held_out": mean_cosine(reference, embeddings),
+            "parts": parts, "e2e_cosine_held_out": mean_cosine(reference, embeddings),
             "sts_spearman": sts_spearman(candidate, tokenizer, *sts), **extra,
         }  # fmt: skip
         payload["rows"].append(row)

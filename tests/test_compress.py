@@ -400,9 +400,15 @@ def test_evaluation_texts_measure_end_to_end_once_in_the_report(tiny_bert, tiny_
 
 
 def test_inplace_swaps_the_embedding_of_the_given_model(tiny_bert):
+    from lighttoken_hf.compressor.report import model_parts_nbytes
+
+    before = model_parts_nbytes(tiny_bert)
     compressed = fast(tiny_bert, 4, inplace=True)
     assert compressed.backbone is tiny_bert
     assert isinstance(tiny_bert.get_input_embeddings(), LightTokenEmbedding)
+    report = compressed.compression_report  # "before" is the model as it was given, not as it became
+    assert report.model_parts_before == before and report.model_nbytes_before == sum(before.values())
+    assert report.model_nbytes_before > report.model_nbytes_after
 
 
 def test_checkpoint_loads_as_remote_code_without_the_package(tiny_bert, id_batch, tmp_path):

@@ -25,7 +25,7 @@ from .lm_sensitivity import lm_sensitivity
 from .metrics import sentence_embedding_cosine
 from .pipeline import compress_matrix, plan_for_settings
 from .provenance import record_base_model
-from .report import fmt_size, model_nbytes, model_parts_nbytes
+from .report import fmt_size, model_parts_nbytes
 from .sensitivity import embedding_sensitivity
 from .settings import CompressionSettings
 from .surgery import (
@@ -312,7 +312,9 @@ def _compress_model(
         sensitivity=sensitivity,
         sensitivity_info=sensitivity_info,
     )
-    nbytes_before = model_nbytes(model)
+    # measured before anything changes: with inplace=True the given model becomes the compressed one
+    parts_before = model_parts_nbytes(model)
+    fp32_before = 4 * sum(p.numel() for p in model.parameters() if p.is_floating_point())
     output_layer = output_layer_text(model, embedding)
     output_module = output_report = None
     untied = untied_output(model, embedding)
@@ -376,11 +378,10 @@ def _compress_model(
     if settings.quantize_backbone is not None:
         wrapped = quantize_backbone(wrapped, settings.quantize_backbone)
     report.output_layer = output_layer
-    report.model_nbytes_before = nbytes_before
-    report.model_nbytes_after = model_nbytes(wrapped)
-    report.model_parts_before = model_parts_nbytes(model)
-    report.model_parts_after = model_parts_nbytes(wrapped)
-    report.model_fp32_nbytes = 4 * sum(p.numel() for p in model.parameters() if p.is_floating_point())
+    report.model_parts_before, report.model_parts_after = parts_before, model_parts_nbytes(wrapped)
+    report.model_nbytes_before = sum(parts_before.values())
+    report.model_nbytes_after = sum(report.model_parts_after.values())
+    report.model_fp32_nbytes = fp32_before
     wrapped.name_or_path = getattr(model, "name_or_path", "")
     if evaluation_texts is not None:
         report.end_to_end.update(end_to_end_fidelity(model, wrapped, tokenizer, evaluation_texts))
