@@ -35,7 +35,6 @@ from .core.modeling_lighttoken import LightTokenLMHead, LightTokenPreTrainedMode
 
 __all__ = ["OnnxLightTokenEmbedding", "export_onnx"]
 
-_POPCOUNT = [bin(byte).count("1") for byte in range(256)]
 #: Heads whose forward takes (batch, sequence) token ids; multiple choice takes (batch, choices, sequence).
 _SUPPORTED = (
     "LightTokenModel",
