@@ -50,7 +50,9 @@ def load_matrix(name: str, cache_dir: Path) -> tuple[Any, Any]:
     cached = cache_dir / f"{name}.safetensors"
     if cached.is_file():
         tensors = load_file(cached)
-        return tensors["matrix"], tensors["frequencies"]
+        # copies in ordinary memory: the loaded tensors may be pages of the file, read in (and counted as
+        # the compressor's growth) only when the compression first touches them
+        return tensors["matrix"].clone(), tensors["frequencies"].clone()
     from lighttoken_hf.compressor.frequencies import general_text_frequencies
 
     if name == "minilm":

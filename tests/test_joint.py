@@ -103,9 +103,11 @@ def test_negative_joint_iterations_is_a_clear_error():
         compress(make_planted_matrix(vocab=64, dim=8), 4, progress=False, joint_iterations=-1)
 
 
+@pytest.mark.parametrize("gram_dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("columns", [30, 512, 1100])
-def test_normal_equations_equal_the_dense_weighted_products(columns):
-    # built tile by tile over the Gram matrix's upper triangle, one row block at a time
+def test_normal_equations_equal_the_dense_weighted_products(columns, gram_dtype):
+    # built tile by tile over the Gram matrix's upper triangle, one row block at a time; the joint
+    # refinement keeps its (large) Gram matrix in float32
     from lighttoken_hf.compressor.least_squares import normal_equations
 
     g = torch.Generator().manual_seed(columns)
@@ -117,10 +119,11 @@ def test_normal_equations_equal_the_dense_weighted_products(columns):
         torch.randn(n, 7, generator=g),
         torch.rand(n, generator=g),
     )
-    gram, rhs = normal_equations(signs, fixed, target, weights)
+    gram, rhs = normal_equations(signs, fixed, target, weights, gram_dtype=gram_dtype)
+    assert gram.dtype == gram_dtype and rhs.dtype == torch.float64
     design = torch.cat([signs.double(), fixed.double()], 1)
     weighted = design * weights.double().unsqueeze(1)
-    assert torch.allclose(gram, design.T @ weighted, rtol=1e-5, atol=1e-3)
+    assert torch.allclose(gram.double(), design.T @ weighted, rtol=1e-5, atol=1e-3)
     assert torch.allclose(rhs, weighted.T @ target.double(), rtol=1e-5, atol=1e-3)
     assert torch.equal(gram, gram.T)
 
@@ -157,3 +160,23 @@ def test_packed_signs_read_write_and_refine_like_the_int8_matrix():
     assert torch.allclose(fit.right, plain.right) and torch.allclose(
         fit.decoder_weights[0], plain.decoder_weights[0]
     )
+
+
+def test_solve_ridge_solves_in_float64_and_leaves_the_equations_as_they_were():
+    from lighttoken_hf.compressor.least_squares import solve_ridge
+
+    g = torch.Generator().manual_seed(3)
+    design, target = torch.randn(500, 40, generator=g, dtype=torch.float64), torch.randn(500, 6, generator=g)
+    gram, rhs = design.T @ design, design.T @ target.double()
+    theta64, error64 = solve_ridge(gram.clone(), rhs, 1e-3, free=2, total=float((target.double() ** 2).sum()))
+    gram32 = gram.float()
+    kept = gram32.clone()
+    theta32, error32 = solve_ridge(gram32, rhs, 1e-3, free=2, total=float((target.double() ** 2).sum()))
+    assert torch.equal(gram32, kept)
+    assert torch.allclose(theta32, theta64, rtol=1e-4, atol=1e-5)
+    assert abs(error32 - error64) <= 1e-4 * error64
+    # the error is that of the residual, formed here explicitly
+    reg = torch.full((40,), 1e-3 * float(gram.diagonal().mean()), dtype=torch.float64)
+    reg[-2:] = 1e-9 * float(gram.diagonal().mean())
+    exact = torch.linalg.solve(gram + torch.diag(reg), rhs)
+    assert abs(error64 - float(((design @ exact - target.double()) ** 2).sum())) <= 1e-6 * error64

@@ -27,7 +27,7 @@ import torch
 
 from ..core.lighttoken_codec import pack_bits, unpack_bits
 from .hashing import refine_bits
-from .least_squares import normal_equations, solve_ridge
+from .least_squares import GRAM_TILE, normal_equations, solve_ridge
 from .resources import row_blocks
 
 
@@ -153,7 +153,7 @@ def refine_jointly(
         total += float((w[rows].double() * (x[rows].double() ** 2).sum(1)).sum())
     norm = total or 1.0
     history: list[dict] = []
-    gram, rhs = normal_equations(signs, fixed, x, w)
+    gram, rhs = normal_equations(signs, fixed, x, w, gram_dtype=torch.float32)
 
     def update(rows: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
         """Move the normal equations by the rows whose bits flipped (only the sign columns change).
@@ -170,10 +170,14 @@ def refine_jointly(
         def product(dense: torch.Tensor) -> torch.Tensor:  # change' dense, sparse unless flips are dense
             return change.T @ dense if sparse is None else torch.sparse.mm(sparse, dense)
 
-        # each float32 product is added into the float64 equations in place, one temporary at a time
-        bits = gram[:total_bits, :total_bits]
-        bits += product(new.mul_(row_w))
-        bits += product(old.mul_(row_w)).T
+        # each float32 product is added into the equations in place, a tile of columns at a time
+        # (a whole bits x bits product would be a temporary half the size of the equations)
+        new.mul_(row_w)
+        old.mul_(row_w)
+        for a in range(0, total_bits, GRAM_TILE):
+            b = min(total_bits, a + GRAM_TILE)
+            gram[:total_bits, a:b] += product(new[:, a:b])
+            gram[a:b, :total_bits] += product(old[:, a:b]).T
         cross = product(fixed[rows] * row_w)
         gram[:total_bits, total_bits:] += cross
         gram[total_bits:, :total_bits] += cross.T
@@ -205,7 +209,8 @@ def refine_jointly(
             on_change=update if incremental else None,
         )  # fmt: skip
         if flips and not incremental:
-            gram, rhs = normal_equations(signs, fixed, x, w)
+            del gram, rhs  # the old equations go before the new ones are built
+            gram, rhs = normal_equations(signs, fixed, x, w, gram_dtype=torch.float32)
         history[-1]["flips"] = flips
         if progress is not None:
             progress.set_postfix(

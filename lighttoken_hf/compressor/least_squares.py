@@ -13,30 +13,36 @@ from .resources import WIDE_BLOCK_SHARE, row_blocks
 
 #: Columns of one tile of the Gram matrix's upper triangle (small tiles skip more of the lower triangle,
 #: large ones multiply faster; at 2,000 columns 512 skips a third of the products).
-_GRAM_TILE = 512
+GRAM_TILE = 512
 
 
 def normal_equations(
-    signs: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
+    signs: torch.Tensor,
+    fixed: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    gram_dtype: torch.dtype = torch.float64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``D^T W D`` and ``D^T W target`` (float64) for the design ``D = [signs | fixed]``.
+    """``D^T W D`` (``gram_dtype``) and ``D^T W target`` (float64) for the design ``D = [signs | fixed]``.
 
     ``signs`` is (n x B) in any dtype (+-1, 0 for a bit a row does not have), ``fixed`` (n x f) float and
     ``weights`` (n,) the rows' weights. The weighted design ``sqrt(W) D`` is built and multiplied one row
-    block at a time in float32 (signs times a root weight are exact) and summed in float64.
+    block at a time in float32 (signs times a root weight are exact) and summed in ``gram_dtype``: float32
+    halves a large Gram matrix (the joint refit holds one of (sum of bits)^2 entries) and loses only the
+    rounding of a few block sums, each product being float32 already.
     """
     columns = signs.shape[1] + fixed.shape[1]
-    gram = torch.zeros(columns, columns, dtype=torch.float64, device=target.device)
+    gram = torch.zeros(columns, columns, dtype=gram_dtype, device=target.device)
     rhs = torch.zeros(columns, target.shape[1], dtype=torch.float64, device=target.device)
     at_most = int(WIDE_BLOCK_SHARE * target.numel())
     for rows in row_blocks(target.shape[0], max(columns, target.shape[1]), wide=True, at_most=at_most):
         root = weights[rows].float().sqrt().unsqueeze(1)
         design = torch.cat([signs[rows].float(), fixed[rows].float()], dim=1).mul_(root)  # one temporary
         # the Gram matrix is symmetric: only the blocks on and above the diagonal are multiplied
-        for a in range(0, columns, _GRAM_TILE):
-            tile = design[:, a : a + _GRAM_TILE].T @ design[:, a:]
-            gram[a : a + _GRAM_TILE, a:] += tile
-            gram[a + _GRAM_TILE :, a : a + _GRAM_TILE] += tile[:, _GRAM_TILE:].T
+        for a in range(0, columns, GRAM_TILE):
+            tile = design[:, a : a + GRAM_TILE].T @ design[:, a:]
+            gram[a : a + GRAM_TILE, a:] += tile
+            gram[a + GRAM_TILE :, a : a + GRAM_TILE] += tile[:, GRAM_TILE:].T
             del tile
         rhs += design.T @ (target[rows].float() * root)
     return gram, rhs
@@ -49,20 +55,23 @@ def solve_ridge(
 
     The ridge is ``ridge`` times the mean diagonal of ``gram``, on every column but the last ``free``
     (biases, fixed factors). ``total`` is the target's weighted squared norm (the error is
-    ``total - 2 theta'rhs + theta'G theta``, so no residual is formed). ``gram`` is left as it was.
-    Returns ``theta`` as float32.
+    ``total - 2 theta'rhs + theta'G theta``, so no residual is formed). ``gram`` is left as it was; the
+    system is solved in float64 whatever its dtype. Returns ``theta`` as float32.
     """
-    diagonal = gram.diagonal()
+    # a float64 gram is changed in place and restored (no second columns x columns matrix); another is copied
+    system = gram if gram.dtype == torch.float64 else gram.double()
+    rhs = rhs.double()
+    diagonal = system.diagonal()
     scale = float(diagonal.mean())
-    reg = torch.full((gram.shape[0],), ridge * scale, dtype=gram.dtype, device=gram.device)
+    reg = torch.full((system.shape[0],), ridge * scale, dtype=system.dtype, device=system.device)
     if free:
-        reg[gram.shape[0] - free :] = (
+        reg[system.shape[0] - free :] = (
             1e-9 * scale
         )  # only keeps an all-zero column (e.g. a zero factor) solvable
-    diagonal += reg  # in place and undone below: no second columns x columns matrix
+    diagonal += reg
     try:
-        theta = torch.linalg.solve(gram, rhs)
+        theta = torch.linalg.solve(system, rhs)
     finally:
         diagonal -= reg
-    error = total - 2 * float((theta * rhs).sum()) + float((theta * (gram @ theta)).sum())
+    error = total - 2 * float((theta * rhs).sum()) + float((theta * (system @ theta)).sum())
     return theta.float(), max(error, 0.0)
