@@ -290,7 +290,8 @@ def train_stage(
     if loss_fn is not mse_loss:  # the least-squares decoder already minimises the MSE (up to the ridge)
         weight, bias = tune_decoder(signs, residual, weights, weight, bias, loss_fn, schedule.decoder_steps)
     weight, bias = weight.to(storage_dtype), bias.to(storage_dtype)
-    result = StageResult(bits=(signs > 0).to(torch.uint8), decoder_weight=weight, decoder_bias=bias)
+    # the +-1 int8 signs become the 0/1 bits in place: no second and third V x bits copy (bool, uint8)
+    result = StageResult(bits=signs.clamp_(min=0).view(torch.uint8), decoder_weight=weight, decoder_bias=bias)
     del signs
     with torch.no_grad():
         w_hard, b_hard = weight.float(), bias.float()
