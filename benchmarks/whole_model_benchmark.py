@@ -1,16 +1,17 @@
-"""Whole-model size against fidelity on all-MiniLM-L6-v2: LightToken for the token matrix combined with torchao
-int8 weight-only quantization of the backbone, against torchao int8 on everything (embeddings included).
+"""Whole-model size against fidelity on all-MiniLM-L6-v2: LightToken for the token matrix combined with
+weight-only quantization of the backbone (torchao int8, compressed-tensors int4), against each library's
+quantization of everything (embeddings included).
 
     python benchmarks/whole_model_benchmark.py [--ratios 25 100] [--sentences 1000] [--sts-limit 1000]
 
 Rows: the original (fp32); torchao int8 weight-only on every Linear and on the word embedding (one scale per
-row); LightToken at each ``--ratios`` with an fp32 backbone and with ``quantize_backbone="int8"`` (library
-defaults otherwise). Each row: every stored byte of the model (``model_parts_nbytes``; torchao tensors count their
-int8 data and scales), its ratio to fp32 and bf16, the share of each part, the end-to-end cosine of mean-pooled
-sentence embeddings against the original on held-out text (CoLA dev sentences and RTE dev premises, as the
-fidelity benchmark's held-out column) and the zero-shot STS-B Spearman (a seeded sample of the training pairs).
-torchao 0.18 has no 4-bit weight packing for a CPU without its ``mslk`` kernels (its CPU int4 stores one value
-per byte), so no int4 rows are measured. Writes ``benchmarks/results/whole_model_minilm.{json,png}``.
+row); compressed-tensors int4 (groups of 64, as ``quantize_backbone="int4"``) on every Linear and on the word
+embedding; LightToken at each ``--ratios`` with an fp32, an int8 and an int4 backbone (library defaults
+otherwise). Each row: every stored byte of the model (``model_parts_nbytes``: what the state dict holds, packed
+int4 and int8 data with their scales), its ratio to fp32 and bf16, the share of each part, the end-to-end cosine
+of mean-pooled sentence embeddings against the original on held-out text (CoLA dev sentences and RTE dev
+premises, as the fidelity benchmark's held-out column) and the zero-shot STS-B Spearman (a seeded sample of the
+training pairs). Writes ``benchmarks/results/whole_model_minilm.{json,png}``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ def int8_everything(model: Any) -> Any:
     embedding = quantized.get_input_embeddings()
     quantize_(quantized, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
               filter_fn=lambda module, _: module is embedding)  # fmt: skip
+    return quantized
+
+
+def int4_everything(model: Any) -> Any:
+    """compressed-tensors int4 on every Linear and on the word embedding, packed (unpacked on the first forward)."""
+    from lighttoken_hf.compressor.backbone import pack_int4
+
+    quantized = copy.deepcopy(model)
+    pack_int4(quantized, targets=("Linear", "Embedding")).add_decompress_hook(quantized)
     return quantized
 
 
@@ -143,12 +153,14 @@ def main(argv: list[str] | None = None) -> int:
 
     score("original-fp32", model)
     score("torchao-int8-everything", int8_everything(model))
+    score("compressed-tensors-int4-everything", int4_everything(model))
     for ratio in args.ratios:
         start = time.perf_counter()
         compressed = lt.compress(model, lt.CompressionSettings(ratio=ratio), tokenizer=tokenizer, progress=False)
         seconds = time.perf_counter() - start
         score(f"lighttoken-{ratio:g}x-fp32-backbone", compressed.eval(), compress_seconds=seconds)
-        score(f"lighttoken-{ratio:g}x-int8-backbone", quantize_backbone(compressed, "int8").eval())
+        for kind in ("int8", "int4"):
+            score(f"lighttoken-{ratio:g}x-{kind}-backbone", quantize_backbone(compressed, kind).eval())
         del compressed
     plot(payload, args.output.with_suffix(".png"))
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 from .checkpoint import checkpoint_facts
 from .compressor.provenance import hub_model_id
 from .compressor.report import END_TO_END_LABELS, FIDELITY_LABELS, fmt_size
+from .compressor.settings import BACKBONE_LIBRARIES
 
 __all__ = [
     "CARD_TAGS",
@@ -104,7 +105,8 @@ def _whole_model_rows(report: Mapping, quantization: str | None) -> list[tuple[s
     if parts:
         shares = ", ".join(f"{name.replace('_', ' ')} {n / after:.0%}" for name, n in parts.items())
         rows.append(("parts of the whole model", shares))
-    backbone = f"{quantization} weights (torchao weight-only)" if quantization else "as in the base model"
+    backbone = f"{quantization} weights ({BACKBONE_LIBRARIES[quantization]} weight-only)" if quantization else (
+        "as in the base model")  # fmt: skip
     rows.append(("backbone Linear layers", backbone))
     return rows
 
@@ -332,6 +334,7 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
         "auto_class": auto_class,
         "pipeline_tag": pipeline_tag,
         "backbone_quantization": settings.get("quantize_backbone"),
+        "backbone_library": BACKBONE_LIBRARIES.get(settings.get("quantize_backbone")),
         "base": base,
         "base_model_id": base_id,
         "num_embeddings": vocab,

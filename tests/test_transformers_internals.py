@@ -57,3 +57,30 @@ def test_weight_conversions_record_the_key_renaming(tiny_bert_config, tmp_path):
     assert any(k.startswith("backbone.bert.") for k in keys) and not any(
         k.startswith("backbone.encoder.") for k in keys
     )
+
+
+def test_a_compressed_tensors_model_carries_its_compressor_and_is_saved_unpacked(tmp_path):
+    """``model.hf_quantizer.compressor.compress_model``: the LightToken ``save_pretrained`` packs an int4
+    backbone again through it, because transformers writes the unpacked weights of a model that ran a forward."""
+    import json
+
+    import pytest
+
+    pytest.importorskip("compressed_tensors", reason="needs compressed-tensors: pip install compressed-tensors")
+    from compressed_tensors.compressors import ModelCompressor
+
+    from lighttoken_hf.compressor.backbone import pack_int4
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=128)).eval()  # fmt: skip
+    compressor = pack_int4(model)
+    model.save_pretrained(tmp_path / "packed")
+    compressor.update_config(tmp_path / "packed")
+    loaded = AutoModel.from_pretrained(tmp_path / "packed").eval()
+    assert isinstance(loaded.hf_quantizer.compressor, ModelCompressor)
+    with torch.no_grad():
+        loaded(input_ids=torch.tensor([[1, 2, 3]]))  # unpacks the weights in memory
+    loaded.save_pretrained(tmp_path / "resaved")
+    config = json.loads((tmp_path / "resaved" / "config.json").read_text(encoding="utf-8"))
+    assert config["quantization_config"]["quantization_status"] == "decompressed"  # what the core repacks

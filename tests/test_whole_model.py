@@ -1,5 +1,6 @@
 """Whole-model compression: the token matrix by LightToken and the backbone's Linear weights by torchao
-weight-only int8 (through transformers' TorchAoConfig): sizes by part, a reload without the package, LoRA."""
+weight-only int8 (through transformers' TorchAoConfig) or compressed-tensors' int4 pack-quantized format:
+sizes by part equal to the files', a reload without the package, LoRA, clear errors."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tiny_models import tiny_bert_config
 import lighttoken_hf as lt
 
 pytest.importorskip("torchao", reason="whole-model compression needs torchao: pip install torchao")
+pytest.importorskip("compressed_tensors", reason="int4 backbones need it: pip install compressed-tensors")
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,25 @@ def pair():
     dense_backbone = lt.compress(model, settings, progress=False).eval()
     int8 = lt.compress(model, settings, quantize_backbone="int8", progress=False).eval()
     return model, dense_backbone, int8
+
+
+@pytest.fixture(scope="module")
+def int4(pair):
+    """The same tiny BERT, same codes, with an int4 backbone (compressed-tensors)."""
+    model, _, _ = pair
+    settings = lt.CompressionSettings(ratio=8, schedule=FAST_SCHEDULE)
+    return lt.compress(model, settings, quantize_backbone="int4", progress=False).eval()
+
+
+def _file_tensor_bytes(folder) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        for key in f.keys():  # noqa: SIM118 - a safetensors file, not a dict
+            tensor = f.get_tensor(key)
+            total += tensor.numel() * tensor.element_size()
+    return total
 
 
 def test_int8_backbone_quantizes_every_linear_weight_and_counts_every_byte(pair):
@@ -57,12 +78,51 @@ def test_int8_backbone_quantizes_every_linear_weight_and_counts_every_byte(pair)
     assert cosine > 0.99  # int8 weights move the outputs a little, not the direction
 
 
-def test_reloads_without_the_package_with_the_same_outputs(pair, tmp_path):
-    _, _, int8 = pair
-    int8.save_pretrained(tmp_path / "model")
+def test_int4_backbone_packs_every_linear_weight_and_counts_every_byte(pair, int4, tmp_path):
+    from lighttoken_hf.compressor.backbone import INT4_GROUP_SIZE
+    from lighttoken_hf.compressor.report import model_nbytes
+
+    _, dense_backbone, _ = pair
+    linears = [m for m in int4.backbone.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight_packed.dtype == torch.int32 for m in linears)  # packed until a forward
+    stored, plain_stored = (m.get_input_embeddings().state_dict() for m in (int4, dense_backbone))
+    for name in ("codes_0", "decoder_0_qweight"):  # the compressed token matrix keeps its own format
+        assert torch.equal(stored[name], plain_stored[name])
+    report = int4.compression_report
+    weights = sum(m.in_features * m.out_features for m in linears)
+    # half a byte per weight, a float32 scale per group, each weight's shape (2 int64)
+    assert report.model_parts_after["backbone"] == weights // 2 + 4 * weights // INT4_GROUP_SIZE + 16 * len(linears)
+    assert sum(report.model_parts_after.values()) == report.model_nbytes_after == model_nbytes(int4)
+    ids = torch.randint(0, 3000, (3, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = int4(input_ids=ids).last_hidden_state, dense_backbone(input_ids=ids).last_hidden_state
+    cosine = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).min()
+    assert cosine > 0.98  # int4 weights move the outputs a little more than int8, not the direction
+    # the forward unpacked the weights in memory; the save packs them again: the files hold what was reported
+    int4.save_pretrained(tmp_path / "model")
+    assert _file_tensor_bytes(tmp_path / "model") == report.model_nbytes_after
+    with torch.no_grad():
+        assert torch.equal(int4(input_ids=ids).last_hidden_state, a)
+
+
+def test_int8_file_bytes_equal_the_reported_bytes(pair, tmp_path):
+    _, dense_backbone, int8 = pair
+    for model, name in ((int8, "int8"), (dense_backbone, "dense")):
+        model.save_pretrained(tmp_path / name)
+        assert _file_tensor_bytes(tmp_path / name) == model.compression_report.model_nbytes_after, name
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_reloads_without_the_package_with_the_same_outputs(pair, int4, kind, tmp_path):
+    quantized = pair[2] if kind == "int8" else int4
+    quantized.save_pretrained(tmp_path / "model")
     ids = torch.randint(0, 3000, (2, 7), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        expected = int8(input_ids=ids).last_hidden_state
+        expected = quantized(input_ids=ids).last_hidden_state
+    check = (
+        'type(model.backbone.encoder.layer[0].intermediate.dense.weight).__name__ == "Int8Tensor"' if kind == "int8"
+        else 'model.backbone.encoder.layer[0].intermediate.dense.weight_packed.dtype == torch.int32'
+    )  # fmt: skip
     save_file({"ids": ids, "out": expected.contiguous()}, str(tmp_path / "io.safetensors"))
     script = textwrap.dedent(
         f"""
@@ -72,7 +132,7 @@ def test_reloads_without_the_package_with_the_same_outputs(pair, tmp_path):
         from safetensors.torch import load_file
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
-        assert type(model.backbone.encoder.layer[0].intermediate.dense.weight).__name__ == "Int8Tensor"
+        assert {check}
         io = load_file({str(tmp_path / "io.safetensors")!r})
         with torch.no_grad():
             out = model(input_ids=io["ids"]).last_hidden_state
@@ -86,11 +146,12 @@ def test_reloads_without_the_package_with_the_same_outputs(pair, tmp_path):
     assert run.returncode == 0 and "OK" in run.stdout, run.stderr[-3000:]
 
 
-def test_lora_trains_on_the_int8_backbone(pair):
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_lora_trains_on_the_quantized_backbone(pair, int4, kind):
     from peft import LoraConfig, get_peft_model
 
-    _, _, int8 = pair
-    lora = get_peft_model(int8, LoraConfig(target_modules=["query", "value"], r=4))
+    quantized = pair[2] if kind == "int8" else int4
+    lora = get_peft_model(quantized, LoraConfig(target_modules=["query", "value"], r=4))
     trainable = [p for p in lora.parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n, p in lora.named_parameters() if p.requires_grad)
     ids = torch.randint(0, 3000, (4, 8), generator=torch.Generator().manual_seed(3))
@@ -109,9 +170,22 @@ def test_lora_trains_on_the_int8_backbone(pair):
 
 def test_bad_quantize_backbone_values_are_clear_errors():
     with pytest.raises(ValueError, match="quantize_backbone must be one of"):
-        lt.CompressionSettings(quantize_backbone="int4")
+        lt.CompressionSettings(quantize_backbone="int3")
     with pytest.raises(TypeError, match="quantize_backbone"):
         lt.CompressionSettings(quantize_backbone=8)
+
+
+@pytest.mark.parametrize(("kind", "library"), [("int8", "torchao"), ("int4", "compressed_tensors")])
+def test_a_missing_quantization_library_is_a_clear_error_before_any_work(kind, library, monkeypatch):
+    import importlib.util
+
+    from transformers import BertModel
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == library else real(name, *a))
+    model = BertModel(tiny_bert_config(vocab_size=300, hidden_size=64, intermediate_size=128))
+    with pytest.raises(ImportError, match=f"pip install 'lighttoken-hf\\[quantize\\]'.*{library.replace('_', '-')}"):
+        lt.compress(model, 8, quantize_backbone=kind, progress=False)
 
 
 def test_card_gives_the_whole_model_size_and_says_torchao_is_needed(pair):
@@ -124,6 +198,7 @@ def test_card_gives_the_whole_model_size_and_says_torchao_is_needed(pair):
     assert "backbone" in rows["parts of the whole model"] and "int8" in rows["backbone Linear layers"]
     assert "pip install torchao" in str(model_card(int8))
     assert "pip install torchao" not in str(model_card(dense_backbone))
+    assert "pip install compressed-tensors" not in str(model_card(int8))
     assert dict(card_facts(dense_backbone)["sections"]["size"])["backbone Linear layers"] == "as in the base model"
 
 
@@ -140,7 +215,25 @@ def test_cli_quantize_backbone_writes_a_quantized_checkpoint(tiny_model_dir, tmp
     assert config["quantization_config"]["quant_method"] == "torchao"
     report = json.loads((out / "lighttoken_report.json").read_text(encoding="utf-8"))
     assert report["settings"]["quantize_backbone"] == "int8" and report["end_to_end"]["sentence_embedding_cosine"] > 0.9
-    assert main([*args[:3], str(tmp_path / "x"), *args[4:], "--quantize-backbone", "int4"]) == 2
+    assert main([*args[:3], str(tmp_path / "x"), *args[4:], "--quantize-backbone", "int3"]) == 2
+
+
+def test_cli_quantize_backbone_int4_and_its_card(pair, tiny_tokenizer, tmp_path):
+    import json
+
+    from lighttoken_hf.cli import main
+
+    pair[0].save_pretrained(tmp_path / "bert")  # 64 wide: int4 groups of 64 fit
+    tiny_tokenizer.save_pretrained(tmp_path / "bert")
+    out = tmp_path / "out"
+    args = ["compress", str(tmp_path / "bert"), "--out", str(out), "--ratio", "4", "--epochs", "1", "--no-progress"]
+    assert main([*args, "--quantize-backbone", "int4"]) == 0
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert config["quantization_config"]["quantization_status"] == "compressed"
+    report = json.loads((out / "lighttoken_report.json").read_text(encoding="utf-8"))
+    assert _file_tensor_bytes(out) == report["model_nbytes_after"]
+    assert "pip install compressed-tensors" in (out / "README.md").read_text(encoding="utf-8")
 
 
 def test_an_int8_backbone_model_exports_to_onnx_with_equal_outputs(pair, tmp_path):
@@ -178,3 +271,8 @@ def test_a_tied_causal_lm_keeps_its_compressed_head_and_generates(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "lm").eval()
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, model(ids).logits)
+
+
+def test_int4_on_a_backbone_too_narrow_for_its_groups_is_a_clear_error(tiny_bert):
+    with pytest.raises(ValueError, match="multiple of 64.*int8"):  # 32 wide: no Linear could be quantized
+        lt.compress(tiny_bert, 4, quantize_backbone="int4", progress=False, schedule=FAST_SCHEDULE)

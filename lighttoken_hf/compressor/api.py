@@ -7,7 +7,6 @@ to end: one :class:`~.report.CompressionReport`, produced once.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ import torch
 from ..core.configuration_lighttoken import LightTokenConfig
 from ..core.modeling_lighttoken import LightTokenForCausalLM, LightTokenPreTrainedModel
 from ..jsonio import to_json
-from .backbone import quantize_backbone
+from .backbone import check_backbone, quantize_backbone
 from .frequencies import general_text_frequencies, general_text_samples
 from .lm_metrics import is_lm, lm_fidelity
 from .lm_sensitivity import lm_sensitivity
@@ -250,10 +249,8 @@ def _compress_model(
             f"{type(embedding).__name__}); LightToken compresses token-embedding matrices only"
         )
     wrapper_cls = wrapper_class(model)
-    if settings.quantize_backbone is not None and importlib.util.find_spec("torchao") is None:
-        raise ImportError(
-            "quantize_backbone needs torchao (weight-only quantization): pip install 'lighttoken-hf[quantize]'"
-        )
+    if settings.quantize_backbone is not None:
+        check_backbone(model, settings.quantize_backbone)
     check_no_shared_embedding(model, embedding)
     scale = embedding_scale(embedding)
     v = embedding.num_embeddings

@@ -1,41 +1,137 @@
-"""Whole-model compression: the backbone's Linear weights by torchao weight-only quantization, through
-transformers' own ``TorchAoConfig`` integration.
+"""Whole-model compression: the backbone's Linear weights by weight-only quantization from a maintained
+library, in a form transformers saves to safetensors and rebuilds from ``config.json`` on ``from_pretrained``.
 
-Why torchao, and why through transformers: transformers applies a ``TorchAoConfig`` while it loads weights,
-saves the quantized tensors to safetensors and rebuilds them from ``config.json``'s ``quantization_config``
-on ``from_pretrained``, so a checkpoint quantized here reloads anywhere with transformers and torchao
-installed (lighttoken_hf not needed: the remote code does the rest). Quantizing a live model with
-``torchao.quantize_`` instead leaves tensor subclasses that ``save_pretrained`` cannot write.
+``"int8"``: torchao's ``Int8WeightOnlyConfig`` (symmetric int8, one scale per output channel) through
+transformers' own ``TorchAoConfig``: transformers applies it while it loads the weights, saves the quantized
+tensors and restores them on load. Quantizing a live model with ``torchao.quantize_`` instead leaves tensor
+subclasses ``save_pretrained`` cannot write.
 
-``"int8"``: symmetric int8 weights with one scale per output channel (``Int8WeightOnlyConfig``) on every
-``nn.Linear`` of the backbone; the compressed token matrix (not a Linear), norms, biases and position
-embeddings keep their format. torchao 0.18 has no 4-bit packing that runs on a CPU without its ``mslk``
-kernels, so ``"int4"`` is not offered yet.
+``"int4"``: compressed-tensors' ``pack-quantized`` format (symmetric int4 in groups of
+:data:`INT4_GROUP_SIZE` input columns, one scale per group in the weights' dtype; eight values per int32),
+the format vLLM and transformers load. torchao 0.18 has no int4 layout that both runs on a CPU without its
+``mslk`` kernels and is serializable (its CPU layout, ``Int4OpaqueTensor``, is not in its safetensors
+allow-list), so int4 comes from compressed-tensors. transformers loads such a checkpoint with the weights
+packed and unpacks them on the first forward; ``save_pretrained`` of a LightToken model packs them again.
+
+Either way: every ``nn.Linear`` of the backbone (a Linear whose input width is not a multiple of the group
+size keeps its weights); the compressed token matrix (not a Linear), norms, biases and position embeddings
+keep their format. The checkpoint then needs the library to load (lighttoken_hf does not: the remote code
+does the rest).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from typing import Any
 
-from .settings import BACKBONE_QUANTIZATIONS
+import torch
 
-__all__ = ["quantize_backbone"]
+from .settings import BACKBONE_LIBRARIES, BACKBONE_QUANTIZATIONS
+
+__all__ = ["INT4_GROUP_SIZE", "check_backbone", "pack_int4", "quantize_backbone"]
+
+#: Input columns sharing one int4 scale: an fp32 scale (compressed-tensors keeps the weight dtype) per 64
+#: weights adds half a bit, 4.5 bits per weight in all (llama.cpp Q4_0: an fp16 scale per 32).
+INT4_GROUP_SIZE = 64
+
+
+def check_backbone(model: torch.nn.Module, kind: str) -> None:
+    """Fail early and clearly where ``model``'s backbone cannot be quantized to ``kind``: the library is not
+    installed (``ImportError``), or no Linear layer is wide enough for int4's groups (``ValueError``)."""
+    library = BACKBONE_LIBRARIES[kind]
+    if importlib.util.find_spec(library.replace("-", "_")) is None:
+        raise ImportError(
+            f"quantize_backbone={kind!r} needs {library} (weight-only quantization): "
+            f"pip install 'lighttoken-hf[quantize]' (or pip install {library})"
+        )
+    if kind == "int4":
+        _check_int4_widths(model, ("Linear",))
+
+
+def _check_int4_widths(model: torch.nn.Module, targets: tuple[str, ...]) -> list[str]:
+    """The names of the ``targets`` modules too narrow for int4's groups (they keep their weights); raises
+    ``ValueError`` when that is every one of them."""
+    modules = [(name, m) for name, m in model.named_modules() if type(m).__name__ in targets]
+    narrow = [name for name, m in modules if m.weight.shape[-1] % INT4_GROUP_SIZE]
+    if len(narrow) == len(modules):
+        raise ValueError(
+            f"int4 quantization groups {INT4_GROUP_SIZE} input columns, and no {'/'.join(targets)} layer of "
+            f"{type(model).__name__} has a width that is a multiple of {INT4_GROUP_SIZE}: nothing would be "
+            "quantized; use quantize_backbone='int8'"
+        )
+    return narrow
 
 
 def quantize_backbone(model: Any, kind: str) -> Any:
-    """``model`` (a LightToken model) with its backbone's Linear weights quantized to ``kind``: saved, then
-    loaded again through ``TorchAoConfig`` (see the module docstring). The returned model is a new object."""
+    """``model`` (a LightToken model) with its backbone's Linear weights quantized to ``kind``, saved and
+    loaded again through transformers (see the module docstring). The returned model is a new object."""
     if kind not in BACKBONE_QUANTIZATIONS:
         raise ValueError(f"quantize_backbone must be one of {list(BACKBONE_QUANTIZATIONS)} or None, got {kind!r}")
-    try:
-        from torchao.quantization import Int8WeightOnlyConfig
-    except ImportError as err:
-        raise ImportError("quantize_backbone needs torchao: pip install 'lighttoken-hf[quantize]'") from err
-    from transformers import TorchAoConfig
-
-    config = TorchAoConfig(Int8WeightOnlyConfig())
+    check_backbone(model, kind)
     with tempfile.TemporaryDirectory(prefix="lighttoken-quantize-") as folder:
-        model.save_pretrained(folder)
-        quantized = type(model).from_pretrained(folder, quantization_config=config)
+        if kind == "int8":
+            from torchao.quantization import Int8WeightOnlyConfig
+            from transformers import TorchAoConfig
+
+            model.save_pretrained(folder)
+            quantized = type(model).from_pretrained(folder, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
+        else:
+            _save_int4(model, folder)
+            quantized = type(model).from_pretrained(folder)
     return quantized.train(model.training)
+
+
+def _save_int4(model: Any, folder: str) -> None:
+    """Write ``model`` to ``folder`` with its Linear weights in compressed-tensors' int4 pack-quantized form.
+
+    A copy is quantized (read back from a plain save): ``model`` itself is left as it was.
+    """
+    with tempfile.TemporaryDirectory(prefix="lighttoken-quantize-dense-") as dense:
+        model.save_pretrained(dense)
+        copy = type(model).from_pretrained(dense)
+    compressor = pack_int4(copy)
+    copy.save_pretrained(folder)
+    compressor.update_config(folder)
+
+
+def pack_int4(model: torch.nn.Module, targets: tuple[str, ...] = ("Linear",)) -> Any:
+    """Quantize ``model``'s ``targets`` modules (class names) to int4 in place, packed the way compressed-tensors
+    stores them (``weight_packed``, ``weight_scale``, ``weight_shape``), and return the library's
+    ``ModelCompressor`` (its ``add_decompress_hook(model)`` makes the model run again; the benchmarks use
+    ``targets=("Linear", "Embedding")`` for int4 everywhere).
+
+    Each group of :data:`INT4_GROUP_SIZE` columns gets the scale of its largest magnitude over 7.5
+    (compressed-tensors' symmetric int4 range, -8..7). A module whose width is not a multiple of the group
+    size keeps its weights.
+    """
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        QuantizationStatus,
+        apply_quantization_config,
+    )
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=INT4_GROUP_SIZE)
+    keep = _check_int4_widths(model, targets)
+    config = QuantizationConfig(
+        config_groups={"group_0": QuantizationScheme(targets=list(targets), weights=args)},
+        quantization_status=QuantizationStatus.INITIALIZED,
+        ignore=keep,
+    )
+    apply_quantization_config(model, config, show_progress=False)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "weight_scale"):
+                weight = module.weight.detach().float()
+                groups = weight.reshape(weight.shape[0], -1, INT4_GROUP_SIZE)
+                scale, zero = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
+                module.weight_scale.copy_(scale.reshape(module.weight_scale.shape))
+                if hasattr(module, "weight_zero_point"):
+                    module.weight_zero_point.copy_(zero.reshape(module.weight_zero_point.shape))
+    compressor = ModelCompressor.from_pretrained_model(model, quantization_format="pack-quantized")
+    compressor.compress_model(model)
+    return compressor

@@ -91,8 +91,10 @@ def model_nbytes(model: torch.nn.Module) -> int:
 
 def model_parts_nbytes(model: torch.nn.Module) -> dict[str, int]:
     """A model's stored bytes by part: ``token_matrix`` (the input embedding and an output matrix of its own,
-    dense or compressed), ``backbone`` (the weights of its ``nn.Linear`` layers) and ``rest`` (norms, biases,
-    position embeddings, buffers...). Each storage counts once."""
+    dense or compressed), ``backbone`` (the weights of its ``nn.Linear`` layers, quantized or not, with their
+    scales) and ``rest`` (norms, biases, position embeddings, persistent buffers...). What the state dict
+    holds, each storage once: what ``save_pretrained`` writes (buffers it skips, e.g. BERT's
+    ``position_ids``, are not counted)."""
     token_modules = set()
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -101,20 +103,20 @@ def model_parts_nbytes(model: torch.nn.Module) -> dict[str, int]:
             token_modules.update(id(m) for m in module.modules())
     parts = {"token_matrix": 0, "backbone": 0, "rest": 0}
     seen: set[int] = set()
-    for module in model.modules():
-        own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
-        for name, tensor in own:
-            if tensor is None or _storage_key(tensor) in seen:
-                continue
-            key = _storage_key(tensor)
-            seen.add(key)
-            if id(module) in token_modules and not (module is output and name == "bias"):
-                part = "token_matrix"
-            elif isinstance(module, torch.nn.Linear) and name == "weight":
-                part = "backbone"
-            else:
-                part = "rest"
-            parts[part] += tensor_nbytes(tensor)
+    for full_name, tensor in model.state_dict(keep_vars=True).items():
+        # an empty tensor stores nothing, and may point into another's storage (one loaded from a file does)
+        if tensor is None or tensor.numel() == 0 or _storage_key(tensor) in seen:
+            continue
+        seen.add(_storage_key(tensor))
+        owner, _, name = full_name.rpartition(".")
+        module = model.get_submodule(owner)
+        if id(module) in token_modules and not (module is output and name == "bias"):
+            part = "token_matrix"
+        elif isinstance(module, torch.nn.Linear) and name.startswith("weight"):
+            part = "backbone"  # with a quantized weight's parts (int4 packing: weight_packed, _scale, _shape)
+        else:
+            part = "rest"
+        parts[part] += tensor_nbytes(tensor)
     return parts
 
 

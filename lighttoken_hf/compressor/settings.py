@@ -19,6 +19,7 @@ __all__ = [
     "FACTOR_DTYPES",
     "LOSS_NAMES",
     "OUTPUT_LAYERS",
+    "BACKBONE_LIBRARIES",
     "BACKBONE_QUANTIZATIONS",
     "SENSITIVITY_METRICS",
     "CompressionSettings",
@@ -36,7 +37,10 @@ DECODER_DTYPES = ("int8", *FACTOR_DTYPES)
 #: Values of ``CompressionSettings.output_layer``.
 OUTPUT_LAYERS = ("compress", "dense")
 #: Values of ``CompressionSettings.quantize_backbone`` besides ``None`` (see compressor/backbone.py).
-BACKBONE_QUANTIZATIONS = ("int8",)
+BACKBONE_QUANTIZATIONS = ("int8", "int4")
+
+#: The library that quantizes the backbone to each of :data:`BACKBONE_QUANTIZATIONS` (its pip name).
+BACKBONE_LIBRARIES = {"int8": "torchao", "int4": "compressed-tensors"}
 #: Largest seed (seeds are 32-bit, as in numpy).
 MAX_SEED = 2**32 - 1
 
@@ -115,7 +119,9 @@ class CompressionSettings:
             compressed matrix.
         quantize_backbone: whole-model compression: ``"int8"`` quantizes the weights of every Linear layer of
             the backbone (torchao weight-only int8, one scale per output channel, through transformers'
-            ``TorchAoConfig``; the checkpoint then needs torchao to load); ``None`` (default) keeps them.
+            ``TorchAoConfig``), ``"int4"`` to int4 in groups of 64 with a scale each
+            (compressed-tensors' pack-quantized format); the checkpoint then needs that library to load
+            (:data:`BACKBONE_LIBRARIES`). ``None`` (default) keeps them.
         schedule: training schedule of each hashing stage.
         device: where the heavy steps run: ``"auto"`` (default: a CUDA GPU when torch sees one, else
             the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. The compressed module is built on the CPU

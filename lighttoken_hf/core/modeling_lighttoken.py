@@ -575,6 +575,11 @@ class LightTokenPreTrainedModel(PreTrainedModel):
         with missing weights; stale folders of saves whose process died are cleaned up first (see
         :func:`recover_interrupted_saves`). Files get the modes of the user's umask.
         """
+        # A backbone loaded with packed weights (compressed-tensors, e.g. int4) unpacks them on its first
+        # forward: pack them again, so that the files keep the packed form (nothing to do where none was).
+        compressor = getattr(getattr(self, "hf_quantizer", None), "compressor", None)
+        if compressor is not None and hasattr(compressor, "compress_model"):
+            compressor.compress_model(self)
         module = type(self).__module__.rsplit(".", 1)[-1]
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         for auto_cls, model_cls in LIGHTTOKEN_CLASSES:
