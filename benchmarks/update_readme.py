@@ -183,6 +183,36 @@ def render_scaling(name: str, data: dict) -> str:
     return "\n".join(lines)
 
 
+#: Whole-model method -> label in the README (methods missing here are not shown).
+WHOLE_MODEL_LABELS = {
+    "original-fp32": "original fp32",
+    "torchao-int8-everything": "torchao int8 everything (embeddings too)",
+    "compressed-tensors-int4-everything": "compressed-tensors int4 everything (embeddings too)",
+    "lighttoken-25x-fp32-backbone": "LightToken 25x, fp32 backbone",
+    "lighttoken-25x-int8-backbone": "LightToken 25x, int8 backbone",
+    "lighttoken-25x-int4-backbone": "**LightToken 25x, int4 backbone**",
+    "lighttoken-100x-int8-backbone": "LightToken 100x, int8 backbone",
+    "lighttoken-100x-int4-backbone": "LightToken 100x, int4 backbone",
+}
+
+
+def render_whole_model(name: str, data: dict) -> str:
+    """Every stored byte of the model against its end-to-end cosine and STS-B Spearman, per method."""
+    rows = {r["method"]: r for r in data["rows"]}
+    lines = [
+        f"Source: {_source(name, data, None)}; held-out CoLA/RTE dev text for the end-to-end cosine.",
+        "",
+        "| model | stored | vs fp32 | end-to-end cosine | STS-B Spearman |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for method, label in WHOLE_MODEL_LABELS.items():
+        if method in rows:
+            r = rows[method]
+            lines.append(f"| {label} | {r['nbytes'] / 1e6:.1f} MB | {r['ratio_vs_fp32']:.2f}x | "
+                         f"{r['e2e_cosine_held_out']:.4f} | {r['sts_spearman']:.4f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 #: block name -> (result file or files, renderer); the runs of several files of one benchmark are shown together
 BLOCKS: dict[str, tuple[str | tuple[str, ...], Callable[[str, dict], str]]] = {
     "commands": ("commands_timing.json", render_commands),
@@ -192,6 +222,7 @@ BLOCKS: dict[str, tuple[str | tuple[str, ...], Callable[[str, dict], str]]] = {
     "smollm2_alternatives": ("lm_smollm2.json", render_lm_alternatives),
     "downstream": ("downstream_minilm.json", render_downstream),
     "scaling": ("scaling.json", render_scaling),
+    "whole_model": ("whole_model_minilm.json", render_whole_model),
 }
 
 

@@ -294,6 +294,11 @@ def export_onnx(
         dynamic["pooler_output"] = {0: "batch"}
     if type(model).__name__ == "LightTokenForSequenceClassification":
         dynamic["logits"] = {0: "batch"}
+    # an int4 backbone (compressed-tensors) loads packed and unpacks on its first forward: unpack it before
+    # tracing (its Linear weights are then written dequantized, in fp32, as an int8 backbone's are)
+    compressor = getattr(getattr(model, "hf_quantizer", None), "compressor", None)
+    if compressor is not None and any(hasattr(m, "weight_packed") for m in model.modules()):
+        compressor.decompress_model(model)
     was_training = model.training
     model.eval()
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

@@ -83,8 +83,11 @@ def test_int4_backbone_packs_every_linear_weight_and_counts_every_byte(pair, int
     from lighttoken_hf.compressor.report import model_nbytes
 
     _, dense_backbone, _ = pair
-    linears = [m for m in int4.backbone.modules() if isinstance(m, torch.nn.Linear)]
+    int4.save_pretrained(tmp_path / "first")
+    fresh = type(int4).from_pretrained(tmp_path / "first").eval()  # loads packed, whatever the fixture ran
+    linears = [m for m in fresh.backbone.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(m.weight_packed.dtype == torch.int32 for m in linears)  # packed until a forward
+    fresh.save_pretrained(tmp_path / "packed")  # a save of the packed model writes it as it is
     stored, plain_stored = (m.get_input_embeddings().state_dict() for m in (int4, dense_backbone))
     for name in ("codes_0", "decoder_0_qweight"):  # the compressed token matrix keeps its own format
         assert torch.equal(stored[name], plain_stored[name])
@@ -92,17 +95,19 @@ def test_int4_backbone_packs_every_linear_weight_and_counts_every_byte(pair, int
     weights = sum(m.in_features * m.out_features for m in linears)
     # half a byte per weight, a float32 scale per group, each weight's shape (2 int64)
     assert report.model_parts_after["backbone"] == weights // 2 + 4 * weights // INT4_GROUP_SIZE + 16 * len(linears)
-    assert sum(report.model_parts_after.values()) == report.model_nbytes_after == model_nbytes(int4)
+    assert sum(report.model_parts_after.values()) == report.model_nbytes_after == model_nbytes(fresh)
+    assert _file_tensor_bytes(tmp_path / "packed") == report.model_nbytes_after
     ids = torch.randint(0, 3000, (3, 9), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        a, b = int4(input_ids=ids).last_hidden_state, dense_backbone(input_ids=ids).last_hidden_state
+        a, b = fresh(input_ids=ids).last_hidden_state, dense_backbone(input_ids=ids).last_hidden_state
     cosine = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).min()
     assert cosine > 0.98  # int4 weights move the outputs a little more than int8, not the direction
     # the forward unpacked the weights in memory; the save packs them again: the files hold what was reported
-    int4.save_pretrained(tmp_path / "model")
+    assert not any(hasattr(m, "weight_packed") for m in fresh.modules())
+    fresh.save_pretrained(tmp_path / "model")
     assert _file_tensor_bytes(tmp_path / "model") == report.model_nbytes_after
     with torch.no_grad():
-        assert torch.equal(int4(input_ids=ids).last_hidden_state, a)
+        assert torch.equal(fresh(input_ids=ids).last_hidden_state, a)
 
 
 def test_int8_file_bytes_equal_the_reported_bytes(pair, tmp_path):
@@ -236,22 +241,28 @@ def test_cli_quantize_backbone_int4_and_its_card(pair, tiny_tokenizer, tmp_path)
     assert "pip install compressed-tensors" in (out / "README.md").read_text(encoding="utf-8")
 
 
-def test_an_int8_backbone_model_exports_to_onnx_with_equal_outputs(pair, tmp_path):
-    """The export works and matches PyTorch; the backbone's int8 weights are written dequantized (fp32)."""
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_a_quantized_backbone_model_exports_to_onnx_with_equal_outputs(pair, int4, kind, tmp_path):
+    """The export works and matches PyTorch; the backbone's weights are written dequantized (fp32). The int4
+    model is exported from its checkpoint folder, where it loads with its weights still packed."""
     import numpy as np
     import onnxruntime as ort
 
     from lighttoken_hf.onnx_export import export_onnx
 
-    _, _, int8 = pair
-    path = export_onnx(int8, tmp_path / "int8.onnx")
-    assert not int8.training
+    quantized = pair[2] if kind == "int8" else int4
+    if kind == "int8":
+        path = export_onnx(quantized, tmp_path / "int8.onnx")
+        assert not quantized.training
+    else:
+        quantized.save_pretrained(tmp_path / "int4")
+        path = export_onnx(tmp_path / "int4", tmp_path / "int4.onnx")
     ids = torch.randint(0, 3000, (2, 9), generator=torch.Generator().manual_seed(5))
     feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {i.name: feeds[i.name].numpy() for i in session.get_inputs()})[0]
     with torch.no_grad():
-        want = int8(**feeds).last_hidden_state.numpy()
+        want = quantized(**feeds).last_hidden_state.numpy()
     assert np.abs(got - want).max() <= 1e-4
 
 

@@ -576,9 +576,10 @@ class LightTokenPreTrainedModel(PreTrainedModel):
         :func:`recover_interrupted_saves`). Files get the modes of the user's umask.
         """
         # A backbone loaded with packed weights (compressed-tensors, e.g. int4) unpacks them on its first
-        # forward: pack them again, so that the files keep the packed form (nothing to do where none was).
+        # forward: pack them again, so that the files keep the packed form (not while they are still packed).
         compressor = getattr(getattr(self, "hf_quantizer", None), "compressor", None)
-        if compressor is not None and hasattr(compressor, "compress_model"):
+        packed = any(hasattr(module, "weight_packed") for module in self.modules())
+        if compressor is not None and hasattr(compressor, "compress_model") and not packed:
             compressor.compress_model(self)
         module = type(self).__module__.rsplit(".", 1)[-1]
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
