@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=200)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--reference-budget-gb", type=float, default=4.0,
+                        help="memory for the original's cached predictions; batches past it are predicted again "
+                        "for each method (Gemma-3's 262k vocabulary needs 0.5 MB per token)")
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--output-name", default=None)
     parser.add_argument("--replot", action="store_true", help="only draw the plot again from the output JSON")
@@ -174,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def score(method: str, family: str, candidate: Any, nbytes: int, seconds: float, **extra: Any) -> None:
         held = lm_fidelity(model, candidate, tokenizer, texts, max_length=args.max_length,
-                           batch_size=args.batch_size, reference=reference)  # fmt: skip
+                           batch_size=args.batch_size, reference=reference,
+                           reference_budget_bytes=int(args.reference_budget_gb * 1024**3))  # fmt: skip
         rebuilt = candidate.get_input_embeddings().weight.detach().float()
         row = {
             "method": method, "family": family, "nbytes": nbytes, "ratio_vs_fp32": dense_bytes / nbytes,

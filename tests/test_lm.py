@@ -169,6 +169,31 @@ def test_lm_report_fields_and_identity():
         lm_fidelity(model, lt.compress(torch.randn(50, 8), ratio=2, progress=False), tok, ["1 2 3"])
 
 
+def test_the_cached_reference_holds_at_most_its_budget_and_gives_the_same_figures():
+    """The original's predictions are kept for a prefix of batches within the budget; the rest are predicted
+    again on each call, with the same figures as without a cache."""
+    model, tok = _llama(), _IdTokenizer(300)
+    compressed = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=_texts(300), **FAST)
+    texts = _texts(300, seed=3)
+    plain = lm_fidelity(model, compressed, tok, texts, prompt=None, batch_size=2)
+    for budget, cached in ((0, 0), (None, None)):
+        reference: list = []
+        first = lm_fidelity(model, compressed, tok, texts, prompt=None, batch_size=2, reference=reference,
+                            reference_budget_bytes=budget)  # fmt: skip
+        assert first == plain
+        if cached is not None:
+            assert reference == []
+        again = lm_fidelity(model, compressed, tok, texts, prompt=None, batch_size=2, reference=reference,
+                            reference_budget_bytes=budget)  # fmt: skip
+        for key in ("perplexity_original", "perplexity_compressed", "next_token_kl", "top1_agreement"):
+            assert again[key] == pytest.approx(plain[key], rel=1e-3, abs=1e-4)  # fp16 cache rounding
+    one_batch = reference[0][0].numel() * 2
+    partial: list = []
+    lm_fidelity(model, compressed, tok, texts, prompt=None, batch_size=2, reference=partial,
+                reference_budget_bytes=one_batch)  # fmt: skip
+    assert len(partial) == 1 < len(reference)
+
+
 def test_a_causal_lm_reports_end_to_end_once_and_its_card_names_the_causal_auto_class():
     from lighttoken_hf.cards import card_facts
 

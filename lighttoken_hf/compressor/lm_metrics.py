@@ -145,11 +145,14 @@ def lm_fidelity(
     sample_tokens: int = 12,
     seed: int = 0,
     reference: list | None = None,
+    reference_budget_bytes: int | None = 2 * 1024**3,
 ) -> dict[str, Any]:
     """Compare ``compressed`` with ``original`` (same tokenizer) on ``texts``: see the module docstring.
 
     ``reference``: an empty list is filled with the original's predictions (fp16 log-probabilities per
     batch); passing the filled list again with the same texts and settings skips the original's forwards.
+    It holds at most ``reference_budget_bytes`` (``None``: no bound): the batches past it are predicted by
+    the original again on each call (a 262k-token vocabulary needs 0.5 MB per predicted token).
 
     Raises:
         ValueError: a model is not a causal/masked LM, the two are of different kinds, the vocabularies
@@ -176,7 +179,9 @@ def lm_fidelity(
                 logp_o, targets = reference[b][0].float(), reference[b][1]
             else:
                 logp_o, targets = _predictions(original, batch, kind, tokenizer, seed + b)
-                if reference is not None:
+                held = sum(entry[0].numel() * 2 for entry in reference) if reference is not None else 0
+                fits = reference_budget_bytes is None or held + logp_o.numel() * 2 <= reference_budget_bytes
+                if reference is not None and b == len(reference) and fits:  # only a prefix of batches is kept
                     reference.append((logp_o.half(), targets))
             moved = {k: v.to(model_device(compressed)) for k, v in batch.items()}
             logp_c, _ = _predictions(compressed, moved, kind, tokenizer, seed + b)
