@@ -143,3 +143,31 @@ def test_bundled_model_card_names_its_hub_id_and_no_local_path(minilm, compresse
         if path.is_file():
             data = path.read_bytes()
             assert str(source).encode() not in data and b"site-packages" not in data, path
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_whole_model_with_a_quantized_backbone_round_trips(minilm, compressed, kind, tmp_path):
+    """25x + an int8/int4 backbone: the files hold the reported bytes, a reload gives the same sentence
+    embeddings, and they stay close to the original model's."""
+    library = "torchao" if kind == "int8" else "compressed_tensors"
+    pytest.importorskip(library, reason="pip install 'lighttoken-hf[quantize]'")
+    from safetensors import safe_open
+    from transformers import AutoModel
+
+    from lighttoken_hf.compressor.backbone import quantize_backbone
+    from lighttoken_hf.compressor.report import model_nbytes
+
+    model, tokenizer = minilm
+    quantized = quantize_backbone(compressed, kind).eval()
+    nbytes = model_nbytes(quantized)
+    assert nbytes < (14e6 if kind == "int8" else 9.5e6)  # 90.9 MB in fp32
+    sentences = builtin_sentences()[:16]
+    quantized.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        stored = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())  # noqa: SIM118
+    assert stored == nbytes
+    expected = mean_pooled_embeddings(quantized, tokenizer, sentences)
+    reloaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    assert torch.equal(mean_pooled_embeddings(reloaded, tokenizer, sentences), expected)
+    original = mean_pooled_embeddings(model, tokenizer, sentences)
+    assert torch.nn.functional.cosine_similarity(original, expected).mean() > (0.95 if kind == "int8" else 0.9)

@@ -287,3 +287,21 @@ def test_a_tied_causal_lm_keeps_its_compressed_head_and_generates(tmp_path):
 def test_int4_on_a_backbone_too_narrow_for_its_groups_is_a_clear_error(tiny_bert):
     with pytest.raises(ValueError, match="multiple of 64.*int8"):  # 32 wide: no Linear could be quantized
         lt.compress(tiny_bert, 4, quantize_backbone="int4", progress=False, schedule=FAST_SCHEDULE)
+
+
+def test_int4_scales_are_the_least_squares_choice_among_the_shrunk_absmax_scales():
+    from lighttoken_hf.compressor.backbone import INT4_SCALE_SHRINKS, _best_int4_scales
+
+    groups = torch.randn(16, 5, 64, generator=torch.Generator().manual_seed(0)) * torch.rand(16, 5, 1) * 3
+    groups[0, 0] = 0.0  # an all-zero group keeps a positive scale
+    absmax = groups.abs().amax(-1).clamp_min(1e-12) / 7.5
+
+    def error(scale):
+        s = scale.unsqueeze(-1)
+        return ((groups / s).round().clamp(-8, 7) * s - groups).square().sum(-1)
+
+    best = _best_int4_scales(groups, absmax)
+    candidates = torch.stack([error(absmax * shrink) for shrink in INT4_SCALE_SHRINKS])
+    assert torch.allclose(error(best), candidates.min(0).values)
+    assert (error(best) <= error(absmax)).all() and (error(best) < error(absmax)).float().mean() > 0.5
+    assert (best > 0).all()
