@@ -252,6 +252,8 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
     base_id = base_model or hub_model_id(base["name_or_path"])
 
     dense, stored = report_data.get("dense_nbytes"), report_data.get("compressed_nbytes")
+    bias_nbytes = report_data.get("output_bias_nbytes") or 0
+    stored = stored + bias_nbytes if stored else stored
     ratio = report_data.get("ratio") or (dense / stored if dense and stored else None)
     target = plan_notes.get("target_ratio") or settings.get("ratio")
     budget = plan_notes.get("budget_bytes") if settings.get("budget_bytes") is not None else None
@@ -284,6 +286,8 @@ def card_facts(model_or_dir: Any, *, base_model: str | None = None, report: Any 
             ("compressed embedding", _fmt_bytes(stored)),
             ("fp32 dense embedding", _fmt_bytes(dense)),
         ]
+        if bias_nbytes:
+            size_rows.insert(2, ("of which output logit bias", f"{_fmt_bytes(bias_nbytes)} (one per token)"))
     else:
         size_rows = [("real ratio", "unknown (no compression report found)")]
     size_rows += _whole_model_rows(report_data, settings.get("quantize_backbone"))

@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--sensitivity-metric", choices=SENSITIVITY_METRICS, default=None,
                       help="the error metric: lm (next-token Fisher information, causal LMs), hidden_states "
                       f"(the encoder metric) or auto: lm for causal LMs (default: {default['sensitivity_metric']})")
+    comp.add_argument("--no-output-bias", dest="output_bias", action="store_false",
+                      help="a causal LM with a tied output layer: store no per-token logit bias (by default one "
+                      "fp16 value per token, within the budget, cancels each compressed row's mean logit error)")
     comp.add_argument("--joint-iterations", type=_int_at_least(0), metavar="N",
                       help="rounds of joint refinement of all stages after training "
                       f"(default: {default['joint_iterations']}; 0: each stage stays as trained)")
@@ -384,6 +387,7 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
         "seed": args.seed,
         "frequency_aware": args.frequency_aware,
         "sensitivity_weighted": args.sensitivity_weighted,
+        "output_bias": args.output_bias,
         "svd_rank": args.svd_rank,
         "num_stages": args.stages,
         "loss": args.loss,

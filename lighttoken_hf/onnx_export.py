@@ -129,16 +129,18 @@ class OnnxLightTokenEmbedding(nn.Module):
 
 
 class _OnnxTiedHead(nn.Module):
-    """A tied output layer for export: ``hidden @ decode_all()^T (+ bias)``, the full matrix decoded in-graph."""
+    """A tied output layer for export: ``hidden @ decode_all()^T (+ biases)``, the full matrix decoded in-graph."""
 
-    def __init__(self, embedding: OnnxLightTokenEmbedding, bias: torch.Tensor | None) -> None:
+    def __init__(self, embedding: OnnxLightTokenEmbedding, biases: list[torch.Tensor]) -> None:
         super().__init__()
         self.__dict__["embedding"] = embedding  # its tensors are the input embedding's
-        self.bias = bias
+        self.biases = nn.ParameterList(biases)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = hidden.float() @ self.embedding.decode_all().T
-        return logits if self.bias is None else logits + self.bias.float()
+        for bias in self.biases:
+            logits = logits + bias.float()
+        return logits
 
 
 class _Exported(nn.Module):
@@ -197,7 +199,8 @@ def _export_view(model: LightTokenPreTrainedModel) -> Iterator[None]:
     setattr(owner, attr, view)
     if head_name is not None:
         parent, _, head_attr = head_name.rpartition(".")
-        setattr(backbone.get_submodule(parent), head_attr, _OnnxTiedHead(view, head.bias))
+        biases = [b for b in (head.bias, head.logit_bias) if b is not None]
+        setattr(backbone.get_submodule(parent), head_attr, _OnnxTiedHead(view, biases))
     try:
         yield
     finally:

@@ -20,9 +20,10 @@ from ..jsonio import to_json
 from .backbone import check_backbone, quantize_backbone
 from .frequencies import general_text_frequencies, general_text_samples
 from .lm_metrics import is_lm, lm_fidelity
-from .lm_sensitivity import lm_sensitivity
+from .lm_sensitivity import lm_sensitivity, output_logit_bias
 from .metrics import sentence_embedding_cosine
 from .pipeline import compress_matrix, plan_for_settings
+from .planner import budget_for_ratio
 from .provenance import record_base_model
 from .report import fmt_size, model_parts_nbytes
 from .sensitivity import embedding_sensitivity
@@ -93,29 +94,30 @@ def _lm_metric(
     scale: float,
     settings: CompressionSettings,
     progress: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, dict]:
-    """The LM metric and row weights (:func:`lm_sensitivity`) on ``texts``, timed.
+) -> tuple[torch.Tensor | None, torch.Tensor | None, dict, torch.Tensor | None]:
+    """The LM metric and row weights (:func:`lm_sensitivity`) on ``texts``, timed, and for a tied output
+    layer with ``settings.output_bias`` each row's weighted mean final hidden state (else ``None``).
 
     The default calibration text is that of the encoder metric (wordfreq pseudo-sentences): general
     text, and not the builtin sentences on which the CLI reports perplexity.
     """
     if tokenizer is None:
         logger.warning("no tokenizer given or found: the LM metric is off (pass tokenizer=)")
-        return None, None, {}
+        return None, None, {}, None
     start = time.perf_counter()
     source = "given texts" if texts is not None else "wordfreq pseudo-sentences"
     texts = list(texts) if texts is not None else general_text_samples(seed=settings.seed)
     output = model.get_output_embeddings()
     tied = getattr(output, "weight", None) is embedding.weight
-    metric, weights, info = lm_sensitivity(
+    means = None
+    metric, weights, info, *rest = lm_sensitivity(
         model, tokenizer, texts, input_frequencies=frequencies, input_scale=scale, tied_output=tied,
-        seed=settings.seed, progress=progress,
+        seed=settings.seed, progress=progress, output_means=tied and settings.output_bias,
     )  # fmt: skip
-    return (
-        metric,
-        weights,
-        {"calibration": source, "metric": "lm", **info, "seconds": time.perf_counter() - start},
-    )
+    if rest:
+        means = rest[0]
+    info = {"calibration": source, "metric": "lm", **info, "seconds": time.perf_counter() - start}
+    return metric, weights, info, means
 
 
 def compress(
@@ -289,8 +291,9 @@ def _compress_model(
             "(use 'hidden_states' or 'auto')"
         )
     sensitivity_info = {"calibration": "given matrix"}
+    output_means = None
     if settings.sensitivity_weighted and sensitivity is None and metric_kind == "lm":
-        sensitivity, row_weights, sensitivity_info = _lm_metric(
+        sensitivity, row_weights, sensitivity_info, output_means = _lm_metric(
             model, embedding, tokenizer, calibration_texts, freqs, scale, settings, progress
         )
         if row_weights is not None and settings.frequency_aware:
@@ -299,9 +302,16 @@ def _compress_model(
         sensitivity, sensitivity_info = _model_sensitivity(
             model, tokenizer, calibration_texts, settings, progress
         )
+    # the output logit bias is stored beside the codes, within the same budget
+    bias_dtype = getattr(torch, settings.factor_dtype)
+    bias_nbytes = v * bias_dtype.itemsize if output_means is not None else 0
+    codec_settings = settings
+    if bias_nbytes:
+        total = settings.budget_bytes or budget_for_ratio(v * embedding.embedding_dim * 4, settings.ratio)
+        codec_settings = settings.replace(budget_bytes=total - bias_nbytes)
     module, report = compress_matrix(
         embedding.weight,
-        settings,
+        codec_settings,
         frequencies=freqs,
         padding_idx=embedding.padding_idx,
         progress=progress,
@@ -309,6 +319,13 @@ def _compress_model(
         sensitivity=sensitivity,
         sensitivity_info=sensitivity_info,
     )
+    report.settings = settings.to_dict()
+    logit_bias = None
+    if bias_nbytes:
+        logit_bias = output_logit_bias(embedding.weight.detach(), module.decode_rows, output_means).to(bias_dtype)
+        report.output_bias_nbytes = bias_nbytes
+        notes = report.plan["notes"]  # the budget is that of everything stored, the bias included
+        notes.update(budget_bytes=total, target_ratio=report.dense_nbytes / total, output_bias_bytes=bias_nbytes)
     # measured before anything changes: with inplace=True the given model becomes the compressed one
     parts_before = model_parts_nbytes(model)
     fp32_before = 4 * sum(p.numel() for p in model.parameters() if p.is_floating_point())
@@ -348,6 +365,7 @@ def _compress_model(
         decoder_dtype=settings.decoder_dtype,
         row_index=module.row_index,
         embedding_scale=scale,
+        output_bias=logit_bias is not None,
         output_embedding=None
         if output_module is None
         else {
@@ -369,6 +387,9 @@ def _compress_model(
     module.output_dtype = embedding.weight.dtype
     module.output_scale = scale
     wrapped.set_input_embeddings(module.to(embedding.weight.device))
+    if logit_bias is not None:
+        with torch.no_grad():
+            wrapped.get_output_embeddings().logit_bias.copy_(logit_bias)
     if output_module is not None:
         output_module.output_dtype = untied.weight.dtype
         wrapped.get_output_embeddings().codec = output_module.to(untied.weight.device)

@@ -16,11 +16,17 @@ d x d matrix per row), so :func:`lm_sensitivity` returns the Kronecker-style fac
 ``F_v ~ w_v M``: ``w_v = tr F_v`` and ``M = sum_v F_v / sum_v tr F_v``. The input-side weight of a row
 is its mean per-occurrence Fisher trace times the token's general-text frequency (wordfreq), so rows
 the calibration text never shows still get a weight; the output side covers every row directly.
+
+The output side's error also has a part one stored number per row removes: a row's logit error
+``h . delta_v`` averaged over the positions that weigh it is ``mu_v . delta_v`` (``mu_v`` the
+``p_v (1 - p_v)``-weighted mean final hidden state), a per-token constant that a logit bias
+``c_v = -mu_v . delta_v`` cancels (:func:`output_logit_bias`; ``lm_sensitivity(..., output_means=True)``
+returns ``mu``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -42,7 +48,9 @@ def lm_sensitivity(
     max_length: int = 128,
     seed: int = 0,
     progress: bool = True,
-) -> tuple[Tensor, Tensor, dict]:
+    output_means: bool = False,
+    centred: bool = True,
+) -> tuple[Tensor, Tensor, dict] | tuple[Tensor, Tensor, dict, Tensor]:
     """Estimate the LM metric: ``(M (d x d, mean eigenvalue 1), row weights w (V,), facts)``.
 
     Args:
@@ -57,6 +65,11 @@ def lm_sensitivity(
         batch_size, max_length: batching of the calibration text.
         seed: seeds the sampled next tokens.
         progress: show a progress bar.
+        output_means: also return ``mu`` (V x d, float32): each row's ``p_v (1 - p_v)``-weighted mean
+            final hidden state (the overall weighted mean for a row no position weighs); needs
+            ``tied_output``. With ``centred`` the output side's metric and weights are then those of the
+            logit error that bias leaves (each row's ``h`` about ``mu_v``): no precision is spent on what it
+            cancels.
     """
     texts = [t for t in texts if t and t.strip()]
     if not texts:
@@ -84,6 +97,10 @@ def lm_sensitivity(
     w_out = torch.zeros(v, dtype=torch.float64)
     in_trace = torch.zeros(v, dtype=torch.float64)
     in_count = torch.zeros(v, dtype=torch.float64)
+    if output_means and not tied_output:
+        raise ValueError("output_means needs tied_output=True (the output side reads the same matrix)")
+    mean_sum = torch.zeros(v, d, dtype=torch.float32) if output_means else None
+    mass = torch.zeros(v, dtype=torch.float64)
     positions = 0
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -121,6 +138,9 @@ def lm_sensitivity(
                 variance = p * (1 - p)  # p_v (1 - p_v) at each position: formed once (positions x V)
                 m_out += (h * variance.sum(1).unsqueeze(1)).T @ h
                 w_out += variance.T @ (h * h).sum(1)
+                if mean_sum is not None:
+                    mean_sum += (variance.T @ h).float()
+                    mass += variance.sum(0)
             positions += int(mask.sum())
     finally:
         for handle in handles:
@@ -128,6 +148,13 @@ def lm_sensitivity(
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
+    if mean_sum is not None and centred:  # what the bias leaves: each row's error about its own mean
+        for start in range(0, v, 8192):
+            rows = slice(start, min(start + 8192, v))
+            scaled = mean_sum[rows].double() / mass[rows].clamp_min(1e-300).sqrt().unsqueeze(1)
+            m_out -= scaled.T @ scaled
+            w_out[rows] -= (scaled * scaled).sum(1)
+        w_out.clamp_(min=0)
     # input side: each row's mean Fisher trace per occurrence times its expected number of occurrences
     seen = in_count > 0
     per_occurrence = torch.where(
@@ -150,4 +177,27 @@ def lm_sensitivity(
         "output_share": float(w_out.sum() / weights.sum()),
         "tied_output": tied_output,
     }
-    return metric / mean_eig, weights, info
+    if mean_sum is None:
+        return metric / mean_eig, weights, info
+    overall = mean_sum.sum(0) / max(float(mass.sum()), 1e-300)
+    weighed = mass > 0
+    mean_sum[weighed] /= mass[weighed].float().unsqueeze(1)
+    mean_sum[~weighed] = overall
+    return metric / mean_eig, weights, info, mean_sum
+
+
+def output_logit_bias(
+    original: Tensor, decode: Callable[[Tensor], Tensor], means: Tensor, block_rows: int = 8192
+) -> Tensor:
+    """The logit bias ``c_v = -mu_v . (decoded_v - original_v)`` (V,) that cancels each row's mean logit error.
+
+    ``original``: the dense V x d matrix; ``decode(ids)``: the compressed rows of ``ids``; ``means``: ``mu``
+    from ``lm_sensitivity(..., output_means=True)``. Computed in blocks of rows (no V x d temporary).
+    """
+    v = original.shape[0]
+    bias = torch.empty(v, dtype=torch.float32)
+    for start in range(0, v, block_rows):
+        ids = torch.arange(start, min(start + block_rows, v))
+        delta = decode(ids).float().cpu() - original[start : start + len(ids)].float().cpu()
+        bias[start : start + len(ids)] = -(delta * means[start : start + len(ids)]).sum(1)
+    return bias

@@ -129,9 +129,7 @@ def plan_for_ratio(
     if ratio is not None:
         if not ratio > 1:
             raise ValueError(f"ratio must be > 1 (the fp32 matrix is {dense} bytes), got {ratio}")
-        budget = int(dense // ratio)
-        while dense / (budget + 1) >= ratio:  # floor division of floats can fall one byte short
-            budget += 1
+        budget = budget_for_ratio(dense, ratio)
         if budget <= 0:
             raise ValueError(f"ratio {ratio} leaves no byte of the {dense}-byte matrix; choose a lower ratio")
     else:
@@ -315,6 +313,14 @@ def _stretch_tiers(plan: CompressionPlan, budget: int) -> CompressionPlan:
 def _split_even(total_bits: int, stages: int) -> list[int]:
     per = max(8, total_bits // stages // 8 * 8)
     return [per] * stages
+
+
+def budget_for_ratio(dense_nbytes: int, ratio: float) -> int:
+    """The largest byte count whose ratio ``dense_nbytes / bytes`` is still at least ``ratio``."""
+    budget = int(dense_nbytes // ratio)
+    while dense_nbytes / (budget + 1) >= ratio:  # floor division of floats can fall one byte short
+        budget += 1
+    return budget
 
 
 def default_frequency_share(ratio: float) -> float:

@@ -110,7 +110,7 @@ def model_parts_nbytes(model: torch.nn.Module) -> dict[str, int]:
         seen.add(_storage_key(tensor))
         owner, _, name = full_name.rpartition(".")
         module = model.get_submodule(owner)
-        if id(module) in token_modules and not (module is output and name == "bias"):
+        if (id(module) in token_modules and not (module is output and name == "bias")) or name == "logit_bias":
             part = "token_matrix"
         elif isinstance(module, torch.nn.Linear) and name.startswith("weight"):
             part = "backbone"  # with a quantized weight's parts (int4 packing: weight_packed, _scale, _shape)
@@ -152,12 +152,16 @@ class CompressionReport:
     output_dense_nbytes: int | None = None
     output_compressed_nbytes: int | None = None
     output_fidelity: dict = field(default_factory=dict)
+    #: a tied output layer's logit bias stored beside the codes (``CompressionSettings.output_bias``)
+    output_bias_nbytes: int | None = None
 
     @property
     def ratio(self) -> float:
-        """fp32 bytes over stored bytes of every compressed token matrix (input, and an untied output)."""
+        """fp32 bytes over stored bytes of every compressed token matrix (input, an untied output, and a
+        tied output layer's logit bias)."""
         dense = self.dense_nbytes + (self.output_dense_nbytes or 0)
-        return dense / (self.compressed_nbytes + (self.output_compressed_nbytes or 0))
+        stored = self.compressed_nbytes + (self.output_compressed_nbytes or 0) + (self.output_bias_nbytes or 0)
+        return dense / stored
 
     def to_dict(self, with_history: bool = False) -> dict:
         out = dataclasses.asdict(self)
@@ -170,10 +174,11 @@ class CompressionReport:
 
     def summary(self) -> str:
         """Human-readable fidelity report."""
+        stored = self.compressed_nbytes + (self.output_bias_nbytes or 0)
         lines = [
             f"LightToken: {self.num_embeddings:,} x {self.embedding_dim:,} embedding",
-            f"  {'real ratio':<27}{self.dense_nbytes / self.compressed_nbytes:.2f}x "
-            f"({fmt_size(self.compressed_nbytes)} vs "
+            f"  {'real ratio':<27}{self.dense_nbytes / stored:.2f}x "
+            f"({fmt_size(stored)} vs "
             f"{fmt_size(self.dense_nbytes)} fp32)",
             f"  {'svd rank':<27}{self.plan['svd_rank']}",
             f"  {'hashing stages (bits)':<27}{self.plan['stage_bits']}",
@@ -209,6 +214,10 @@ class CompressionReport:
             lines.append(f"  {'output layer':<27}{self.output_layer}")
         if self.output_compressed_nbytes:
             lines.append(f"  {'ratio over both matrices':<27}{self.ratio:.2f}x")
+        if self.output_bias_nbytes:
+            lines.append(
+                f"  {'output logit bias':<27}{fmt_size(self.output_bias_nbytes)} (one per token, in the ratio)"
+            )
         if self.model_nbytes_before and self.model_nbytes_after:
             before, after = self.model_nbytes_before, self.model_nbytes_after
             lines.append(

@@ -105,6 +105,10 @@ class CompressionSettings:
             :mod:`~lighttoken_hf.compressor.lm_sensitivity`), ``"hidden_states"`` (the sensitivity of
             the last hidden states, the encoder metric) or ``"auto"`` (default: ``"lm"`` for causal LMs,
             ``"hidden_states"`` for every other model).
+        output_bias: for a causal LM whose output layer is tied to the input embedding, measured with the
+            LM metric: store one logit bias per token (``factor_dtype``, counted in the budget) that cancels
+            the mean logit error of its compressed row (``c_v = -mu_v . delta_v``, see
+            :mod:`~lighttoken_hf.compressor.lm_sensitivity`); ignored for every other model.
         joint_iterations: rounds of joint refinement once every stage is trained (all decoders and
             the low-rank factor re-fitted together, then every row's bits across all stages; see
             :mod:`~lighttoken_hf.compressor.joint`); 0 keeps each stage as trained (the plain method).
@@ -148,6 +152,7 @@ class CompressionSettings:
     sensitivity_weighted: bool = True
     sensitivity_shrinkage: float = 0.25
     sensitivity_metric: str = "auto"
+    output_bias: bool = True
     joint_iterations: int = 8
     factor_dtype: str = "float16"
     decoder_dtype: str = "int8"
@@ -210,6 +215,7 @@ def _check_settings(settings: Any) -> None:
     s.sensitivity_weighted = check_bool("sensitivity_weighted", s.sensitivity_weighted)
     s.sensitivity_shrinkage = check_number("sensitivity_shrinkage", s.sensitivity_shrinkage, low=0, high=1)
     s.sensitivity_metric = check_choice("sensitivity_metric", s.sensitivity_metric, SENSITIVITY_METRICS)
+    s.output_bias = check_bool("output_bias", s.output_bias)
     s.joint_iterations = check_int("joint_iterations", s.joint_iterations, minimum=0)
     s.factor_dtype = check_choice("factor_dtype", s.factor_dtype, FACTOR_DTYPES)
     s.decoder_dtype = check_choice("decoder_dtype", s.decoder_dtype, DECODER_DTYPES)

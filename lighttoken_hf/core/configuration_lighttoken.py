@@ -39,6 +39,9 @@ class LightTokenConfig(PretrainedConfig):
             the input embedding, kept dense, or absent.
         embedding_scale: factor the backbone's embedding module multiplies its lookups by (Gemma's
             ``sqrt(hidden_size)``; 1.0 for most models), applied by the compressed embedding's forward.
+        output_bias: a tied output layer adds a logit bias of its own (V values of ``factor_dtype``,
+            ``LightTokenLMHead.logit_bias``) that the compression fitted to cancel each row's mean logit
+            error; ``False`` for checkpoints without one.
         compression_stats: measured facts (real ratio and bytes, fidelity metrics, settings).
         checksums: written by ``save_pretrained``: ``{"input": {tensor: digest}, "input_layout": {...}}``
             (and ``"output"``, ``"output_layout"`` for an untied output matrix): a short SHA-256 of every
@@ -61,6 +64,7 @@ class LightTokenConfig(PretrainedConfig):
     row_index: str = "coverage"
     embedding_scale: float = 1.0
     output_embedding: dict[str, Any] | None = None
+    output_bias: bool = False
     compression_stats: dict[str, Any] | None = None
     checksums: dict[str, dict[str, Any]] | None = None
 

@@ -95,6 +95,9 @@ class LightTokenLMHead(nn.Module):
         bias: the output layer's bias (V,), stored as a parameter, or ``None``.
         block_rows: tokens decoded per block (``None``: about 4 MB of unpacked signs per block).
         own: the head owns ``embedding`` (an untied output matrix compressed on its own).
+        logit_bias: add ``logit_bias`` (V,), a parameter in the embedding's factor dtype: the compression's
+            per-token correction of the mean logit error of the compressed rows (``config.output_bias``),
+            part of the compressed token matrix (counted in its ratio), unlike ``bias``.
     """
 
     def __init__(
@@ -103,11 +106,17 @@ class LightTokenLMHead(nn.Module):
         bias: torch.Tensor | None = None,
         block_rows: int | None = None,
         own: bool = False,
+        logit_bias: bool = False,
     ) -> None:
         super().__init__()
         self.in_features = embedding.embedding_dim
         self.out_features = embedding.num_embeddings
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.logit_bias = (
+            nn.Parameter(torch.zeros(embedding.num_embeddings, dtype=embedding.lowrank_right.dtype))
+            if logit_bias
+            else None
+        )
         width = sum(embedding.stage_bits) + len(embedding.stage_bits)
         self.block_rows = block_rows or max(1024, (1 << 20) // max(width, 1))
         #: at most this many positions are scored through code-byte tables (generation), more in row blocks
@@ -137,8 +146,7 @@ class LightTokenLMHead(nn.Module):
         )
         h = hidden.to(compute)
         if emb._cache is not None:  # materialized (``embedding.materialize()``): dense logits, faster
-            logits = h @ emb._cache.to(compute).T
-            return (logits if self.bias is None else logits + self.bias.to(compute)).to(dtype)
+            return self._add_biases(h @ emb._cache.to(compute).T).to(dtype)
         stages = range(len(emb.stage_bits))
         decoders = [emb.decoder_weight(s, compute) for s in stages]
         decoders += [getattr(emb, f"decoder_{s}_bias").to(compute).unsqueeze(0) for s in stages]
@@ -166,9 +174,13 @@ class LightTokenLMHead(nn.Module):
         if emb.padding_idx is not None:  # the padding row is stored exactly, not in the factors
             pad = torch.tensor([emb.padding_idx], device=h.device)
             logits = logits.index_copy(-1, pad, (h @ emb.padding_row.to(h.dtype)).unsqueeze(-1))
-        if self.bias is not None:
-            logits = logits + self.bias.to(h.dtype)
-        return logits.to(dtype)
+        return self._add_biases(logits).to(dtype)
+
+    def _add_biases(self, logits: torch.Tensor) -> torch.Tensor:
+        for bias in (self.bias, self.logit_bias):
+            if bias is not None:
+                logits = logits + bias.to(logits.dtype)
+        return logits
 
     def _coded_logits_by_table(self, coded: torch.Tensor) -> torch.Tensor:
         """The hashing stages' logits for a few positions, read from the packed code bytes through tables.
@@ -202,7 +214,8 @@ class LightTokenLMHead(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"logit_bias={self.logit_bias is not None}"
         )
 
 
@@ -752,7 +765,7 @@ class _LightTokenLMModel(LightTokenPreTrainedModel):
         if own is not None:  # an untied output matrix, compressed on its own
             head = LightTokenLMHead(own, output.bias, own=True)
         else:
-            head = LightTokenLMHead(embedding, output.bias)
+            head = LightTokenLMHead(embedding, output.bias, logit_bias=getattr(config, "output_bias", False))
         setattr(self.backbone.get_submodule(parent), attr, head)
 
     def get_output_embeddings(self) -> nn.Module | None:
