@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from tiny_models import IdTokenizer, id_texts
 from transformers import (
     AutoModelForCausalLM,
     BertConfig,
@@ -28,50 +29,6 @@ from lighttoken_hf.gguf import load_gguf
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 FAST = {"schedule": {"max_epochs": 1}, "joint_iterations": 1, "progress": False}
-
-
-class _IdTokenizer:
-    """Whitespace-separated integers as token ids: enough for the LM metric and the LM report."""
-
-    pad_token = "<pad>"
-    pad_token_id = 0
-    eos_token_id = 2
-    all_special_ids = [0, 2]
-
-    def __init__(self, vocab: int) -> None:
-        self.vocab = vocab
-
-    def __len__(self) -> int:
-        return self.vocab
-
-    def _id(self, token: str) -> int:
-        return int(token) % self.vocab if token.isdigit() else 3 + sum(token.encode()) % (self.vocab - 3)
-
-    def __call__(self, texts, padding=False, truncation=True, max_length=64, return_tensors=None, **_):
-        batch = [texts] if isinstance(texts, str) else list(texts)
-        rows = [[self._id(t) for t in text.split()][:max_length] or [3] for text in batch]
-        if return_tensors is None:
-            return {"input_ids": rows}
-        width = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        return _Batch(input_ids=ids, attention_mask=mask)
-
-    def decode(self, ids, skip_special_tokens=True) -> str:
-        return " ".join(str(int(i)) for i in ids)
-
-
-class _Batch(dict):
-    def to(self, device):
-        return _Batch({k: v.to(device) for k, v in self.items()})
-
-
-def _texts(vocab: int, n: int = 24, seed: int = 0) -> list[str]:
-    g = torch.Generator().manual_seed(seed)
-    return [" ".join(str(int(t)) for t in torch.randint(3, vocab, (20,), generator=g)) for _ in range(n)]
 
 
 def _gemma(vocab: int = 300) -> torch.nn.Module:
@@ -119,8 +76,8 @@ def test_a_scaled_embedding_keeps_its_scale_in_input_and_output(tmp_path):
     embedding = model.get_input_embeddings()
     assert type(embedding).__name__ == "Gemma3TextScaledWordEmbedding"
     assert embedding_scale(embedding) == pytest.approx(math.sqrt(32), rel=1e-3)
-    tok = _IdTokenizer(300)
-    compressed = lt.compress(model, ratio=4, tokenizer=tok, calibration_texts=_texts(300), **FAST)
+    tok = IdTokenizer(300)
+    compressed = lt.compress(model, ratio=4, tokenizer=tok, calibration_texts=id_texts(300), **FAST)
     assert compressed.config.embedding_scale == pytest.approx(math.sqrt(32), rel=1e-3)
     module = compressed.get_input_embeddings()
     ids = torch.arange(300)
@@ -136,7 +93,7 @@ def test_a_scaled_embedding_keeps_its_scale_in_input_and_output(tmp_path):
     with torch.no_grad():
         assert torch.allclose(reloaded(**batch).logits, compressed(**batch).logits, atol=1e-5)
     # the LM report of a scaled model: close to the original at 4x, not broken
-    report = lm_fidelity(model, compressed, tok, _texts(300, seed=1), prompt=None)
+    report = lm_fidelity(model, compressed, tok, id_texts(300, seed=1), prompt=None)
     assert report["perplexity_increase"] < 0.5
 
 
@@ -153,14 +110,14 @@ def test_an_embedding_doing_more_than_a_constant_scale_is_refused():
 
 def test_lm_report_fields_and_identity():
     model = _llama()
-    tok = _IdTokenizer(300)
-    same = lm_fidelity(model, model, tok, _texts(300), prompt="5 6 7", sample_tokens=4)
+    tok = IdTokenizer(300)
+    same = lm_fidelity(model, model, tok, id_texts(300), prompt="5 6 7", sample_tokens=4)
     assert same["next_token_kl"] == pytest.approx(0.0, abs=1e-6)
     assert same["top1_agreement"] == 1.0 and same["perplexity_increase"] == pytest.approx(0.0, abs=1e-9)
     assert same["sample_original"] == same["sample_compressed"]
-    assert same["perplexity_original"] == pytest.approx(perplexity(model, tok, _texts(300)), rel=1e-6)
-    compressed = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=_texts(300), **FAST)
-    report = lm_fidelity(model, compressed, tok, _texts(300, seed=3), prompt="5 6 7", sample_tokens=4)
+    assert same["perplexity_original"] == pytest.approx(perplexity(model, tok, id_texts(300)), rel=1e-6)
+    compressed = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=id_texts(300), **FAST)
+    report = lm_fidelity(model, compressed, tok, id_texts(300, seed=3), prompt="5 6 7", sample_tokens=4)
     for key in (
         "perplexity_original",
         "perplexity_compressed",
@@ -179,9 +136,9 @@ def test_lm_report_fields_and_identity():
 def test_the_cached_reference_holds_at_most_its_budget_and_gives_the_same_figures():
     """The original's predictions are kept for a prefix of batches within the budget; the rest are predicted
     again on each call, with the same figures as without a cache."""
-    model, tok = _llama(), _IdTokenizer(300)
-    compressed = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=_texts(300), **FAST)
-    texts = _texts(300, seed=3)
+    model, tok = _llama(), IdTokenizer(300)
+    compressed = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=id_texts(300), **FAST)
+    texts = id_texts(300, seed=3)
     plain = lm_fidelity(model, compressed, tok, texts, prompt=None, batch_size=2)
     for budget, cached in ((0, 0), (None, None)):
         reference: list = []
@@ -206,12 +163,12 @@ def test_the_cached_reference_holds_at_most_its_budget_and_gives_the_same_figure
 def test_a_causal_lm_reports_end_to_end_once_and_its_card_names_the_causal_auto_class():
     from lighttoken_hf.cards import card_facts
 
-    model, tok = _llama(), _IdTokenizer(300)
+    model, tok = _llama(), IdTokenizer(300)
     compressed = lt.compress(
-        model, ratio=8, tokenizer=tok, calibration_texts=_texts(300), evaluation_texts=_texts(300, seed=3), **FAST
+        model, ratio=8, tokenizer=tok, calibration_texts=id_texts(300), evaluation_texts=id_texts(300, seed=3), **FAST
     )
     report = compressed.compression_report
-    expected = lm_fidelity(model, compressed, tok, _texts(300, seed=3))
+    expected = lm_fidelity(model, compressed, tok, id_texts(300, seed=3))
     assert report.end_to_end["perplexity_compressed"] == pytest.approx(expected["perplexity_compressed"], rel=1e-6)
     assert compressed.config.compression_stats["end_to_end"]["next_token_kl"] == pytest.approx(
         expected["next_token_kl"], rel=1e-6
@@ -222,7 +179,7 @@ def test_a_causal_lm_reports_end_to_end_once_and_its_card_names_the_causal_auto_
 
 def test_a_tokenizer_larger_than_the_vocabulary_is_refused():
     with pytest.raises(ValueError, match="tokens but the embedding matrix has only"):
-        lt.compress(_llama(), ratio=4, tokenizer=_IdTokenizer(400), **FAST)
+        lt.compress(_llama(), ratio=4, tokenizer=IdTokenizer(400), **FAST)
 
 
 def test_head_memory_stays_below_the_dense_matrix():
@@ -293,7 +250,7 @@ def test_a_gpt2_style_untied_model_keeps_its_dense_output_layer_on_request():
     )
     model = AutoModelForCausalLM.from_config(config).eval()
     compressed = lt.compress(
-        model, ratio=4, tokenizer=_IdTokenizer(150), calibration_texts=_texts(150), output_layer="dense", **FAST
+        model, ratio=4, tokenizer=IdTokenizer(150), calibration_texts=id_texts(150), output_layer="dense", **FAST
     )
     assert isinstance(compressed.get_output_embeddings(), torch.nn.Linear)
     assert compressed.compression_report.output_layer.startswith("untied: kept dense")
@@ -331,8 +288,8 @@ def test_the_swap_equals_the_original_with_the_decoded_matrix(family):
     config = _family_configs(vocab)[family]
     torch.manual_seed(0)
     model = (BertModel(config) if family == "bert" else AutoModelForCausalLM.from_config(config)).eval()
-    tok = _IdTokenizer(vocab)
-    compressed = lt.compress(model, ratio=4, tokenizer=tok, calibration_texts=_texts(vocab), **FAST).eval()
+    tok = IdTokenizer(vocab)
+    compressed = lt.compress(model, ratio=4, tokenizer=tok, calibration_texts=id_texts(vocab), **FAST).eval()
     reference = copy.deepcopy(model)
     head = compressed.get_output_embeddings()
     with torch.no_grad():
@@ -354,7 +311,7 @@ def test_the_swap_equals_the_original_with_the_decoded_matrix(family):
 
 def test_remote_code_load_and_generate_without_the_package(tmp_path):
     model = _llama()
-    compressed = lt.compress(model, ratio=4, tokenizer=_IdTokenizer(300), calibration_texts=_texts(300), **FAST)
+    compressed = lt.compress(model, ratio=4, tokenizer=IdTokenizer(300), calibration_texts=id_texts(300), **FAST)
     compressed.save_pretrained(tmp_path / "ckpt")
     with torch.no_grad():
         expected = compressed.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=5, do_sample=False)
@@ -414,7 +371,7 @@ def test_short_model_names_resolve_to_the_bundled_files():
 
 def test_a_materialized_head_gives_the_same_logits():
     model = _llama(tied=True)
-    compressed = lt.compress(model, ratio=4, tokenizer=_IdTokenizer(300), calibration_texts=_texts(300), **FAST)
+    compressed = lt.compress(model, ratio=4, tokenizer=IdTokenizer(300), calibration_texts=id_texts(300), **FAST)
     batch = {"input_ids": torch.tensor([[5, 17, 42, 99]])}
     with torch.no_grad():
         blockwise = compressed(**batch).logits
@@ -431,8 +388,8 @@ def test_table_and_block_scoring_give_the_decoded_matrix_logits(positions):
     model = _llama(vocab=1024, tied=True)  # frequency tiers need >= 256 rows per tier
     freqs = 1.0 / torch.arange(1, 1025, dtype=torch.float64)
     compressed = lt.compress(
-        model, ratio=4, svd_rank=4, tokenizer=_IdTokenizer(1024), token_frequencies=freqs,
-        calibration_texts=_texts(1024), **FAST,
+        model, ratio=4, svd_rank=4, tokenizer=IdTokenizer(1024), token_frequencies=freqs,
+        calibration_texts=id_texts(1024), **FAST,
     )  # fmt: skip
     head = compressed.get_output_embeddings()
     emb = compressed.get_input_embeddings()
@@ -482,7 +439,7 @@ def _brute_force_fisher_traces(model: torch.nn.Module, texts: list[str], tok) ->
 def test_lm_metric_equals_a_brute_force_fisher_information():
     from lighttoken_hf.compressor.lm_sensitivity import lm_sensitivity
 
-    model, tok = _tiny_llama(), _IdTokenizer(40)
+    model, tok = _tiny_llama(), IdTokenizer(40)
     texts = ["5 17 9 33 21", "8 8 30 12 39"]
     out_exact, in_exact = _brute_force_fisher_traces(model, texts, tok)
     # output side, deterministic: the tied metric's row weights minus the untied one's (same sampled y)
@@ -502,19 +459,19 @@ def test_lm_metric_equals_a_brute_force_fisher_information():
 
 def test_lm_metric_is_the_default_for_causal_lms_only():
     model = _llama()
-    tok = _IdTokenizer(300)
-    auto = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=_texts(300), **FAST)
+    tok = IdTokenizer(300)
+    auto = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=id_texts(300), **FAST)
     info = auto.compression_report.sensitivity
     assert info["metric"] == "lm" and info["calibration"] == "given texts" and 0 < info["output_share"] < 1
     assert auto.compression_report.frequency_source.startswith("LM Fisher trace")
-    plain = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=_texts(300),
+    plain = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=id_texts(300),
                         sensitivity_metric="hidden_states", **FAST)  # fmt: skip
     assert plain.compression_report.sensitivity.get("metric") is None
     assert not plain.compression_report.frequency_source.startswith("LM")
     with pytest.raises(ValueError, match="needs a causal LM"):
         bert = BertModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                     intermediate_size=32))  # fmt: skip
-        lt.compress(bert, ratio=4, tokenizer=_IdTokenizer(100), sensitivity_metric="lm", **FAST)
+        lt.compress(bert, ratio=4, tokenizer=IdTokenizer(100), sensitivity_metric="lm", **FAST)
     with pytest.raises(ValueError, match="sensitivity_metric must be one of"):
         lt.compress(model, ratio=8, tokenizer=tok, sensitivity_metric="fisher", **FAST)
 
@@ -524,8 +481,8 @@ def test_the_output_bias_cancels_each_rows_weighted_mean_logit_error(tmp_path):
     final hidden state on the calibration text, computed here by brute force position by position), so each
     row's logit error, weighted so and averaged, is zero with it; its bytes are in the ratio and the token
     matrix's share; it survives a save and reload; ``output_bias=False`` leaves it out."""
-    model, tok = _llama(), _IdTokenizer(300)
-    texts = _texts(300)
+    model, tok = _llama(), IdTokenizer(300)
+    texts = id_texts(300)
     compressed = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=texts, **FAST).eval()
     head = compressed.get_output_embeddings()
     assert compressed.config.output_bias and head.logit_bias.dtype == torch.float16

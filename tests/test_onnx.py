@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import tiny_bert_config
+from tiny_models import IdTokenizer, id_texts, tiny_bert_config
 
 from lighttoken_hf import compress, pack_bits
 from lighttoken_hf.onnx_export import export_onnx
@@ -112,8 +112,10 @@ def test_tied_causal_lm_exports_without_cache(tmp_path, single_thread):
         num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True, pad_token_id=0,
     )  # fmt: skip
     model = AutoModelForCausalLM.from_config(config).eval()
-    compressed = compress(model, 8, schedule={"max_epochs": 2}, progress=False).eval()
-    assert type(compressed.backbone.get_output_embeddings()).__name__ == "LightTokenLMHead"
+    compressed = compress(model, 8, tokenizer=IdTokenizer(300), calibration_texts=id_texts(300),
+                          schedule={"max_epochs": 2}, progress=False).eval()  # fmt: skip
+    head = compressed.backbone.get_output_embeddings()
+    assert type(head).__name__ == "LightTokenLMHead" and head.logit_bias is not None  # the LM metric's bias
     path = export_onnx(compressed, tmp_path / "lm.onnx")
     _assert_equal_outputs(compressed, path, 300)
 
