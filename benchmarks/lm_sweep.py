@@ -10,8 +10,7 @@ is chosen on them). Metrics: perplexity and its increase, next-token KL, top-1 a
 
 A config may hold ``"calibration": "generated"``: the LM metric is then measured on text the original
 model wrote itself (:func:`generated_texts`, options under ``"generation"``; the data-free calibration of
-LLM-QAT) instead of the default wordfreq pseudo-sentences; ``"uncentred": true`` fits the codes of an
-``output_bias`` compression in the uncentred output metric (an ablation: ``lm_sensitivity(centred=False)``).
+LLM-QAT) instead of the default wordfreq pseudo-sentences.
 Writes ``benchmarks/results/lm_sweep_<model>_<ratio>x.json`` after every config.
 """
 
@@ -19,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_io import REPO_ROOT, git_info, machine_info, write_json  # noqa: E402
@@ -103,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import lighttoken_hf as lt
     from lighttoken_hf import pretrained
-    from lighttoken_hf.compressor import api
     from lighttoken_hf.compressor.lm_metrics import lm_fidelity
     from lighttoken_hf.gguf import load_gguf
 
@@ -132,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if options.pop("calibration", None) == "generated":
             options["calibration_texts"] = generated_texts(model, tokenizer, **options.pop("generation", {}))
             extra["generation_seconds"] = time.perf_counter() - start
-        uncentred = options.pop("uncentred", False)
-        with mock.patch.object(api, "lm_sensitivity", functools.partial(api.lm_sensitivity, centred=not uncentred)):
-            compressed = lt.compress(model, ratio=args.ratio, tokenizer=tokenizer, progress=False, **options)
+        compressed = lt.compress(model, ratio=args.ratio, tokenizer=tokenizer, progress=False, **options)
         seconds = time.perf_counter() - start
         fidelity = lm_fidelity(model, compressed, tokenizer, texts, max_length=args.max_length, reference=reference)
         report = compressed.compression_report

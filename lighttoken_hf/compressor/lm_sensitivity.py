@@ -49,7 +49,6 @@ def lm_sensitivity(
     seed: int = 0,
     progress: bool = True,
     output_means: bool = False,
-    centred: bool = True,
 ) -> tuple[Tensor, Tensor, dict] | tuple[Tensor, Tensor, dict, Tensor]:
     """Estimate the LM metric: ``(M (d x d, mean eigenvalue 1), row weights w (V,), facts)``.
 
@@ -67,9 +66,7 @@ def lm_sensitivity(
         progress: show a progress bar.
         output_means: also return ``mu`` (V x d, float32): each row's ``p_v (1 - p_v)``-weighted mean
             final hidden state (the overall weighted mean for a row no position weighs); needs
-            ``tied_output``. With ``centred`` the output side's metric and weights are then those of the
-            logit error that bias leaves (each row's ``h`` about ``mu_v``): no precision is spent on what it
-            cancels.
+            ``tied_output``.
     """
     texts = [t for t in texts if t and t.strip()]
     if not texts:
@@ -148,13 +145,6 @@ def lm_sensitivity(
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
-    if mean_sum is not None and centred:  # what the bias leaves: each row's error about its own mean
-        for start in range(0, v, 8192):
-            rows = slice(start, min(start + 8192, v))
-            scaled = mean_sum[rows].double() / mass[rows].clamp_min(1e-300).sqrt().unsqueeze(1)
-            m_out -= scaled.T @ scaled
-            w_out[rows] -= (scaled * scaled).sum(1)
-        w_out.clamp_(min=0)
     # input side: each row's mean Fisher trace per occurrence times its expected number of occurrences
     seen = in_count > 0
     per_occurrence = torch.where(

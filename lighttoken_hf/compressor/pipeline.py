@@ -26,7 +26,7 @@ from .resources import (
     trim_free_memory,
 )
 from .sensitivity import whitening
-from .settings import CompressionSettings
+from .settings import SENSITIVITY_SHRINKAGE, CompressionSettings
 from .svd import low_rank_factors
 from .validation import (
     check_finite_module,
@@ -155,9 +155,10 @@ def _compress_matrix(
     stage_ids = [order[:rows].sort().values for rows in plan.stage_rows]  # each stage's rows, as stored
     weights = _row_weights(frequencies if use_freq else None, settings.frequency_power, v).to(device)
     # with a metric: code E A and store everything that decodes multiplied by A^-1 (docstring above)
-    to_metric, from_metric = (
-        whitening(sensitivity.to(device), settings.sensitivity_shrinkage) if use_metric else (None, None)
-    )
+    shrinkage = settings.sensitivity_shrinkage
+    if shrinkage is None:  # by metric: the LM metric's info says so; a given matrix counts as the encoder's
+        shrinkage = SENSITIVITY_SHRINKAGE[(sensitivity_info or {}).get("metric", "hidden_states")]
+    to_metric, from_metric = whitening(sensitivity.to(device), shrinkage) if use_metric else (None, None)
     work = e.to(device)  # the matrix where the heavy steps run (no copy on the CPU)
 
     def whiten(t: torch.Tensor) -> torch.Tensor:
@@ -266,7 +267,7 @@ def _compress_matrix(
         stages=stage_stats,
         joint=joint_stats,
         frequency_source=frequency_source if use_freq else "none",
-        sensitivity={**(sensitivity_info or {}), "shrinkage": settings.sensitivity_shrinkage}
+        sensitivity={**(sensitivity_info or {}), "shrinkage": shrinkage}
         if use_metric
         else {},
     )

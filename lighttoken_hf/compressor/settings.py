@@ -22,12 +22,16 @@ __all__ = [
     "BACKBONE_LIBRARIES",
     "BACKBONE_QUANTIZATIONS",
     "SENSITIVITY_METRICS",
+    "SENSITIVITY_SHRINKAGE",
     "CompressionSettings",
     "StageSchedule",
 ]
 
 #: Values of ``CompressionSettings.sensitivity_metric``: ``"auto"`` picks ``"lm"`` for causal LMs.
 SENSITIVITY_METRICS = ("auto", "lm", "hidden_states")
+#: Default ``sensitivity_shrinkage`` of each metric, measured: the encoder metric on all-MiniLM-L6-v2
+#: (``sweep_defaults.py --preset sensitivity``), the LM metric on SmolLM2's dev paragraphs (``lm_sweep.py``).
+SENSITIVITY_SHRINKAGE = {"hidden_states": 0.25, "lm": 0.05}
 #: Names of the reconstruction losses (:mod:`~lighttoken_hf.compressor.losses` implements each).
 LOSS_NAMES = ("mse", "cosine_bound", "cosine")
 #: Storage dtypes the low-rank factors, decoder biases and scales can have.
@@ -99,7 +103,7 @@ class CompressionSettings:
             :mod:`~lighttoken_hf.compressor.sensitivity`; needs the model and its tokenizer, or a
             precomputed ``sensitivity=`` matrix); ``False`` gives the plain Euclidean error.
         sensitivity_shrinkage: how far that metric is shrunk toward the identity (0: the measured
-            metric, 1: plain Euclidean).
+            metric, 1: plain Euclidean); ``None`` (default): by metric, :data:`SENSITIVITY_SHRINKAGE`.
         sensitivity_metric: which metric: ``"lm"`` (the Fisher information of the next-token
             distribution, input and tied-output side, with one weight per row; see
             :mod:`~lighttoken_hf.compressor.lm_sensitivity`), ``"hidden_states"`` (the sensitivity of
@@ -150,7 +154,7 @@ class CompressionSettings:
     tier_decay: float = 0.35
     frequency_power: float = 0.5
     sensitivity_weighted: bool = True
-    sensitivity_shrinkage: float = 0.25
+    sensitivity_shrinkage: float | None = None
     sensitivity_metric: str = "auto"
     output_bias: bool = True
     joint_iterations: int = 8
@@ -213,7 +217,8 @@ def _check_settings(settings: Any) -> None:
     s.tier_decay = check_number("tier_decay", s.tier_decay, low=0, high=1, low_open=True, high_open=True)
     s.frequency_power = check_number("frequency_power", s.frequency_power, low=0)
     s.sensitivity_weighted = check_bool("sensitivity_weighted", s.sensitivity_weighted)
-    s.sensitivity_shrinkage = check_number("sensitivity_shrinkage", s.sensitivity_shrinkage, low=0, high=1)
+    if s.sensitivity_shrinkage is not None:
+        s.sensitivity_shrinkage = check_number("sensitivity_shrinkage", s.sensitivity_shrinkage, low=0, high=1)
     s.sensitivity_metric = check_choice("sensitivity_metric", s.sensitivity_metric, SENSITIVITY_METRICS)
     s.output_bias = check_bool("output_bias", s.output_bias)
     s.joint_iterations = check_int("joint_iterations", s.joint_iterations, minimum=0)
