@@ -109,13 +109,11 @@ def _lm_metric(
     texts = list(texts) if texts is not None else general_text_samples(seed=settings.seed)
     output = model.get_output_embeddings()
     tied = getattr(output, "weight", None) is embedding.weight
-    means = None
     metric, weights, info, *rest = lm_sensitivity(
         model, tokenizer, texts, input_frequencies=frequencies, input_scale=scale, tied_output=tied,
         seed=settings.seed, progress=progress, output_means=tied and settings.output_bias,
     )  # fmt: skip
-    if rest:
-        means = rest[0]
+    means = rest[0] if rest else None  # with output_means
     info = {"calibration": source, "metric": "lm", **info, "seconds": time.perf_counter() - start}
     return metric, weights, info, means
 

@@ -135,8 +135,9 @@ def lm_sensitivity(
                 variance = p * (1 - p)  # p_v (1 - p_v) at each position: formed once (positions x V)
                 m_out += (h * variance.sum(1).unsqueeze(1)).T @ h
                 w_out += variance.T @ (h * h).sum(1)
-                if mean_sum is not None:
-                    mean_sum += (variance.T @ h).float()
+                if mean_sum is not None:  # in blocks of rows: no V x d float64 temporary
+                    for start in range(0, v, 16384):
+                        mean_sum[start : start + 16384] += (variance[:, start : start + 16384].T @ h).float()
                     mass += variance.sum(0)
             positions += int(mask.sum())
     finally:
