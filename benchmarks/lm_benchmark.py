@@ -208,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         report = compressed.compression_report
         name, family = (f"lighttoken-{ratio:g}x", "lighttoken") if metric == "auto" else (
             f"lighttoken-{ratio:g}x-{metric}", f"lighttoken ({metric} metric)")  # fmt: skip
-        score(name, family, compressed, report.compressed_nbytes, seconds, peak_rss_growth_bytes=memory.growth,
-              sensitivity=report.sensitivity, frequency_source=report.frequency_source)  # fmt: skip
+        stored = report.compressed_nbytes + (report.output_bias_nbytes or 0)  # the codes and the logit bias
+        score(name, family, compressed, stored, seconds, peak_rss_growth_bytes=memory.growth,
+              sensitivity=report.sensitivity, frequency_source=report.frequency_source,
+              output_bias_nbytes=report.output_bias_nbytes)  # fmt: skip
         del compressed
     if args.baselines:
         for method, rebuilt, nbytes, seconds in baseline_matrices(matrix, args.baseline_ratios, args.fixed_baselines):

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         BACKBONE_QUANTIZATIONS,
         DECODER_DTYPES,
         LOSS_NAMES,
+        OUTPUT_BIAS_MAX_SHARE,
         OUTPUT_LAYERS,
         SENSITIVITY_METRICS,
         CompressionSettings,
@@ -124,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                       f"(the encoder metric) or auto: lm for causal LMs (default: {default['sensitivity_metric']})")
     comp.add_argument("--no-output-bias", dest="output_bias", action="store_false",
                       help="a causal LM with a tied output layer: store no per-token logit bias (by default one "
-                      "fp16 value per token, within the budget, cancels each compressed row's mean logit error)")
+                      "fp16 value per token, within the budget, cancels each compressed row's mean logit error, "
+                      f"where it takes at most {OUTPUT_BIAS_MAX_SHARE * 100:g}%% of the budget)")
     comp.add_argument("--joint-iterations", type=_int_at_least(0), metavar="N",
                       help="rounds of joint refinement of all stages after training "
                       f"(default: {default['joint_iterations']}; 0: each stage stays as trained)")
@@ -387,7 +389,7 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
         "seed": args.seed,
         "frequency_aware": args.frequency_aware,
         "sensitivity_weighted": args.sensitivity_weighted,
-        "output_bias": args.output_bias,
+        "output_bias": None if args.output_bias else False,
         "svd_rank": args.svd_rank,
         "num_stages": args.stages,
         "loss": args.loss,

@@ -23,7 +23,7 @@ from transformers import (
 import lighttoken_hf as lt
 from lighttoken_hf.compressor.lm_metrics import lm_fidelity, perplexity
 from lighttoken_hf.compressor.report import model_parts_nbytes
-from lighttoken_hf.compressor.settings import SENSITIVITY_SHRINKAGE
+from lighttoken_hf.compressor.settings import OUTPUT_BIAS_MAX_SHARE, SENSITIVITY_SHRINKAGE
 from lighttoken_hf.compressor.surgery import embedding_scale
 from lighttoken_hf.gguf import load_gguf
 
@@ -486,8 +486,8 @@ def test_the_output_bias_cancels_each_rows_weighted_mean_logit_error(tmp_path):
     matrix's share; it survives a save and reload; ``output_bias=False`` leaves it out."""
     model, tok = _llama(), IdTokenizer(300)
     texts = id_texts(300)
-    compressed = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=texts, **FAST).eval()
-    head = compressed.get_output_embeddings()
+    compressed = lt.compress(model, ratio=8, tokenizer=tok, calibration_texts=texts, output_bias=True, **FAST)
+    head = compressed.eval().get_output_embeddings()
     assert compressed.config.output_bias and head.logit_bias.dtype == torch.float16
     original = model.get_input_embeddings().weight.detach().double()
     delta = compressed.get_input_embeddings().weight.detach().double() - original
@@ -533,6 +533,10 @@ def test_the_output_bias_cancels_each_rows_weighted_mean_logit_error(tmp_path):
     assert not without.config.output_bias and without.get_output_embeddings().logit_bias is None
     assert without.compression_report.output_bias_nbytes is None
     assert without.compression_report.compressed_nbytes > report.compressed_nbytes  # the bias's bytes go to codes
+    # by default only where it is a small share of the budget: 2 bytes a row against 32 * 4 / ratio
+    for ratio in (1.5, 8):
+        auto = lt.compress(model, ratio=ratio, tokenizer=tok, calibration_texts=texts, **FAST)
+        assert auto.config.output_bias == (2 * ratio / (32 * 4) <= OUTPUT_BIAS_MAX_SHARE)
 
 
 def test_the_lm_defaults_are_what_the_dev_sweeps_chose():
@@ -550,4 +554,6 @@ def test_the_lm_defaults_are_what_the_dev_sweeps_chose():
     bias = json.loads((results / "lm_sweep_smollm2_8x.json").read_text())["records"]
     on = next(r for r in bias if r["options"] == {})
     off = next(r for r in bias if r["options"] == {"output_bias": False})
-    assert CompressionSettings().output_bias == (on["perplexity_compressed"] < off["perplexity_compressed"])
+    share_8x = 2 * 8 / (576 * 4)  # the bias's bytes over SmolLM2's budget at 8x
+    assert CompressionSettings().output_bias is None  # by its share of the budget
+    assert (share_8x <= OUTPUT_BIAS_MAX_SHARE) == (on["perplexity_compressed"] < off["perplexity_compressed"])

@@ -112,7 +112,7 @@ def test_tied_causal_lm_exports_without_cache(tmp_path, single_thread):
         num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True, pad_token_id=0,
     )  # fmt: skip
     model = AutoModelForCausalLM.from_config(config).eval()
-    compressed = compress(model, 8, tokenizer=IdTokenizer(300), calibration_texts=id_texts(300),
+    compressed = compress(model, 8, tokenizer=IdTokenizer(300), calibration_texts=id_texts(300), output_bias=True,
                           schedule={"max_epochs": 2}, progress=False).eval()  # fmt: skip
     head = compressed.backbone.get_output_embeddings()
     assert type(head).__name__ == "LightTokenLMHead" and head.logit_bias is not None  # the LM metric's bias

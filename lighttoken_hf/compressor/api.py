@@ -27,7 +27,7 @@ from .planner import budget_for_ratio
 from .provenance import record_base_model
 from .report import fmt_size, model_parts_nbytes
 from .sensitivity import embedding_sensitivity
-from .settings import CompressionSettings
+from .settings import OUTPUT_BIAS_MAX_SHARE, CompressionSettings
 from .surgery import (
     check_no_shared_embedding,
     copy_without,
@@ -94,9 +94,10 @@ def _lm_metric(
     scale: float,
     settings: CompressionSettings,
     progress: bool,
+    output_means: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict, torch.Tensor | None]:
     """The LM metric and row weights (:func:`lm_sensitivity`) on ``texts``, timed, and for a tied output
-    layer with ``settings.output_bias`` each row's weighted mean final hidden state (else ``None``).
+    layer with ``output_means`` each row's weighted mean final hidden state (else ``None``).
 
     The default calibration text is that of the encoder metric (wordfreq pseudo-sentences): general
     text, and not the builtin sentences on which the CLI reports perplexity.
@@ -111,7 +112,7 @@ def _lm_metric(
     tied = getattr(output, "weight", None) is embedding.weight
     metric, weights, info, *rest = lm_sensitivity(
         model, tokenizer, texts, input_frequencies=frequencies, input_scale=scale, tied_output=tied,
-        seed=settings.seed, progress=progress, output_means=tied and settings.output_bias,
+        seed=settings.seed, progress=progress, output_means=tied and output_means,
     )  # fmt: skip
     means = rest[0] if rest else None  # with output_means
     info = {"calibration": source, "metric": "lm", **info, "seconds": time.perf_counter() - start}
@@ -290,9 +291,14 @@ def _compress_model(
         )
     sensitivity_info = {"calibration": "given matrix"}
     output_means = None
+    # the output logit bias (measured with the LM metric) is stored beside the codes, within the same budget
+    bias_dtype = getattr(torch, settings.factor_dtype)
+    total = settings.budget_bytes or budget_for_ratio(v * embedding.embedding_dim * 4, settings.ratio)
+    bias_share = v * bias_dtype.itemsize / total
+    want_bias = settings.output_bias if settings.output_bias is not None else bias_share <= OUTPUT_BIAS_MAX_SHARE
     if settings.sensitivity_weighted and sensitivity is None and metric_kind == "lm":
         sensitivity, row_weights, sensitivity_info, output_means = _lm_metric(
-            model, embedding, tokenizer, calibration_texts, freqs, scale, settings, progress
+            model, embedding, tokenizer, calibration_texts, freqs, scale, settings, progress, want_bias
         )
         if row_weights is not None and settings.frequency_aware:
             freqs, source = row_weights, f"LM Fisher trace ({source})"
@@ -300,13 +306,10 @@ def _compress_model(
         sensitivity, sensitivity_info = _model_sensitivity(
             model, tokenizer, calibration_texts, settings, progress
         )
-    # the output logit bias is stored beside the codes, within the same budget
-    bias_dtype = getattr(torch, settings.factor_dtype)
     bias_nbytes = v * bias_dtype.itemsize if output_means is not None else 0
-    codec_settings = settings
-    if bias_nbytes:
-        total = settings.budget_bytes or budget_for_ratio(v * embedding.embedding_dim * 4, settings.ratio)
-        codec_settings = settings.replace(budget_bytes=total - bias_nbytes)
+    if settings.output_bias is None and not want_bias:
+        logger.info("no output logit bias: it would take %.1f%% of the budget", 100 * bias_share)
+    codec_settings = settings.replace(budget_bytes=total - bias_nbytes) if bias_nbytes else settings
     module, report = compress_matrix(
         embedding.weight,
         codec_settings,

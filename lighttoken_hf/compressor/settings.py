@@ -23,6 +23,7 @@ __all__ = [
     "BACKBONE_QUANTIZATIONS",
     "SENSITIVITY_METRICS",
     "SENSITIVITY_SHRINKAGE",
+    "OUTPUT_BIAS_MAX_SHARE",
     "CompressionSettings",
     "StageSchedule",
 ]
@@ -32,6 +33,9 @@ SENSITIVITY_METRICS = ("auto", "lm", "hidden_states")
 #: Default ``sensitivity_shrinkage`` of each metric, measured: the encoder metric on all-MiniLM-L6-v2
 #: (``sweep_defaults.py --preset sensitivity``), the LM metric on SmolLM2's dev paragraphs (``lm_sweep.py``).
 SENSITIVITY_SHRINKAGE = {"hidden_states": 0.25, "lm": 0.05}
+#: ``output_bias`` is used only where its V stored values take at most this share of the budget (about
+#: ratio / 2d of it: 2.2% for SmolLM2 at 25x, 8.7% at 100x, where it cost more than it gave; docs/method.md).
+OUTPUT_BIAS_MAX_SHARE = 0.025
 #: Names of the reconstruction losses (:mod:`~lighttoken_hf.compressor.losses` implements each).
 LOSS_NAMES = ("mse", "cosine_bound", "cosine")
 #: Storage dtypes the low-rank factors, decoder biases and scales can have.
@@ -112,7 +116,8 @@ class CompressionSettings:
         output_bias: for a causal LM whose output layer is tied to the input embedding, measured with the
             LM metric: store one logit bias per token (``factor_dtype``, counted in the budget) that cancels
             the mean logit error of its compressed row (``c_v = -mu_v . delta_v``, see
-            :mod:`~lighttoken_hf.compressor.lm_sensitivity`); ignored for every other model.
+            :mod:`~lighttoken_hf.compressor.lm_sensitivity`): ``True``, ``False``, or ``None`` (default):
+            where it takes at most :data:`OUTPUT_BIAS_MAX_SHARE` of the budget. Ignored for other models.
         joint_iterations: rounds of joint refinement once every stage is trained (all decoders and
             the low-rank factor re-fitted together, then every row's bits across all stages; see
             :mod:`~lighttoken_hf.compressor.joint`); 0 keeps each stage as trained (the plain method).
@@ -156,7 +161,7 @@ class CompressionSettings:
     sensitivity_weighted: bool = True
     sensitivity_shrinkage: float | None = None
     sensitivity_metric: str = "auto"
-    output_bias: bool = True
+    output_bias: bool | None = None
     joint_iterations: int = 8
     factor_dtype: str = "float16"
     decoder_dtype: str = "int8"
@@ -220,7 +225,8 @@ def _check_settings(settings: Any) -> None:
     if s.sensitivity_shrinkage is not None:
         s.sensitivity_shrinkage = check_number("sensitivity_shrinkage", s.sensitivity_shrinkage, low=0, high=1)
     s.sensitivity_metric = check_choice("sensitivity_metric", s.sensitivity_metric, SENSITIVITY_METRICS)
-    s.output_bias = check_bool("output_bias", s.output_bias)
+    if s.output_bias is not None:
+        s.output_bias = check_bool("output_bias", s.output_bias)
     s.joint_iterations = check_int("joint_iterations", s.joint_iterations, minimum=0)
     s.factor_dtype = check_choice("factor_dtype", s.factor_dtype, FACTOR_DTYPES)
     s.decoder_dtype = check_choice("decoder_dtype", s.decoder_dtype, DECODER_DTYPES)
