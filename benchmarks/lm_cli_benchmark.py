@@ -40,8 +40,8 @@ sys.exit(code)
 """
 
 
-def held_out_texts(data_dir: Path, count: int) -> list[str]:
-    """The last ``count`` unique SQuAD train contexts (real Wikipedia paragraphs)."""
+def squad_contexts(data_dir: Path, count: int) -> list[str]:
+    """All unique SQuAD train contexts (real Wikipedia paragraphs), in order; at least ``count`` of them."""
     import pyarrow.parquet as pq
 
     files = sorted((data_dir / "squad").glob("*.parquet"))
@@ -50,7 +50,12 @@ def held_out_texts(data_dir: Path, count: int) -> list[str]:
     contexts = list(dict.fromkeys(pq.read_table(files[0], columns=["context"]).column("context").to_pylist()))
     if len(contexts) < count:
         raise SystemExit(f"{files[0]} has {len(contexts)} unique contexts, fewer than --texts {count}")
-    return contexts[-count:]
+    return contexts
+
+
+def held_out_texts(data_dir: Path, count: int) -> list[str]:
+    """The last ``count`` unique SQuAD train contexts (no default was chosen on them)."""
+    return squad_contexts(data_dir, count)[-count:]
 
 
 def compress_with_cli(model: str, ratio: float, out: Path, extra: list[str]) -> dict[str, Any]:

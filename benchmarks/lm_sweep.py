@@ -26,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_io import REPO_ROOT, git_info, machine_info, write_json  # noqa: E402
+from lm_cli_benchmark import squad_contexts  # noqa: E402
 
 PRESETS: dict[str, list[dict[str, Any]]] = {
     "lm": [
@@ -43,13 +44,7 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
 
 def dev_texts(data_dir: Path, count: int) -> list[str]:
     """The first ``count`` unique SQuAD v1.1 train contexts (lm_benchmark.py holds out the last ones)."""
-    import pyarrow.parquet as pq
-
-    files = sorted((data_dir / "squad").glob("*train*.parquet")) or sorted((data_dir / "squad").glob("*.parquet"))
-    if not files:
-        raise SystemExit(f"no SQuAD parquet under {data_dir / 'squad'}; pass --data-dir")
-    contexts = list(dict.fromkeys(pq.read_table(files[0], columns=["context"]).column("context").to_pylist()))
-    return contexts[:count]
+    return squad_contexts(data_dir, count)[:count]
 
 
 def generated_texts(
