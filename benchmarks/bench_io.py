@@ -98,3 +98,14 @@ def fmt(value: Any, spec: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return format(value, spec)
+
+
+def pareto_front(rows: list[dict], x: str, y: str, *, lower_is_better: bool = False) -> list[dict]:
+    """The rows no other row beats on both ``x`` (larger is better) and ``y``, sorted by ``x``."""
+    sign = -1.0 if lower_is_better else 1.0
+    front, best = [], -math.inf
+    for row in sorted(rows, key=lambda r: -r[x]):
+        if sign * row[y] > best:
+            front.append(row)
+            best = sign * row[y]
+    return sorted(front, key=lambda r: r[x])

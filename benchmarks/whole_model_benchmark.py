@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_io import REPO_ROOT, git_info, machine_info, write_json  # noqa: E402
+from bench_io import REPO_ROOT, git_info, machine_info, pareto_front, write_json  # noqa: E402
 
 OUT = REPO_ROOT / "benchmarks" / "results" / "whole_model_minilm.json"
 
@@ -83,12 +83,7 @@ def plot(payload: dict, path: Path) -> None:
         ax.scatter(row["ratio_vs_fp32"], row["e2e_cosine_held_out"], s=40)
         ax.annotate(row["method"], (row["ratio_vs_fp32"], row["e2e_cosine_held_out"]), fontsize=8,
                     xytext=(4, 4), textcoords="offset points")  # fmt: skip
-    front, best = [], -1.0
-    for row in sorted(payload["rows"], key=lambda r: -r["ratio_vs_fp32"]):
-        if row["e2e_cosine_held_out"] > best:
-            front.append(row)
-            best = row["e2e_cosine_held_out"]
-    front.sort(key=lambda r: r["ratio_vs_fp32"])
+    front = pareto_front(payload["rows"], "ratio_vs_fp32", "e2e_cosine_held_out")
     ax.plot([r["ratio_vs_fp32"] for r in front], [r["e2e_cosine_held_out"] for r in front], "k--", lw=0.8,
             label="Pareto front")  # fmt: skip
     ax.set_xscale("log")
