@@ -5,8 +5,9 @@ quantization of everything (embeddings included).
     python benchmarks/whole_model_benchmark.py [--ratios 25 100] [--sentences 1000] [--sts-limit 1000]
 
 Rows: the original (fp32); torchao int8 weight-only on every Linear and on the word embedding (one scale per
-row); compressed-tensors int4 (groups of 64, as ``quantize_backbone="int4"``) on every Linear and on the word
-embedding; LightToken at each ``--ratios`` with an fp32, an int8 and an int4 backbone (library defaults
+row); compressed-tensors int4 (groups of 64, as ``quantize_backbone="int4"``, the Linear layers rounded against
+their inputs on the same calibration text) on every Linear and on the word embedding; LightToken at each
+``--ratios`` with an fp32, an int8 and an int4 backbone (library defaults
 otherwise). Each row: every stored byte of the model (``model_parts_nbytes``: what the state dict holds, packed
 int4 and int8 data with their scales), its ratio to fp32 and bf16, the share of each part, the end-to-end cosine
 of mean-pooled sentence embeddings against the original on held-out text (CoLA dev sentences and RTE dev
@@ -63,12 +64,14 @@ def int8_everything(model: Any) -> Any:
     return quantized
 
 
-def int4_everything(model: Any) -> Any:
-    """compressed-tensors int4 on every Linear and on the word embedding, packed (unpacked on the first forward)."""
-    from lighttoken_hf.compressor.backbone import pack_int4
+def int4_everything(model: Any, calibration: list) -> Any:
+    """compressed-tensors int4 on every Linear and on the word embedding, packed (unpacked on the first forward);
+    the Linear layers rounded against their inputs on ``calibration`` as ``quantize_backbone="int4"`` does."""
+    from lighttoken_hf.compressor.backbone import input_hessians, pack_int4
 
     quantized = copy.deepcopy(model)
-    pack_int4(quantized, targets=("Linear", "Embedding")).add_decompress_hook(quantized)
+    hessians = input_hessians(model, calibration)
+    pack_int4(quantized, targets=("Linear", "Embedding"), hessians=hessians).add_decompress_hook(quantized)
     return quantized
 
 
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModel, AutoTokenizer
 
     import lighttoken_hf as lt
-    from lighttoken_hf.compressor.backbone import quantize_backbone
+    from lighttoken_hf.compressor.backbone import calibration_batches, quantize_backbone
     from lighttoken_hf.compressor.report import model_parts_nbytes
     from lighttoken_hf.fidelity import mean_cosine, mean_pooled_embeddings, sts_spearman
     from lighttoken_hf.pretrained import default_model_path
@@ -148,14 +151,15 @@ def main(argv: list[str] | None = None) -> int:
 
     score("original-fp32", model)
     score("torchao-int8-everything", int8_everything(model))
-    score("compressed-tensors-int4-everything", int4_everything(model))
+    calibration = calibration_batches(tokenizer)  # int4's rounding: as compress(..., quantize_backbone="int4")
+    score("compressed-tensors-int4-everything", int4_everything(model, calibration))
     for ratio in args.ratios:
         start = time.perf_counter()
         compressed = lt.compress(model, lt.CompressionSettings(ratio=ratio), tokenizer=tokenizer, progress=False)
         seconds = time.perf_counter() - start
         score(f"lighttoken-{ratio:g}x-fp32-backbone", compressed.eval(), compress_seconds=seconds)
         for kind in ("int8", "int4"):
-            score(f"lighttoken-{ratio:g}x-{kind}-backbone", quantize_backbone(compressed, kind).eval())
+            score(f"lighttoken-{ratio:g}x-{kind}-backbone", quantize_backbone(compressed, kind, calibration).eval())
         del compressed
     plot(payload, args.output.with_suffix(".png"))
     return 0

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import lighttoken_hf as lt
     from lighttoken_hf import pretrained
-    from lighttoken_hf.compressor.backbone import quantize_backbone
+    from lighttoken_hf.compressor.backbone import calibration_batches, quantize_backbone
     from lighttoken_hf.compressor.lm_metrics import lm_fidelity
     from lighttoken_hf.compressor.report import model_parts_nbytes
     from lighttoken_hf.gguf import load_gguf
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [],
     }
     reference: list = []
+    calibration = calibration_batches(tokenizer)  # int4's rounding: as compress(..., quantize_backbone="int4")
 
     def add(method: str, nbytes: int, **extra: Any) -> None:
         row = {"method": method, "nbytes": nbytes, "ratio_vs_fp32": fp32 / nbytes, "ratio_vs_bf16": fp32 / 2 / nbytes,
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         for backbone in args.backbones:
             start = time.perf_counter()
-            candidate = compressed if backbone == "none" else quantize_backbone(compressed, backbone)
+            candidate = compressed if backbone == "none" else quantize_backbone(compressed, backbone, calibration)
             quantize_seconds = time.perf_counter() - start
             parts = model_parts_nbytes(candidate)
             add(f"LightToken {ratio:g}x + {'float32' if backbone == 'none' else backbone} backbone",

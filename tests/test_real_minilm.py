@@ -154,11 +154,12 @@ def test_whole_model_with_a_quantized_backbone_round_trips(minilm, compressed, k
     from safetensors import safe_open
     from transformers import AutoModel
 
-    from lighttoken_hf.compressor.backbone import quantize_backbone
+    from lighttoken_hf.compressor.backbone import calibration_batches, quantize_backbone
     from lighttoken_hf.compressor.report import model_nbytes
 
     model, tokenizer = minilm
-    quantized = quantize_backbone(compressed, kind).eval()
+    calibration = calibration_batches(tokenizer) if kind == "int4" else None  # as compress(quantize_backbone=)
+    quantized = quantize_backbone(compressed, kind, calibration).eval()
     nbytes = model_nbytes(quantized)
     assert nbytes < (14e6 if kind == "int8" else 9.5e6)  # 90.9 MB in fp32
     sentences = builtin_sentences()[:16]
@@ -170,4 +171,5 @@ def test_whole_model_with_a_quantized_backbone_round_trips(minilm, compressed, k
     reloaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
     assert torch.equal(mean_pooled_embeddings(reloaded, tokenizer, sentences), expected)
     original = mean_pooled_embeddings(model, tokenizer, sentences)
-    assert torch.nn.functional.cosine_similarity(original, expected).mean() > (0.95 if kind == "int8" else 0.9)
+    cosine = torch.nn.functional.cosine_similarity(original, expected).mean()
+    assert cosine > (0.95 if kind == "int8" else 0.94)

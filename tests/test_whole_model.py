@@ -305,3 +305,86 @@ def test_int4_scales_are_the_least_squares_choice_among_the_shrunk_absmax_scales
     assert torch.allclose(error(best), candidates.min(0).values)
     assert (error(best) <= error(absmax)).all() and (error(best) < error(absmax)).float().mean() > 0.5
     assert (best > 0).all()
+
+
+def _input_metric_error(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Tensor) -> float:
+    """Mean squared output error of ``approx`` against ``weight`` on inputs with second moment ``hessian``."""
+    diff = (approx - weight).double()
+    return float(torch.einsum("oi,ij,oj->", diff, hessian.double(), diff))
+
+
+def test_gptq_int4_keeps_the_layer_outputs_better_than_nearest_rounding():
+    from lighttoken_hf.compressor.backbone import INT4_GROUP_SIZE, _best_int4_scales, _dequantize, gptq_int4
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(48, 192, generator=gen)
+    mixing = torch.randn(192, 192, generator=gen) / 192**0.5 + torch.eye(192)  # correlated inputs, as in a model
+    x = torch.randn(1024, 192, generator=gen) @ mixing
+    x[:, 5] = 0.0  # an input that is always zero: its weights do not matter
+    hessian = (x.T @ x / x.shape[0]).double()
+    levels, scales = gptq_int4(weight, hessian)
+    assert levels.dtype == torch.int8 and levels.shape == weight.shape and levels.min() >= -8 and levels.max() <= 7
+    assert scales.shape == (48, 192 // INT4_GROUP_SIZE) and (scales > 0).all()
+    groups = weight.reshape(48, -1, INT4_GROUP_SIZE)
+    nearest_scales = _best_int4_scales(groups, groups.abs().amax(-1) / 7.5)
+    nearest = (groups / nearest_scales.unsqueeze(-1)).round().clamp(-8, 7) * nearest_scales.unsqueeze(-1)
+    gptq_error = _input_metric_error(weight, _dequantize(levels, scales), hessian)
+    nearest_error = _input_metric_error(weight, nearest.reshape(weight.shape), hessian)
+    assert gptq_error < 0.8 * nearest_error
+    with pytest.raises(ValueError, match="multiple of 64"):
+        gptq_int4(weight[:, :100], hessian[:100, :100])
+
+
+def test_input_hessians_are_each_linear_layers_input_second_moment(tiny_bert_config):
+    from transformers import BertModel
+
+    from lighttoken_hf.compressor.backbone import input_hessians
+
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config).eval()
+    ids = torch.randint(5, tiny_bert_config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0  # padding positions are not inputs the layer must keep
+    seen: list[torch.Tensor] = []
+    layer = model.encoder.layer[0].intermediate.dense
+    handle = layer.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach()))
+    hessians = input_hessians(model, [{"input_ids": ids, "attention_mask": mask}])
+    handle.remove()
+    x = seen[0][mask.bool()].double()
+    name = "encoder.layer.0.intermediate.dense"
+    assert torch.allclose(hessians[name], x.T @ x / x.shape[0])
+    assert set(hessians) == {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    with pytest.raises(ValueError, match="no input"):
+        input_hessians(model, [])
+
+
+def test_int4_backbone_stores_the_calibrated_rounding_and_keeps_outputs_closer(pair, tiny_tokenizer):
+    from lighttoken_hf.compressor.backbone import (
+        _dequantize,
+        calibration_batches,
+        gptq_int4,
+        input_hessians,
+        quantize_backbone,
+    )
+    from lighttoken_hf.compressor.frequencies import general_text_samples
+    from lighttoken_hf.compressor.metrics import tokenized_batches
+
+    _, dense_backbone, _ = pair
+    calibration = calibration_batches(tiny_tokenizer)
+    calibrated = quantize_backbone(dense_backbone, "int4", calibration).eval()
+    nearest = quantize_backbone(dense_backbone, "int4").eval()
+    held_out = list(tokenized_batches(tiny_tokenizer, general_text_samples(32, seed=7), batch_size=8,
+                                      max_length=64, device=torch.device("cpu")))  # fmt: skip
+    errors = {}
+    with torch.no_grad():
+        for label, candidate in (("calibrated", calibrated), ("nearest", nearest)):
+            errors[label] = sum(
+                float((candidate(**b).last_hidden_state - dense_backbone(**b).last_hidden_state).square().sum())
+                for b in held_out
+            )
+    assert errors["calibrated"] < errors["nearest"]
+    # the stored weights (unpacked by those forwards) are exactly the calibrated rounding of the dense ones
+    hessians = input_hessians(dense_backbone, calibration)
+    for name in ("backbone.encoder.layer.0.attention.output.dense", "backbone.encoder.layer.0.output.dense"):
+        expected = _dequantize(*gptq_int4(dense_backbone.get_submodule(name).weight, hessians[name]))
+        assert torch.allclose(calibrated.get_submodule(name).weight, expected, atol=1e-6)

@@ -17,7 +17,7 @@ import torch
 from ..core.configuration_lighttoken import LightTokenConfig
 from ..core.modeling_lighttoken import LightTokenForCausalLM, LightTokenPreTrainedModel
 from ..jsonio import to_json
-from .backbone import check_backbone, quantize_backbone
+from .backbone import calibration_batches, check_backbone, quantize_backbone
 from .frequencies import general_text_frequencies, general_text_samples
 from .lm_metrics import is_lm, lm_fidelity
 from .lm_sensitivity import lm_sensitivity, output_logit_bias
@@ -119,6 +119,19 @@ def _lm_metric(
     return metric, weights, info, means
 
 
+def _backbone_calibration(
+    model: Any, tokenizer: Any, texts: Any, settings: CompressionSettings
+) -> list[dict[str, torch.Tensor]] | None:
+    """Inputs for int4's error-compensating rounding (the calibration texts, default wordfreq
+    pseudo-sentences), or ``None`` (int8, or no tokenizer: round to nearest)."""
+    if settings.quantize_backbone != "int4":
+        return None
+    if tokenizer is None:
+        logger.warning("no tokenizer given or found: int4 rounds to nearest (pass tokenizer= to calibrate it)")
+        return None
+    return calibration_batches(tokenizer, texts, seed=settings.seed, device=next(model.parameters()).device)
+
+
 def compress(
     model_or_matrix: Any,
     settings: CompressionSettings | float | None = None,
@@ -142,8 +155,9 @@ def compress(
         tokenizer: used to estimate token frequencies from general English text (wordfreq) for the
             frequency-aware allocation; for a model it is loaded from ``model.name_or_path`` if omitted.
         token_frequencies: your own per-token counts or frequencies (length V) instead.
-        calibration_texts: texts on which the model's sensitivity metric is measured (default: 256
-            pseudo-sentences of words drawn by their general-English frequency; task-agnostic).
+        calibration_texts: texts on which the model's sensitivity metric (and, with
+            ``quantize_backbone="int4"``, the backbone layers' inputs for its rounding) is measured (default:
+            256 pseudo-sentences of words drawn by their general-English frequency; task-agnostic).
         sensitivity: a precomputed d x d metric (:func:`embedding_sensitivity`) instead; the only way
             to use the metric when compressing a bare tensor.
         evaluation_texts: for a model, texts on which the compressed model is compared with the original
@@ -185,7 +199,7 @@ def compress(
         settings,
         tokenizer,
         token_frequencies,
-        calibration_texts,
+        list(calibration_texts) if calibration_texts is not None else None,  # read more than once
         sensitivity,
         evaluation_texts,
         progress,
@@ -264,7 +278,8 @@ def _compress_model(
         has_padding_row=embedding.padding_idx is not None,
     )
     needs_tokenizer = (
-        (settings.frequency_aware and token_frequencies is None)
+        settings.quantize_backbone == "int4"
+        or (settings.frequency_aware and token_frequencies is None)
         or (settings.sensitivity_weighted and sensitivity is None)
         or evaluation_texts is not None
     )
@@ -395,7 +410,12 @@ def _compress_model(
         output_module.output_dtype = untied.weight.dtype
         wrapped.get_output_embeddings().codec = output_module.to(untied.weight.device)
     if settings.quantize_backbone is not None:
-        wrapped = quantize_backbone(wrapped, settings.quantize_backbone)
+        wrapped = quantize_backbone(
+            wrapped,
+            settings.quantize_backbone,
+            _backbone_calibration(wrapped, tokenizer, calibration_texts, settings),
+            progress=progress,
+        )
     report.output_layer = output_layer
     report.model_parts_before, report.model_parts_after = parts_before, model_parts_nbytes(wrapped)
     report.model_nbytes_before = sum(parts_before.values())

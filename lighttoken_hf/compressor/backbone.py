@@ -23,13 +23,25 @@ from __future__ import annotations
 
 import importlib.util
 import tempfile
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from .frequencies import general_text_samples
+from .metrics import tokenized_batches
 from .settings import BACKBONE_LIBRARIES, BACKBONE_QUANTIZATIONS
 
-__all__ = ["INT4_GROUP_SIZE", "check_backbone", "pack_int4", "quantize_backbone"]
+__all__ = [
+    "INT4_GROUP_SIZE",
+    "calibration_batches",
+    "check_backbone",
+    "gptq_int4",
+    "input_hessians",
+    "pack_int4",
+    "quantize_backbone",
+]
 
 #: Input columns sharing one int4 scale: an fp32 scale (compressed-tensors keeps the weight dtype) per 64
 #: weights adds half a bit, 4.5 bits per weight in all (llama.cpp Q4_0: an fp16 scale per 32).
@@ -63,9 +75,15 @@ def _check_int4_widths(model: torch.nn.Module, targets: tuple[str, ...]) -> list
     return narrow
 
 
-def quantize_backbone(model: Any, kind: str) -> Any:
+def quantize_backbone(
+    model: Any, kind: str, calibration: Iterable[dict[str, torch.Tensor]] | None = None, *, progress: bool = False
+) -> Any:
     """``model`` (a LightToken model) with its backbone's Linear weights quantized to ``kind``, saved and
-    loaded again through transformers (see the module docstring). The returned model is a new object."""
+    loaded again through transformers (see the module docstring). The returned model is a new object.
+
+    ``calibration``: model inputs (tokenized batches) for int4's error-compensating rounding (:func:`gptq_int4`,
+    from each Linear's input statistics on them); without it, int4 rounds each weight to its nearest level.
+    int8 (one scale per output channel) rounds to nearest either way."""
     if kind not in BACKBONE_QUANTIZATIONS:
         raise ValueError(f"quantize_backbone must be one of {list(BACKBONE_QUANTIZATIONS)} or None, got {kind!r}")
     check_backbone(model, kind)
@@ -77,12 +95,15 @@ def quantize_backbone(model: Any, kind: str) -> Any:
             model.save_pretrained(folder)
             quantized = type(model).from_pretrained(folder, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
         else:
-            _save_int4(model, folder)
+            hessians = input_hessians(model, calibration, progress=progress) if calibration is not None else None
+            _save_int4(model, folder, hessians, progress)
             quantized = type(model).from_pretrained(folder)
     return quantized.train(model.training)
 
 
-def _save_int4(model: Any, folder: str) -> None:
+def _save_int4(
+    model: Any, folder: str, hessians: dict[str, torch.Tensor] | None = None, progress: bool = False
+) -> None:
     """Write ``model`` to ``folder`` with its Linear weights in compressed-tensors' int4 pack-quantized form.
 
     A copy is quantized (read back from a plain save): ``model`` itself is left as it was.
@@ -90,12 +111,18 @@ def _save_int4(model: Any, folder: str) -> None:
     with tempfile.TemporaryDirectory(prefix="lighttoken-quantize-dense-") as dense:
         model.save_pretrained(dense)
         copy = type(model).from_pretrained(dense)
-    compressor = pack_int4(copy)
+    compressor = pack_int4(copy, hessians=hessians, progress=progress)
     copy.save_pretrained(folder)
     compressor.update_config(folder)
 
 
-def pack_int4(model: torch.nn.Module, targets: tuple[str, ...] = ("Linear",)) -> Any:
+def pack_int4(
+    model: torch.nn.Module,
+    targets: tuple[str, ...] = ("Linear",),
+    *,
+    hessians: dict[str, torch.Tensor] | None = None,
+    progress: bool = False,
+) -> Any:
     """Quantize ``model``'s ``targets`` modules (class names) to int4 in place, packed the way compressed-tensors
     stores them (``weight_packed``, ``weight_scale``, ``weight_shape``), and return the library's
     ``ModelCompressor`` (its ``add_decompress_hook(model)`` makes the model run again; the benchmarks use
@@ -104,7 +131,8 @@ def pack_int4(model: torch.nn.Module, targets: tuple[str, ...] = ("Linear",)) ->
     Each group of :data:`INT4_GROUP_SIZE` columns gets the scale with the least squared rounding error
     among :data:`INT4_SCALE_SHRINKS` times its largest magnitude over 7.5 (compressed-tensors' symmetric int4
     range is -8..7; a smaller scale clips the largest values and rounds the rest finer, as llama.cpp's
-    quantizers search too). A module whose width is not a multiple of the group size keeps its weights.
+    quantizers search too). A module named in ``hessians`` (:func:`input_hessians`) is rounded by
+    :func:`gptq_int4` instead. A module whose width is not a multiple of the group size keeps its weights.
     """
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (
@@ -125,8 +153,15 @@ def pack_int4(model: torch.nn.Module, targets: tuple[str, ...] = ("Linear",)) ->
     )
     apply_quantization_config(model, config, show_progress=False)
     with torch.no_grad():
-        for module in model.modules():
-            if hasattr(module, "weight_scale"):
+        modules = [(name, m) for name, m in model.named_modules() if hasattr(m, "weight_scale")]
+        for name, module in tqdm(modules, desc="LightToken: int4 backbone", unit="layer", disable=not progress):
+            if hessians is not None and name in hessians:
+                levels, scale = gptq_int4(module.weight.detach(), hessians[name])
+                module.weight.copy_(_dequantize(levels, scale).to(module.weight.dtype))
+                module.weight_scale.copy_(scale.reshape(module.weight_scale.shape))
+                if hasattr(module, "weight_zero_point"):
+                    module.weight_zero_point.zero_()
+            else:
                 weight = module.weight.detach().float()
                 groups = weight.reshape(weight.shape[0], -1, INT4_GROUP_SIZE)
                 scale, zero = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
@@ -157,3 +192,120 @@ def _best_int4_scales(groups: torch.Tensor, absmax_scale: torch.Tensor) -> torch
         best_error = torch.where(better, error, best_error)
         best_scale = torch.where(better, scale.squeeze(-1), best_scale)
     return best_scale
+
+
+#: Calibration texts per batch, and tokens per text, of :func:`calibration_batches`.
+CALIBRATION_BATCH = 16
+CALIBRATION_MAX_LENGTH = 128
+#: Added to a Hessian's diagonal before it is inverted, as a share of its mean diagonal (GPTQ's damping).
+GPTQ_DAMPING = 0.01
+#: Columns :func:`gptq_int4` rounds before it updates the rest of the matrix at once (a multiple of the group size).
+GPTQ_BLOCK = 128
+
+
+def calibration_batches(
+    tokenizer: Any, texts: Sequence[str] | None = None, *, seed: int = 0, device: torch.device | str = "cpu"
+) -> list[dict[str, torch.Tensor]]:
+    """``texts`` (default: the wordfreq pseudo-sentences ``general_text_samples(seed=seed)``, as for the
+    sensitivity metric) tokenized as :func:`input_hessians` takes them: batches of :data:`CALIBRATION_BATCH`
+    texts, each up to :data:`CALIBRATION_MAX_LENGTH` tokens."""
+    texts = list(texts) if texts is not None else general_text_samples(seed=seed)
+    batches = tokenized_batches(
+        tokenizer, texts, batch_size=CALIBRATION_BATCH, max_length=CALIBRATION_MAX_LENGTH, device=torch.device(device)
+    )
+    return list(batches)
+
+
+def input_hessians(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    targets: tuple[str, ...] = ("Linear",),
+    *,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """``{name: X^T X / n}`` (float64, on the CPU) of the inputs ``X`` (n x in) each ``targets`` module of
+    ``model`` sees when ``model`` runs on ``batches`` (padding positions included only where a batch has no
+    attention mask). The statistics :func:`gptq_int4` rounds a layer's weights against."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    mask: list[torch.Tensor | None] = [None]
+
+    def hook(name: str):
+        def record(_module, inputs):
+            x = inputs[0].detach()
+            if mask[0] is not None and x.shape[:-1] == mask[0].shape:
+                x = x[mask[0]]
+            x = x.reshape(-1, x.shape[-1]).double().cpu()
+            sums[name] = sums.get(name, 0) + x.T @ x
+            counts[name] = counts.get(name, 0) + x.shape[0]
+
+        return record
+
+    handles = [
+        module.register_forward_pre_hook(hook(name))
+        for name, module in model.named_modules()
+        if type(module).__name__ in targets
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in tqdm(batches, desc="LightToken: layer inputs for int4", unit="batch", disable=not progress):
+                mask[0] = batch["attention_mask"].bool() if "attention_mask" in batch else None
+                model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if not counts:
+        raise ValueError("the calibration batches gave no input to any layer to quantize (no batch, or none ran)")
+    return {name: sums[name] / counts[name] for name in sums}
+
+
+def gptq_int4(weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round ``weight`` (out x in) to symmetric int4 in groups of :data:`INT4_GROUP_SIZE` columns so as to keep
+    its outputs on inputs with second moment ``hessian`` (in x in, :func:`input_hessians`): the columns are
+    rounded in order and each one's error is compensated on the columns not yet rounded (GPTQ, Frantar et al.
+    2023); each group's scale is chosen as :func:`pack_int4` chooses it, from the group's compensated weights.
+
+    Returns ``(levels (out x in, int8 in -8..7), scales (out x in / group, float32))``.
+    """
+    w = weight.detach().double().cpu().clone()
+    rows, cols = w.shape
+    if cols % INT4_GROUP_SIZE or hessian.shape != (cols, cols):
+        raise ValueError(
+            f"gptq_int4 needs a width that is a multiple of {INT4_GROUP_SIZE} and a {cols} x {cols} Hessian; "
+            f"got weight {tuple(w.shape)} and Hessian {tuple(hessian.shape)}"
+        )
+    h = hessian.double().cpu().clone()
+    dead = h.diagonal() <= 0  # inputs that are always zero: their weights do not matter
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h.diagonal().add_(GPTQ_DAMPING * float(h.diagonal().mean()))
+    inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    levels = torch.empty(rows, cols, dtype=torch.int8)
+    scales = torch.empty(rows, cols // INT4_GROUP_SIZE, dtype=torch.float64)
+    for start in range(0, cols, GPTQ_BLOCK):
+        end = min(start + GPTQ_BLOCK, cols)
+        block = w[:, start:end].clone()
+        errors = torch.zeros_like(block)
+        inv = inverse[start:end, start:end]
+        for i in range(end - start):
+            col = start + i
+            if col % INT4_GROUP_SIZE == 0:
+                group = block[:, i : i + INT4_GROUP_SIZE].unsqueeze(1)
+                absmax = group.abs().amax(-1) / 7.5
+                scales[:, col // INT4_GROUP_SIZE] = _best_int4_scales(group, absmax).squeeze(1)
+            scale = scales[:, col // INT4_GROUP_SIZE].clamp_min(torch.finfo(torch.float32).tiny)
+            q = (block[:, i] / scale).round().clamp(-8, 7)
+            levels[:, col] = q.to(torch.int8)
+            error = (block[:, i] - q * scale) / inv[i, i]
+            block[:, i:] -= error.unsqueeze(1) * inv[i, i:].unsqueeze(0)
+            errors[:, i] = error
+        w[:, end:] -= errors @ inverse[start:end, end:]
+    return levels, scales.float()
+
+
+def _dequantize(levels: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The weights ``levels * scale`` (each group of :data:`INT4_GROUP_SIZE` columns with its scale)."""
+    return levels.float() * scales.repeat_interleave(INT4_GROUP_SIZE, dim=1)
