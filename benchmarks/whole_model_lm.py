@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--replot", action="store_true", help="only redraw the plot of an existing JSON")
     args = parser.parse_args(argv)
+    output = args.output or REPO_ROOT / "benchmarks" / "results" / f"whole_model_{Path(args.model).stem}.json"
+    if args.replot:
+        plot(json.loads(output.read_text(encoding="utf-8")), output.with_suffix(".png"))
+        return 0
 
     import lighttoken_hf as lt
     from lighttoken_hf import pretrained
@@ -92,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     parts = model_parts_nbytes(model)
     fp32 = sum(parts.values())
-    output = args.output or REPO_ROOT / "benchmarks" / "results" / f"whole_model_{Path(args.model).stem}.json"
     payload: dict[str, Any] = {
         "benchmark": "whole_model_lm",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
