@@ -13,6 +13,11 @@ layer (:class:`~.core.modeling_lighttoken.LightTokenLMHead`) is exported by deco
 matrix inside the graph on every call (the file stays small; the runtime memory holds the decoded
 matrix during a call). An untied output layer stays a dense Linear, as in the checkpoint.
 
+A quantized backbone stays quantized in the file: each Linear weight the tracer writes as floats is replaced by
+the checkpoint's integers and scales and the standard ops that dequantize them (torchao int8: int8 levels and
+a Cast, the scales applied after the matmul as in PyTorch; compressed-tensors int4: two levels per byte,
+unpacked with BitShift/Sub/Cast and scaled per group with Mul). onnxruntime folds them once, at session start.
+
 The exporter is ``torch.onnx.export(..., dynamo=False)`` with constant folding off: folding would turn
 the casts of the stored uint8 / int8 / fp16 tensors into fp32 or int64 initializers and inflate the file.
 """
@@ -25,7 +30,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -141,6 +146,133 @@ class _OnnxTiedHead(nn.Module):
         for bias in self.biases:
             logits = logits + bias.float()
         return logits
+
+
+class _QuantizedWeight(NamedTuple):
+    """A quantized Linear weight as the checkpoint stores it: integer levels (out x in), their scales (int8:
+    one per output row, shape (out,), or ``None`` where the graph applies them after the matmul; int4: one
+    per group of ``group`` columns, shape (out, in / group)) and the float32 matrix the traced graph holds."""
+
+    levels: torch.Tensor
+    scales: torch.Tensor | None
+    group: int | None
+    dense: torch.Tensor
+
+
+def _quantized_linears(model: nn.Module) -> list[_QuantizedWeight]:
+    """The quantized Linear weights of ``model``: torchao's int8 (``Int8Tensor``: ``qdata``, ``scale``) and
+    compressed-tensors' int4 (unpacked weight with its group scales ``weight_scale``)."""
+    found = []
+    for module in model.modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        weight = module.weight
+        if type(weight).__name__ == "Int8Tensor":  # traced as the float levels times the scales after the matmul
+            found.append(_QuantizedWeight(weight.qdata, None, None, weight.qdata.float()))
+            found.append(
+                _QuantizedWeight(weight.qdata, weight.scale.reshape(-1).float(), None, weight.dequantize().float())
+            )
+        elif getattr(module, "weight_scale", None) is not None and weight.dtype.is_floating_point:
+            scales = module.weight_scale.detach().float()
+            group = weight.shape[1] // scales.shape[1]
+            dense = weight.detach().float()
+            levels = (dense / scales.repeat_interleave(group, dim=1)).round().clamp(-8, 7).to(torch.int8)
+            found.append(_QuantizedWeight(levels, scales, group, dense))
+    return found
+
+
+def _requantize(graph: Any, weights: list[_QuantizedWeight]) -> None:
+    """Replace each float tensor of ``graph`` (an initializer or a Constant node) that holds one of ``weights``
+    dequantized (as it is or transposed) by its stored integers, scales and the standard ops that dequantize
+    them: int8 by ``DequantizeLinear`` (per output row); int4 packed two per byte and unpacked with
+    ``BitShift``, ``Sub``, ``Cast`` and ``Mul`` (ops of every opset from 11, every onnxruntime build). The
+    graph's outputs are unchanged; its file holds the quantized backbone at the checkpoint's size."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    by_bytes = {}
+    for weight in weights:
+        dense = weight.dense.contiguous().numpy()
+        by_bytes[(dense.shape, dense.tobytes())] = (weight, False)
+        by_bytes[(dense.T.shape, np.ascontiguousarray(dense.T).tobytes())] = (weight, True)
+    tensors = [(t, None) for t in graph.graph.initializer]
+    tensors += [(n.attribute[0].t, n) for n in graph.graph.node if n.op_type == "Constant" and n.attribute[0].t.dims]
+    nodes: list[Any] = []
+    for tensor, constant in tensors:
+        if tensor.data_type != 1 or len(tensor.dims) != 2:  # float32 matrices only
+            continue
+        array = numpy_helper.to_array(tensor)
+        match = by_bytes.get((array.shape, array.tobytes()))
+        if match is None:
+            continue
+        weight, transposed = match
+        name = constant.output[0] if constant is not None else tensor.name
+        if constant is not None:
+            graph.graph.node.remove(constant)
+        else:
+            graph.graph.initializer.remove(tensor)
+        nodes += _dequantize_nodes(graph, name, weight, transposed, f"{name}_q")
+    existing = list(graph.graph.node)  # initializer-only subgraphs: before every node that reads their outputs
+    del graph.graph.node[:]
+    graph.graph.node.extend([*nodes, *existing])
+
+
+def _dequantize_nodes(graph: Any, name: str, weight: _QuantizedWeight, transposed: bool, prefix: str) -> list:
+    """Nodes computing the float weight ``name`` from new initializers (named ``prefix``_*) holding ``weight``."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    def constant(suffix: str, value: Any) -> str:
+        graph.graph.initializer.append(numpy_helper.from_array(np.asarray(value), f"{prefix}_{suffix}"))
+        return f"{prefix}_{suffix}"
+
+    out, cols = weight.levels.shape
+    dense_name = f"{prefix}_dense" if transposed else name
+    levels = weight.levels.numpy()
+    if weight.scales is None:  # int8 levels the graph scales itself
+        nodes = [helper.make_node("Cast", [constant("levels", levels)], [dense_name], to=1)]
+    elif weight.group is None:  # int8, one scale per output row
+        nodes = [
+            helper.make_node(
+                "DequantizeLinear",
+                [
+                    constant("levels", levels),
+                    constant("scale", weight.scales.numpy()),
+                    constant("zero", np.zeros(out, np.int8)),
+                ],
+                [dense_name],
+                axis=0,
+            )
+        ]
+    else:  # int4 in -8..7, stored + 8 as two nibbles per byte (low nibble: the even column)
+        nibbles = (levels.astype(np.int16) + 8).astype(np.uint8).reshape(out, cols // 2, 2)
+        packed = constant("packed", nibbles[..., 0] | (nibbles[..., 1] << 4))
+        t = f"{prefix}_t"
+        nodes = [
+            helper.make_node("BitShift", [packed, constant("four", np.uint8(4))], [f"{t}_high"], direction="RIGHT"),
+            helper.make_node("BitShift", [f"{t}_high", f"{prefix}_four"], [f"{t}_high_up"], direction="LEFT"),
+            helper.make_node("Sub", [packed, f"{t}_high_up"], [f"{t}_low"]),
+            helper.make_node("Unsqueeze", [f"{t}_low", constant("last", np.array([2], np.int64))], [f"{t}_low3"]),
+            helper.make_node("Unsqueeze", [f"{t}_high", f"{prefix}_last"], [f"{t}_high3"]),
+            helper.make_node("Concat", [f"{t}_low3", f"{t}_high3"], [f"{t}_pairs"], axis=2),
+            helper.make_node("Cast", [f"{t}_pairs"], [f"{t}_float"], to=1),
+            helper.make_node("Sub", [f"{t}_float", constant("eight", np.float32(8))], [f"{t}_signed"]),
+            helper.make_node(
+                "Reshape",
+                [f"{t}_signed", constant("groups", np.array([out, cols // weight.group, weight.group], np.int64))],
+                [f"{t}_grouped"],
+            ),
+            helper.make_node(
+                "Unsqueeze", [constant("scale", weight.scales.numpy()), f"{prefix}_last"], [f"{t}_scale3"]
+            ),
+            helper.make_node("Mul", [f"{t}_grouped", f"{t}_scale3"], [f"{t}_scaled"]),
+            helper.make_node(
+                "Reshape", [f"{t}_scaled", constant("shape", np.array([out, cols], np.int64))], [dense_name]
+            ),
+        ]
+    if transposed:
+        nodes.append(helper.make_node("Transpose", [dense_name], [name], perm=[1, 0]))
+    return nodes
 
 
 class _Exported(nn.Module):
@@ -298,10 +430,17 @@ def export_onnx(
     if type(model).__name__ == "LightTokenForSequenceClassification":
         dynamic["logits"] = {0: "batch"}
     # an int4 backbone (compressed-tensors) loads packed and unpacks on its first forward: unpack it before
-    # tracing (its Linear weights are then written dequantized, in fp32, as an int8 backbone's are)
+    # tracing; the traced graph holds every quantized Linear weight dequantized, which _requantize then
+    # replaces by the stored integers and scales
     compressor = getattr(getattr(model, "hf_quantizer", None), "compressor", None)
     if compressor is not None and any(hasattr(m, "weight_packed") for m in model.modules()):
         compressor.decompress_model(model)
+    quantized = _quantized_linears(model)
+    if quantized and opset < 13:
+        raise ValueError(
+            f"the backbone's quantized weights are written with DequantizeLinear per output row and Unsqueeze with "
+            f"axes as an input, which need opset 13 or newer; got opset={opset} (use the default, 17)"
+        )
     was_training = model.training
     model.eval()
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -321,6 +460,10 @@ def export_onnx(
                 do_constant_folding=False,
                 dynamo=False,
             )
+        if quantized:
+            graph = onnx.load(tmp)
+            _requantize(graph, quantized)
+            onnx.save(graph, tmp)
         if check:
             onnx.checker.check_model(tmp)
         os.replace(tmp, out)

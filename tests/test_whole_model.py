@@ -241,22 +241,52 @@ def test_cli_quantize_backbone_int4_and_its_card(pair, tiny_tokenizer, tmp_path)
     assert "pip install compressed-tensors" in (out / "README.md").read_text(encoding="utf-8")
 
 
+def _onnx_tensor_bytes(graph) -> int:
+    """Bytes of an ONNX graph's initializers and Constant tensors."""
+    from onnx import numpy_helper
+
+    tensors = [*graph.graph.initializer]
+    tensors += [n.attribute[0].t for n in graph.graph.node if n.op_type == "Constant" and n.attribute[0].t.dims]
+    return sum(numpy_helper.to_array(t).nbytes for t in tensors)
+
+
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 def test_a_quantized_backbone_model_exports_to_onnx_with_equal_outputs(pair, int4, kind, tmp_path):
-    """The export works and matches PyTorch; the backbone's weights are written dequantized (fp32). The int4
+    """The export works and matches PyTorch, and the backbone stays quantized in the file (int8 by
+    DequantizeLinear, int4 packed two per byte): the file is about the checkpoint's tensor bytes. The int4
     model is exported from its checkpoint folder, where it loads with its weights still packed."""
     import numpy as np
+    import onnx
     import onnxruntime as ort
 
+    from lighttoken_hf.compressor.report import model_nbytes, model_parts_nbytes
     from lighttoken_hf.onnx_export import export_onnx
 
     quantized = pair[2] if kind == "int8" else int4
+    checkpoint_bytes = model_nbytes(quantized)
     if kind == "int8":
         path = export_onnx(quantized, tmp_path / "int8.onnx")
         assert not quantized.training
     else:
         quantized.save_pretrained(tmp_path / "int4")
         path = export_onnx(tmp_path / "int4", tmp_path / "int4.onnx")
+    graph = onnx.load(str(path))
+    ops = {node.op_type for node in graph.graph.node}
+    assert ops >= ({"Cast"} if kind == "int8" else {"BitShift", "Cast"})
+    float_matrices = [t for t in graph.graph.initializer if t.data_type == 1 and len(t.dims) == 2]
+    float_matrices += [n.attribute[0].t for n in graph.graph.node if n.op_type == "Constant"
+                       and n.attribute[0].t.data_type == 1 and len(n.attribute[0].t.dims) == 2]  # fmt: skip
+    biggest = max(m.in_features * m.out_features for m in pair[1].backbone.modules() if isinstance(m, torch.nn.Linear))
+    # no Linear weight of the backbone is left in float32 (the position embeddings are 64 x 64 floats)
+    assert not [t.name for t in float_matrices if t.dims[0] * t.dims[1] >= biggest and "embeddings" not in t.name]
+    assert sum(int(t.dims[0]) * int(t.dims[1]) for t in float_matrices) < biggest
+    # the graph's tensors are the dense-backbone model's export's less (nearly) all the bytes quantization saved
+    dense_graph = onnx.load(str(export_onnx(pair[1], tmp_path / "dense.onnx")))
+    saved = model_parts_nbytes(pair[1])["backbone"] - model_parts_nbytes(quantized)["backbone"]
+    assert _onnx_tensor_bytes(graph) <= _onnx_tensor_bytes(dense_graph) - 0.95 * saved
+    assert path.stat().st_size <= 1.5 * checkpoint_bytes + 50_000  # plus the graph and its lookup tables
+    with pytest.raises(ValueError, match="opset 13"):
+        export_onnx(quantized if kind == "int8" else tmp_path / "int4", tmp_path / "old.onnx", opset=12)
     ids = torch.randint(0, 3000, (2, 9), generator=torch.Generator().manual_seed(5))
     feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
