@@ -16,7 +16,8 @@ matrix during a call). An untied output layer stays a dense Linear, as in the ch
 A quantized backbone stays quantized in the file: each Linear weight the tracer writes as floats is replaced by
 the checkpoint's integers and scales and the standard ops that dequantize them (torchao int8: int8 levels and
 a Cast, the scales applied after the matmul as in PyTorch; compressed-tensors int4: two levels per byte,
-unpacked with BitShift/Sub/Cast and scaled per group with Mul). onnxruntime folds them once, at session start.
+unpacked with BitShift/Sub/Cast and scaled per group with Mul). They read initializers only, so
+onnxruntime's constant folding can compute them once, when a session starts.
 
 The exporter is ``torch.onnx.export(..., dynamo=False)`` with constant folding off: folding would turn
 the casts of the stored uint8 / int8 / fp16 tensors into fp32 or int64 initializers and inflate the file.
