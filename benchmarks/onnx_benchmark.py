@@ -1,13 +1,15 @@
-"""ONNX file size and onnxruntime latency: all-MiniLM-L6-v2 compressed 25x (decode in the graph) vs the
-original model's own ONNX export (same exporter, same opset).
+"""ONNX file size and onnxruntime latency: all-MiniLM-L6-v2 compressed 25x (decode in the graph), with an fp32,
+an int8 and an int4 backbone (kept quantized in the graph), vs the original model's own ONNX export (same
+exporter, same opset).
 
-Writes benchmarks/results/onnx_minilm.json: both file sizes, the compressed checkpoint's tensor bytes,
+Writes benchmarks/results/onnx_minilm.json: every file size, each compressed checkpoint's tensor bytes,
 median / p90 latency of onnxruntime (CPU, one intra-op thread) at two input shapes, the max abs
 difference of each ONNX model to its PyTorch model, the machine and the load average.
 
-    OMP_NUM_THREADS=1 python benchmarks/onnx_benchmark.py [--ratio 25] [--runs 30]
+    OMP_NUM_THREADS=1 python benchmarks/onnx_benchmark.py [--ratio 25] [--runs 30] [--backbones none int8 int4]
 
-The compression uses the library's defaults (``compress(model, CompressionSettings(ratio=R), tokenizer=...)``).
+The compression uses the library's defaults (``compress(model, CompressionSettings(ratio=R), tokenizer=...)``;
+the backbones as ``quantize_backbone=`` quantizes them, int4 on the default calibration text).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=25.0)
     parser.add_argument("--runs", type=int, default=30, help="timed runs per shape")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--backbones", nargs="+", default=["none", "int8", "int4"], choices=["none", "int8", "int4"])
     args = parser.parse_args()
 
     import numpy as np
@@ -55,6 +58,7 @@ def main() -> None:
     from transformers import AutoModel, AutoTokenizer
 
     from lighttoken_hf import CompressionSettings, compress
+    from lighttoken_hf.compressor.backbone import calibration_batches, quantize_backbone
     from lighttoken_hf.onnx_export import export_onnx
     from lighttoken_hf.pretrained import default_model_path
 
@@ -67,14 +71,23 @@ def main() -> None:
     compressed = compress(model, CompressionSettings(ratio=args.ratio), tokenizer=tokenizer, progress=False).eval()
     compress_seconds = time.perf_counter() - t0
     name_lt = f"lighttoken_{args.ratio:g}x"
+    variants = {}
+    for kind in args.backbones:
+        if kind == "none":
+            variants[name_lt] = compressed
+        else:
+            calibration = calibration_batches(tokenizer) if kind == "int4" else None
+            variants[f"{name_lt}_{kind}_backbone"] = quantize_backbone(compressed, kind, calibration).eval()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        compressed.save_pretrained(tmp / "ckpt")
-        ckpt = load_file(tmp / "ckpt" / "model.safetensors")
-        tensor_bytes = sum(t.numel() * t.element_size() for t in ckpt.values())
+        tensor_bytes, paths = {}, {}
+        for name, variant in variants.items():
+            variant.save_pretrained(tmp / name)
+            ckpt = load_file(tmp / name / "model.safetensors")
+            tensor_bytes[name] = sum(t.numel() * t.element_size() for t in ckpt.values())
+            paths[name] = export_onnx(tmp / name, tmp / f"{name}.onnx")
         original_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
-        lt_path = export_onnx(tmp / "ckpt", tmp / "lighttoken.onnx")
         orig_path = tmp / "original.onnx"
         names = ["input_ids", "attention_mask", "token_type_ids"]
         dims = {0: "batch", 1: "sequence"}
@@ -108,9 +121,9 @@ def main() -> None:
         options.inter_op_num_threads = 1
         sessions = {
             name: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-            for name, p in ((name_lt, lt_path), ("original", orig_path))
+            for name, p in [*paths.items(), ("original", orig_path)]
         }
-        torch_models = {name_lt: compressed, "original": model}
+        torch_models = {**variants, "original": model}
         rng = np.random.default_rng(0)
         latency: dict[str, dict] = {name: {} for name in sessions}
         max_abs_diff: dict[str, float] = {}
@@ -129,7 +142,7 @@ def main() -> None:
                 got = session.run(None, feeds)[0]
                 diff = float(np.abs(got - want.last_hidden_state.numpy()).max())
                 max_abs_diff[name] = max(max_abs_diff.get(name, 0.0), diff)
-        sizes = {name_lt: lt_path.stat().st_size, "original": orig_path.stat().st_size}
+        sizes = {**{name: p.stat().st_size for name, p in paths.items()}, "original": orig_path.stat().st_size}
 
     payload = {
         "benchmark": "onnx_minilm",
@@ -153,8 +166,8 @@ def main() -> None:
         "checkpoint_tensor_bytes": tensor_bytes,
         "original_tensor_bytes": original_bytes,
         "onnx_file_bytes": sizes,
-        "onnx_over_checkpoint_tensor_bytes": sizes[name_lt] / tensor_bytes,
-        "onnx_size_ratio_original_over_lighttoken": sizes["original"] / sizes[name_lt],
+        "onnx_over_checkpoint_tensor_bytes": {name: sizes[name] / n for name, n in tensor_bytes.items()},
+        "onnx_size_ratio_original_over_lighttoken": {name: sizes["original"] / sizes[name] for name in paths},
         "latency_ms": latency,
         "max_abs_diff_vs_pytorch": max_abs_diff,
     }
