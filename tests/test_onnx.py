@@ -164,7 +164,10 @@ def test_unsupported_models_are_clear_errors(tiny_bert, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_minilm_export(tmp_path):
+@pytest.mark.parametrize("backbone", [None, "int8", "int4"])
+def test_real_minilm_export(tmp_path, backbone):
+    """25x with an fp32, int8 or int4 backbone: the file is about the checkpoint's tensor bytes (a quantized
+    backbone stays quantized in the graph) and onnxruntime equals PyTorch on real sentences of two batch sizes."""
     from lighttoken_hf.pretrained import default_model_path
 
     try:
@@ -178,6 +181,13 @@ def test_real_minilm_export(tmp_path):
     compressed = compress(
         model, 25, tokenizer=tokenizer, schedule={"max_epochs": 1}, joint_iterations=0, progress=False
     ).eval()
+    if backbone is not None:
+        library = "torchao" if backbone == "int8" else "compressed_tensors"
+        pytest.importorskip(library, reason="pip install 'lighttoken-hf[quantize]'")
+        from lighttoken_hf.compressor.backbone import calibration_batches, quantize_backbone
+
+        calibration = calibration_batches(tokenizer) if backbone == "int4" else None
+        compressed = quantize_backbone(compressed, backbone, calibration).eval()
     compressed.save_pretrained(tmp_path / "ckpt")
     tensor_bytes = sum(
         t.numel() * t.element_size() for t in load_file(tmp_path / "ckpt" / "model.safetensors").values()
