@@ -188,6 +188,8 @@ WHOLE_MODEL_LABELS = {
     "original-fp32": "original fp32",
     "torchao-int8-everything": "torchao int8 everything (embeddings too)",
     "compressed-tensors-int4-everything": "compressed-tensors int4 everything (embeddings too)",
+    "lighttoken-8x-int8-backbone": "LightToken 8x, int8 backbone",
+    "lighttoken-8x-int4-backbone": "LightToken 8x, int4 backbone",
     "lighttoken-25x-fp32-backbone": "LightToken 25x, fp32 backbone",
     "lighttoken-25x-int8-backbone": "LightToken 25x, int8 backbone",
     "lighttoken-25x-int4-backbone": "**LightToken 25x, int4 backbone**",
@@ -213,6 +215,22 @@ def render_whole_model(name: str, data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_whole_model_lm(name: str, data: dict) -> str:
+    """A decoder LM's whole-model bytes against perplexity (relative to the original), per method."""
+    lines = [
+        f"Source: {_source(name, data, None)}; perplexity on the last {data['texts']['count']} unique SQuAD "
+        f"train contexts (up to {data['texts']['max_length']} tokens each).",
+        "",
+        "| model | stored | vs fp32 | vs bf16 | perplexity | vs original | top-1 agreement |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in data["rows"]:
+        lines.append(f"| {r['method']} | {r['nbytes'] / 1e6:.1f} MB | {r['ratio_vs_fp32']:.2f}x | "
+                     f"{r['ratio_vs_bf16']:.2f}x | {r['perplexity']:.2f} | {r['perplexity_increase']:+.1%} | "
+                     f"{r['top1_agreement']:.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 #: block name -> (result file or files, renderer); the runs of several files of one benchmark are shown together
 BLOCKS: dict[str, tuple[str | tuple[str, ...], Callable[[str, dict], str]]] = {
     "commands": ("commands_timing.json", render_commands),
@@ -223,6 +241,7 @@ BLOCKS: dict[str, tuple[str | tuple[str, ...], Callable[[str, dict], str]]] = {
     "downstream": ("downstream_minilm.json", render_downstream),
     "scaling": ("scaling.json", render_scaling),
     "whole_model": ("whole_model_minilm.json", render_whole_model),
+    "whole_model_gemma3": ("whole_model_gemma3.json", render_whole_model_lm),
 }
 
 

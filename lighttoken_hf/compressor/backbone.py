@@ -10,7 +10,10 @@ subclasses ``save_pretrained`` cannot write.
 :data:`INT4_GROUP_SIZE` input columns, one scale per group in the weights' dtype; eight values per int32),
 the format vLLM and transformers load. torchao 0.18 has no int4 layout that both runs on a CPU without its
 ``mslk`` kernels and is serializable (its CPU layout, ``Int4OpaqueTensor``, is not in its safetensors
-allow-list), so int4 comes from compressed-tensors. transformers loads such a checkpoint with the weights
+allow-list), so int4 comes from compressed-tensors. Its levels are chosen by error-compensating rounding on
+calibration text (:func:`gptq_int4`, GPTQ: each Linear keeps its outputs on its real inputs; all-MiniLM-L6-v2
+at 25x with an int4 backbone: end-to-end cosine 0.944 rounded to nearest, 0.967 calibrated), the format
+and size unchanged. transformers loads such a checkpoint with the weights
 packed and unpacks them on the first forward; ``save_pretrained`` of a LightToken model packs them again.
 
 Either way: every ``nn.Linear`` of the backbone (a Linear whose input width is not a multiple of the group
@@ -262,11 +265,15 @@ def input_hessians(
     return {name: sums[name] / counts[name] for name in sums}
 
 
-def gptq_int4(weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gptq_int4(
+    weight: torch.Tensor, hessian: torch.Tensor, *, act_order: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Round ``weight`` (out x in) to symmetric int4 in groups of :data:`INT4_GROUP_SIZE` columns so as to keep
     its outputs on inputs with second moment ``hessian`` (in x in, :func:`input_hessians`): the columns are
-    rounded in order and each one's error is compensated on the columns not yet rounded (GPTQ, Frantar et al.
-    2023); each group's scale is chosen as :func:`pack_int4` chooses it, from the group's compensated weights.
+    rounded one by one and each one's error is compensated on the columns not yet rounded (GPTQ, Frantar et al.
+    2023). ``act_order``: the columns of the largest inputs first, each group's scale chosen beforehand from the
+    group's weights as :func:`pack_int4` chooses it; otherwise in column order, each scale from the group's
+    compensated weights when its first column comes.
 
     Returns ``(levels (out x in, int8 in -8..7), scales (out x in / group, float32))``.
     """
@@ -282,23 +289,28 @@ def gptq_int4(weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h.diagonal().add_(GPTQ_DAMPING * float(h.diagonal().mean()))
+    scales = torch.empty(rows, cols // INT4_GROUP_SIZE, dtype=torch.float64)
+    order = torch.arange(cols)
+    if act_order:
+        groups = w.reshape(rows, -1, INT4_GROUP_SIZE)
+        scales = _best_int4_scales(groups, groups.abs().amax(-1) / 7.5)
+        order = torch.argsort(h.diagonal(), descending=True, stable=True)
+        w, h = w[:, order], h[order][:, order]
     inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     levels = torch.empty(rows, cols, dtype=torch.int8)
-    scales = torch.empty(rows, cols // INT4_GROUP_SIZE, dtype=torch.float64)
     for start in range(0, cols, GPTQ_BLOCK):
         end = min(start + GPTQ_BLOCK, cols)
         block = w[:, start:end].clone()
         errors = torch.zeros_like(block)
         inv = inverse[start:end, start:end]
         for i in range(end - start):
-            col = start + i
-            if col % INT4_GROUP_SIZE == 0:
-                group = block[:, i : i + INT4_GROUP_SIZE].unsqueeze(1)
-                absmax = group.abs().amax(-1) / 7.5
-                scales[:, col // INT4_GROUP_SIZE] = _best_int4_scales(group, absmax).squeeze(1)
-            scale = scales[:, col // INT4_GROUP_SIZE].clamp_min(torch.finfo(torch.float32).tiny)
+            group = int(order[start + i]) // INT4_GROUP_SIZE
+            if not act_order and (start + i) % INT4_GROUP_SIZE == 0:
+                weights = block[:, i : i + INT4_GROUP_SIZE].unsqueeze(1)
+                scales[:, group] = _best_int4_scales(weights, weights.abs().amax(-1) / 7.5).squeeze(1)
+            scale = scales[:, group].clamp_min(torch.finfo(torch.float32).tiny)
             q = (block[:, i] / scale).round().clamp(-8, 7)
-            levels[:, col] = q.to(torch.int8)
+            levels[:, order[start + i]] = q.to(torch.int8)
             error = (block[:, i] - q * scale) / inv[i, i]
             block[:, i:] -= error.unsqueeze(1) * inv[i, i:].unsqueeze(0)
             errors[:, i] = error
