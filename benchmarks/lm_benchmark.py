@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines  # noqa: E402
 from bench_io import REPO_ROOT, git_info, machine_info, write_json  # noqa: E402
-from lm_cli_benchmark import held_out_texts  # noqa: E402
+from lm_cli_benchmark import gguf_model_file, held_out_texts  # noqa: E402
 
 #: GGUF block types the ``gguf`` package quantizes (its K-quants raise NotImplementedError).
 GGUF_TYPES = ("Q8_0", "Q5_0", "Q4_0")
@@ -143,14 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import lighttoken_hf as lt
-    from lighttoken_hf import pretrained
     from lighttoken_hf.compressor.lm_metrics import lm_fidelity
     from lighttoken_hf.compressor.resources import PeakResidentMemory
     from lighttoken_hf.gguf import load_gguf
 
     texts = held_out_texts(args.data_dir, args.texts)
-    path = {"smollm2": pretrained.smollm2_gguf_path, "gemma3": pretrained.gemma3_gguf_path}.get(args.model)
-    gguf_file = path() if path else Path(args.model)
+    gguf_file = gguf_model_file(args.model)
     model, tokenizer = load_gguf(gguf_file)
     matrix = model.get_input_embeddings().weight.detach().float().clone()
     dense_bytes = matrix.numel() * 4

@@ -53,6 +53,14 @@ def squad_contexts(data_dir: Path, count: int) -> list[str]:
     return contexts
 
 
+def gguf_model_file(model: str) -> Path:
+    """The GGUF file of a ``--model`` argument: ``smollm2`` or ``gemma3`` (the packaged models), or a path."""
+    from lighttoken_hf import pretrained
+
+    path = {"smollm2": pretrained.smollm2_gguf_path, "gemma3": pretrained.gemma3_gguf_path}.get(model)
+    return path() if path else Path(model)
+
+
 def held_out_texts(data_dir: Path, count: int) -> list[str]:
     """The last ``count`` unique SQuAD train contexts (no default was chosen on them)."""
     return squad_contexts(data_dir, count)[-count:]
@@ -87,13 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
 
     import lighttoken_hf  # noqa: F401 - registers the LightToken classes
-    from lighttoken_hf import pretrained
     from lighttoken_hf.compressor.lm_metrics import generation_speed, lm_fidelity
     from lighttoken_hf.gguf import load_gguf
 
     texts = held_out_texts(args.data_dir, args.texts)
-    path = {"smollm2": pretrained.smollm2_gguf_path, "gemma3": pretrained.gemma3_gguf_path}.get(args.model)
-    gguf_file = path() if path else Path(args.model)
+    gguf_file = gguf_model_file(args.model)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     runs = []
     original = tokenizer = None

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_io import REPO_ROOT, git_info, machine_info, write_json  # noqa: E402
-from lm_cli_benchmark import squad_contexts  # noqa: E402
+from lm_cli_benchmark import gguf_model_file, squad_contexts  # noqa: E402
 
 PRESETS: dict[str, list[dict[str, Any]]] = {
     "lm": [
@@ -94,14 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import lighttoken_hf as lt
-    from lighttoken_hf import pretrained
     from lighttoken_hf.compressor.lm_metrics import lm_fidelity
     from lighttoken_hf.gguf import load_gguf
 
     configs = [json.loads(c) for c in args.configs] if args.configs else PRESETS[args.preset]
     texts = dev_texts(args.data_dir, args.texts)
-    path = {"smollm2": pretrained.smollm2_gguf_path, "gemma3": pretrained.gemma3_gguf_path}.get(args.model)
-    gguf_file = path() if path else Path(args.model)
+    gguf_file = gguf_model_file(args.model)
     model, tokenizer = load_gguf(gguf_file)
     output = args.output or REPO_ROOT / "benchmarks" / "results" / f"lm_sweep_{args.model}_{args.ratio:g}x.json"
     payload: dict[str, Any] = {

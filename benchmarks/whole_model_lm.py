@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_io import REPO_ROOT, git_info, machine_info, pareto_front, write_json  # noqa: E402
-from lm_cli_benchmark import held_out_texts  # noqa: E402
+from lm_cli_benchmark import gguf_model_file, held_out_texts  # noqa: E402
 
 
 def materialized(model: Any) -> Any:
@@ -85,15 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import lighttoken_hf as lt
-    from lighttoken_hf import pretrained
     from lighttoken_hf.compressor.backbone import calibration_batches, quantize_backbone
     from lighttoken_hf.compressor.lm_metrics import lm_fidelity
     from lighttoken_hf.compressor.report import model_parts_nbytes
     from lighttoken_hf.gguf import load_gguf
 
     texts = held_out_texts(args.data_dir, args.texts)
-    path = {"smollm2": pretrained.smollm2_gguf_path, "gemma3": pretrained.gemma3_gguf_path}.get(args.model)
-    gguf_file = path() if path else Path(args.model)
+    gguf_file = gguf_model_file(args.model)
     model, tokenizer = load_gguf(gguf_file)
     model.eval()
     parts = model_parts_nbytes(model)
