@@ -49,8 +49,9 @@ def plot(payload: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for row in payload["rows"]:
+        label = row["method"].split(" (")[0].replace("LightToken ", "LT ").replace(" backbone", "")
         ax.scatter(row["nbytes"] / 1e6, row["perplexity"], s=40)
-        ax.annotate(row["method"], (row["nbytes"] / 1e6, row["perplexity"]), fontsize=7, xytext=(4, 4),
+        ax.annotate(label, (row["nbytes"] / 1e6, row["perplexity"]), fontsize=7, xytext=(4, 4),
                     textcoords="offset points")  # fmt: skip
     front = pareto_front(payload["rows"], "ratio_vs_fp32", "perplexity", lower_is_better=True)
     ax.plot([r["nbytes"] / 1e6 for r in front], [r["perplexity"] for r in front], "k--", lw=0.8,
@@ -58,6 +59,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     original = payload["rows"][0]["perplexity"]
     ax.axhline(original * 1.3, color="grey", ls=":", lw=0.8, label="original + 30%")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("whole model, MB (every stored byte)")
     ax.set_ylabel(f"perplexity ({payload['texts']['count']} held-out paragraphs)")
     ax.set_title(f"{payload['model']['name']}: whole-model size vs perplexity ({payload['date'][:10]})")

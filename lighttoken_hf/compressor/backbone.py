@@ -12,9 +12,10 @@ the format vLLM and transformers load. torchao 0.18 has no int4 layout that both
 ``mslk`` kernels and is serializable (its CPU layout, ``Int4OpaqueTensor``, is not in its safetensors
 allow-list), so int4 comes from compressed-tensors. Its levels are chosen by error-compensating rounding on
 calibration text (:func:`gptq_int4`, GPTQ: each Linear keeps its outputs on its real inputs; all-MiniLM-L6-v2
-at 25x with an int4 backbone: end-to-end cosine 0.944 rounded to nearest, 0.967 calibrated), the format
-and size unchanged. transformers loads such a checkpoint with the weights
-packed and unpacks them on the first forward; ``save_pretrained`` of a LightToken model packs them again.
+at 25x with an int4 backbone: end-to-end cosine 0.944 rounded to nearest, 0.968 calibrated,
+``benchmarks/results/whole_model_minilm.json`` and its previous run), the format and size unchanged.
+transformers loads such a checkpoint with the weights packed and unpacks them on the first forward;
+``save_pretrained`` of a LightToken model packs them again.
 
 Either way: every ``nn.Linear`` of the backbone (a Linear whose input width is not a multiple of the group
 size keeps its weights); the compressed token matrix (not a Linear), norms, biases and position embeddings
