@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--quantize-backbone", choices=BACKBONE_QUANTIZATIONS, default=None,
                       help="whole-model compression: also quantize the backbone's Linear weights (int8: torchao "
                       "weight-only, one scale per output channel; int4: compressed-tensors pack-quantized, one "
-                      "scale per 64 weights; the checkpoint then needs that library to load; default: keep them)")
+                      "scale per 64 weights, levels rounded by GPTQ on the calibration text; the checkpoint then "
+                      "needs that library to load; default: keep them)")
     comp.add_argument("--sentences", metavar="FILE",
                       help="text file, one sentence a line, for the end-to-end check "
                       "(default: 120 built-in sentences)")

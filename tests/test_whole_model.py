@@ -361,6 +361,9 @@ def test_gptq_int4_keeps_the_layer_outputs_better_than_nearest_rounding():
     gptq_error = _input_metric_error(weight, _dequantize(levels, scales), hessian)
     nearest_error = _input_metric_error(weight, nearest.reshape(weight.shape), hessian)
     assert gptq_error < 0.8 * nearest_error
+    levels, scales = gptq_int4(weight, hessian, group_size=32, scale_dtype=torch.float16)  # another grid
+    assert scales.shape == (48, 192 // 32) and torch.equal(scales, scales.half().float())
+    assert _input_metric_error(weight, _dequantize(levels, scales), hessian) < nearest_error
     with pytest.raises(ValueError, match="multiple of 64"):
         gptq_int4(weight[:, :100], hessian[:100, :100])
 

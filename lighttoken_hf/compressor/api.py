@@ -199,7 +199,7 @@ def compress(
         settings,
         tokenizer,
         token_frequencies,
-        list(calibration_texts) if calibration_texts is not None else None,  # read more than once
+        calibration_texts,
         sensitivity,
         evaluation_texts,
         progress,
@@ -277,6 +277,8 @@ def _compress_model(
         frequency_aware=False,
         has_padding_row=embedding.padding_idx is not None,
     )
+    if calibration_texts is not None:  # read by the metric and again by int4's rounding
+        calibration_texts = list(calibration_texts)
     needs_tokenizer = (
         settings.quantize_backbone == "int4"
         or (settings.frequency_aware and token_frequencies is None)

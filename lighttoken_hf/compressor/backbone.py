@@ -267,22 +267,30 @@ def input_hessians(
 
 
 def gptq_int4(
-    weight: torch.Tensor, hessian: torch.Tensor, *, act_order: bool = True
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    *,
+    act_order: bool = True,
+    group_size: int = INT4_GROUP_SIZE,
+    scale_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Round ``weight`` (out x in) to symmetric int4 in groups of :data:`INT4_GROUP_SIZE` columns so as to keep
+    """Round ``weight`` (out x in) to symmetric int4 in groups of ``group_size`` columns so as to keep
     its outputs on inputs with second moment ``hessian`` (in x in, :func:`input_hessians`): the columns are
     rounded one by one and each one's error is compensated on the columns not yet rounded (GPTQ, Frantar et al.
     2023). ``act_order``: the columns of the largest inputs first, each group's scale chosen beforehand from the
     group's weights as :func:`pack_int4` chooses it; otherwise in column order, each scale from the group's
     compensated weights when its first column comes.
 
+    ``group_size`` and ``scale_dtype`` (the scales are rounded to it before any weight is) give other grids
+    than the stored format's, for comparisons (``benchmarks/int4_backbone_probe.py``).
+
     Returns ``(levels (out x in, int8 in -8..7), scales (out x in / group, float32))``.
     """
     w = weight.detach().double().cpu().clone()
     rows, cols = w.shape
-    if cols % INT4_GROUP_SIZE or hessian.shape != (cols, cols):
+    if cols % group_size or hessian.shape != (cols, cols):
         raise ValueError(
-            f"gptq_int4 needs a width that is a multiple of {INT4_GROUP_SIZE} and a {cols} x {cols} Hessian; "
+            f"gptq_int4 needs a width that is a multiple of {group_size} and a {cols} x {cols} Hessian; "
             f"got weight {tuple(w.shape)} and Hessian {tuple(hessian.shape)}"
         )
     h = hessian.double().cpu().clone()
@@ -290,11 +298,11 @@ def gptq_int4(
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h.diagonal().add_(GPTQ_DAMPING * float(h.diagonal().mean()))
-    scales = torch.empty(rows, cols // INT4_GROUP_SIZE, dtype=torch.float64)
+    scales = torch.empty(rows, cols // group_size, dtype=torch.float64)
     order = torch.arange(cols)
     if act_order:
-        groups = w.reshape(rows, -1, INT4_GROUP_SIZE)
-        scales = _best_int4_scales(groups, groups.abs().amax(-1) / 7.5)
+        groups = w.reshape(rows, -1, group_size)
+        scales = _best_int4_scales(groups, groups.abs().amax(-1) / 7.5).to(scale_dtype).double()
         order = torch.argsort(h.diagonal(), descending=True, stable=True)
         w, h = w[:, order], h[order][:, order]
     inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
@@ -305,10 +313,11 @@ def gptq_int4(
         errors = torch.zeros_like(block)
         inv = inverse[start:end, start:end]
         for i in range(end - start):
-            group = int(order[start + i]) // INT4_GROUP_SIZE
-            if not act_order and (start + i) % INT4_GROUP_SIZE == 0:
-                weights = block[:, i : i + INT4_GROUP_SIZE].unsqueeze(1)
-                scales[:, group] = _best_int4_scales(weights, weights.abs().amax(-1) / 7.5).squeeze(1)
+            group = int(order[start + i]) // group_size
+            if not act_order and (start + i) % group_size == 0:
+                weights = block[:, i : i + group_size].unsqueeze(1)
+                best = _best_int4_scales(weights, weights.abs().amax(-1) / 7.5).squeeze(1)
+                scales[:, group] = best.to(scale_dtype).double()
             scale = scales[:, group].clamp_min(torch.finfo(torch.float32).tiny)
             q = (block[:, i] / scale).round().clamp(-8, 7)
             levels[:, order[start + i]] = q.to(torch.int8)
@@ -320,5 +329,5 @@ def gptq_int4(
 
 
 def _dequantize(levels: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """The weights ``levels * scale`` (each group of :data:`INT4_GROUP_SIZE` columns with its scale)."""
-    return levels.float() * scales.repeat_interleave(INT4_GROUP_SIZE, dim=1)
+    """The weights ``levels * scale`` (each group of columns with its scale: the groups are ``in / scales``)."""
+    return levels.float() * scales.float().repeat_interleave(levels.shape[1] // scales.shape[1], dim=1)

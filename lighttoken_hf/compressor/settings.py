@@ -134,7 +134,8 @@ class CompressionSettings:
         quantize_backbone: whole-model compression: ``"int8"`` quantizes the weights of every Linear layer of
             the backbone (torchao weight-only int8, one scale per output channel, through transformers'
             ``TorchAoConfig``), ``"int4"`` to int4 in groups of 64 with a scale each
-            (compressed-tensors' pack-quantized format); the checkpoint then needs that library to load
+            (compressed-tensors' pack-quantized format; the levels rounded by GPTQ on the calibration texts
+            when a tokenizer is known); the checkpoint then needs that library to load
             (:data:`BACKBONE_LIBRARIES`). ``None`` (default) keeps them.
         schedule: training schedule of each hashing stage.
         device: where the heavy steps run: ``"auto"`` (default: a CUDA GPU when torch sees one, else

@@ -1,0 +1,113 @@
+"""How much an int4 backbone costs a decoder LM, by rounding rule, grid and calibration text (the token matrix
+untouched): each variant rounds every Linear weight of the original model but the output layer to int4 and
+scores it against the original on held-out paragraphs (the last ``--texts`` unique SQuAD train contexts).
+
+    python benchmarks/int4_backbone_probe.py --model gemma3 --texts 30
+
+Variants: nearest level with the searched scale per group of 64 (``pack_int4`` without calibration); GPTQ on the
+default calibration text (wordfreq pseudo-sentences) in column order and with act_order (the default); GPTQ on
+text the model wrote itself (32 nucleus samples of 96 tokens); GPTQ with groups of 32 and fp16 scales (the
+same 4.5 bits per weight as groups of 64 with fp32 scales; not a format ``quantize_backbone`` writes today).
+Writes ``benchmarks/results/int4_backbone_<model>.json`` after every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_io import REPO_ROOT, git_info, machine_info, write_json  # noqa: E402
+from lm_cli_benchmark import gguf_model_file, held_out_texts  # noqa: E402
+
+
+def self_written_texts(model: Any, tokenizer: Any, count: int = 32, tokens: int = 96, seed: int = 0) -> list[str]:
+    """``count`` nucleus samples (top-p 0.95) of ``tokens`` new tokens each, started from the BOS token."""
+    import torch
+
+    torch.manual_seed(seed)
+    start = torch.full((count, 1), tokenizer.bos_token_id)
+    out = model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, top_p=0.95,
+                         max_new_tokens=tokens, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    return tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="gemma3", help="gemma3, smollm2 or a .gguf file")
+    parser.add_argument("--texts", type=int, default=30)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from lighttoken_hf.compressor import backbone
+    from lighttoken_hf.compressor.lm_metrics import lm_fidelity
+    from lighttoken_hf.gguf import load_gguf
+
+    texts = held_out_texts(args.data_dir, args.texts)
+    gguf_file = gguf_model_file(args.model)
+    model, tokenizer = load_gguf(gguf_file)
+    model.eval()
+    output = args.output or REPO_ROOT / "benchmarks" / "results" / f"int4_backbone_{Path(args.model).stem}.json"
+    head = model.get_output_embeddings()
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    reference: list = []
+    held = lm_fidelity(model, model, tokenizer, texts, max_length=args.max_length, batch_size=1,
+                       reference=reference, prompt=None)  # fmt: skip
+    payload: dict[str, Any] = {
+        "benchmark": "int4_backbone_probe",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "git": git_info(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "model": {"name": args.model, "file": gguf_file.name, "quantized_linears": len(linears)},
+        "texts": {"source": "SQuAD v1.1 train contexts (last unique ones)", "count": len(texts)},
+        "perplexity_original": held["perplexity_original"],
+        "rows": [],
+    }
+    default_calibration = backbone.calibration_batches(tokenizer)
+
+    def variant(label: str, calibration: list | None, **options: Any) -> None:
+        start = time.perf_counter()
+        candidate = copy.deepcopy(model)
+        hessians = backbone.input_hessians(model, calibration) if calibration is not None else None
+        with torch.no_grad():
+            for name in linears:
+                weight = candidate.get_submodule(name).weight
+                if hessians is None:
+                    groups = weight.float().reshape(weight.shape[0], -1, backbone.INT4_GROUP_SIZE)
+                    scale = backbone._best_int4_scales(groups, groups.abs().amax(-1) / 7.5).unsqueeze(-1)
+                    weight.copy_(((groups / scale).round().clamp(-8, 7) * scale).reshape(weight.shape))
+                else:
+                    weight.copy_(backbone._dequantize(*backbone.gptq_int4(weight, hessians[name], **options)))
+        result = lm_fidelity(model, candidate, tokenizer, texts, max_length=args.max_length, batch_size=1,
+                             reference=reference, prompt=None)  # fmt: skip
+        row = {"variant": label, "options": {k: str(v) for k, v in options.items()},
+               "perplexity": result["perplexity_compressed"], "perplexity_increase": result["perplexity_increase"],
+               "next_token_kl": result["next_token_kl"], "top1_agreement": result["top1_agreement"],
+               "seconds": time.perf_counter() - start}  # fmt: skip
+        payload["rows"].append(row)
+        write_json(output, payload)
+        print(f"{label:<60} {row['perplexity']:8.2f} {row['perplexity_increase']:+.1%} KL {row['next_token_kl']:.3f}",
+              flush=True)  # fmt: skip
+
+    variant("nearest level, searched scale per group of 64", None)
+    variant("GPTQ, pseudo-sentences, column order", default_calibration, act_order=False)
+    variant("GPTQ, pseudo-sentences, act_order (default)", default_calibration, act_order=True)
+    self_written = backbone.calibration_batches(tokenizer, self_written_texts(model, tokenizer))
+    variant("GPTQ, self-written text, act_order", self_written, act_order=True)
+    variant("GPTQ, pseudo-sentences, column order, groups of 32, fp16 scales", default_calibration,
+            act_order=False, group_size=32, scale_dtype=torch.float16)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
