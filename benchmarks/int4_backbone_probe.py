@@ -4,11 +4,13 @@ scores it against the original on held-out paragraphs (the last ``--texts`` uniq
 
     python benchmarks/int4_backbone_probe.py --model gemma3 --texts 30
 
-Variants: nearest level with the searched scale per group of 64 (``pack_int4`` without calibration); GPTQ on the
-default calibration text (wordfreq pseudo-sentences) in column order and with act_order (the default); GPTQ on
-text the model wrote itself (32 nucleus samples of 96 tokens); GPTQ with groups of 32 and fp16 scales (the
-same 4.5 bits per weight as groups of 64 with fp32 scales; not a format ``quantize_backbone`` writes today).
-Writes ``benchmarks/results/int4_backbone_<model>.json`` after every variant.
+Variants (eight), each at 4.5 bits per weight: two grids (groups of 64 with fp32 scales, the format until 2026-12-07;
+groups of 32 with fp16 scales, today's), nearest level with the searched scale per group (``pack_int4``
+without calibration) or GPTQ in column order or act_order (the default), calibrated on the library's default
+text (wordfreq pseudo-sentences), on text the model wrote itself (32 nucleus samples of 96 tokens), or on
+``--calibration-texts`` real paragraphs (the first unique SQuAD train contexts, never the held-out ones, as
+``compress(..., calibration_texts=...)`` takes them). Writes ``benchmarks/results/int4_backbone_<model>.json``
+after every variant.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_io import REPO_ROOT, git_info, machine_info, write_json  # noqa: E402
-from lm_cli_benchmark import gguf_model_file, held_out_texts  # noqa: E402
+from lm_cli_benchmark import gguf_model_file, held_out_texts, squad_contexts  # noqa: E402
 
 
 def self_written_texts(model: Any, tokenizer: Any, count: int = 32, tokens: int = 96, seed: int = 0) -> list[str]:
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="gemma3", help="gemma3, smollm2 or a .gguf file")
     parser.add_argument("--texts", type=int, default=30)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--calibration-texts", type=int, default=128, metavar="N")
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -74,17 +77,24 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [],
     }
     default_calibration = backbone.calibration_batches(tokenizer)
+    real_texts = squad_contexts(args.data_dir, args.calibration_texts)[: args.calibration_texts]
+    if set(real_texts) & set(texts):
+        raise SystemExit("--calibration-texts overlaps the held-out texts: lower it or --texts")
+    payload["calibration_texts"] = {"source": "SQuAD v1.1 train contexts (first unique ones)", "count": len(real_texts)}
+    old_grid = {"group_size": 64, "scale_dtype": torch.float32}
 
     def variant(label: str, calibration: list | None, **options: Any) -> None:
         start = time.perf_counter()
         candidate = copy.deepcopy(model)
         hessians = backbone.input_hessians(model, calibration) if calibration is not None else None
+        group = options.get("group_size", backbone.INT4_GROUP_SIZE)
+        dtype = options.get("scale_dtype", backbone.INT4_SCALE_DTYPE)
         with torch.no_grad():
             for name in linears:
                 weight = candidate.get_submodule(name).weight
                 if hessians is None:
-                    groups = weight.float().reshape(weight.shape[0], -1, backbone.INT4_GROUP_SIZE)
-                    scale = backbone._best_int4_scales(groups, groups.abs().amax(-1) / 7.5).unsqueeze(-1)
+                    groups = weight.float().reshape(weight.shape[0], -1, group)
+                    scale = backbone._best_int4_scales(groups, groups.abs().amax(-1) / 7.5, dtype).unsqueeze(-1)
                     weight.copy_(((groups / scale).round().clamp(-8, 7) * scale).reshape(weight.shape))
                 else:
                     weight.copy_(backbone._dequantize(*backbone.gptq_int4(weight, hessians[name], **options)))
@@ -96,16 +106,20 @@ def main(argv: list[str] | None = None) -> int:
                "seconds": time.perf_counter() - start}  # fmt: skip
         payload["rows"].append(row)
         write_json(output, payload)
-        print(f"{label:<60} {row['perplexity']:8.2f} {row['perplexity_increase']:+.1%} KL {row['next_token_kl']:.3f}",
+        print(f"{label:<70} {row['perplexity']:8.2f} {row['perplexity_increase']:+.1%} KL {row['next_token_kl']:.3f}",
               flush=True)  # fmt: skip
 
-    variant("nearest level, searched scale per group of 64", None)
-    variant("GPTQ, pseudo-sentences, column order", default_calibration, act_order=False)
-    variant("GPTQ, pseudo-sentences, act_order (default)", default_calibration, act_order=True)
+    variant("groups of 64, fp32 scales: nearest level", None, **old_grid)
+    variant("groups of 64, fp32 scales: GPTQ, pseudo-sentences, column order", default_calibration, act_order=False,
+            **old_grid)  # fmt: skip
     self_written = backbone.calibration_batches(tokenizer, self_written_texts(model, tokenizer))
-    variant("GPTQ, self-written text, act_order", self_written, act_order=True)
-    variant("GPTQ, pseudo-sentences, column order, groups of 32, fp16 scales", default_calibration,
-            act_order=False, group_size=32, scale_dtype=torch.float16)  # fmt: skip
+    variant("groups of 64, fp32 scales: GPTQ, self-written text, act_order", self_written, **old_grid)
+    real = backbone.calibration_batches(tokenizer, real_texts)
+    variant("groups of 64, fp32 scales: GPTQ, real paragraphs, column order", real, act_order=False, **old_grid)
+    variant("groups of 32, fp16 scales: GPTQ, pseudo-sentences, column order", default_calibration, act_order=False)
+    variant("groups of 32, fp16 scales: GPTQ, pseudo-sentences, act_order (default)", default_calibration)
+    variant("groups of 32, fp16 scales: GPTQ, real paragraphs, column order", real, act_order=False)
+    variant("groups of 32, fp16 scales: GPTQ, real paragraphs, act_order (default)", real)
     return 0
 
 

@@ -5,8 +5,8 @@ quantization of everything (embeddings included).
     python benchmarks/whole_model_benchmark.py [--ratios 25 100] [--sentences 1000] [--sts-limit 1000]
 
 Rows: the original (fp32); torchao int8 weight-only on every Linear and on the word embedding (one scale per
-row); compressed-tensors int4 (groups of 64, as ``quantize_backbone="int4"``, the Linear layers rounded against
-their inputs on the same calibration text) on every Linear and on the word embedding; LightToken at each
+row); compressed-tensors int4 (groups of 32, fp16 scales, as ``quantize_backbone="int4"``, the Linear layers
+rounded against their inputs on the same calibration text) on every Linear and on the word embedding; LightToken at each
 ``--ratios`` with an fp32, an int8 and an int4 backbone (library defaults
 otherwise). Each row: every stored byte of the model (``model_parts_nbytes``: what the state dict holds, packed
 int4 and int8 data with their scales), its ratio to fp32 and bf16, the share of each part, the end-to-end cosine

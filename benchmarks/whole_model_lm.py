@@ -10,7 +10,10 @@ matrix once (library defaults) and scores it with each of ``--backbones`` (``non
 stored byte (``model_parts_nbytes``: what the state dict holds, packed int4/int8 data with their scales), its
 ratio to the float32 and bf16 model, the share of each part, the compression time, and perplexity, next-token
 KL and top-1 agreement against the original on held-out paragraphs (the last ``--texts`` unique SQuAD v1.1
-train contexts, as ``lm_benchmark.py``; no default was chosen on them). The compressed token matrix is decoded
+train contexts, as ``lm_benchmark.py``; no default was chosen on them). ``--calibration-texts N`` passes the
+first N unique contexts (never the held-out ones) as ``calibration_texts``, as ``lighttoken compress
+--calibration-texts FILE`` does: the calibration text of the token matrix's metric and of int4's rounding
+(default 0: the library's wordfreq pseudo-sentences). The compressed token matrix is decoded
 once for scoring (``materialize()``): the numbers are the stored model's, the speed is not measured here.
 Writes ``benchmarks/results/whole_model_<model>.{json,png}`` (the JSON after every row).
 """
@@ -27,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_io import REPO_ROOT, git_info, machine_info, pareto_front, write_json  # noqa: E402
-from lm_cli_benchmark import gguf_model_file, held_out_texts  # noqa: E402
+from lm_cli_benchmark import gguf_model_file, held_out_texts, squad_contexts  # noqa: E402
 
 
 def materialized(model: Any) -> Any:
@@ -77,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--calibration-texts", type=int, default=0, metavar="N",
+                        help="calibrate on the first N unique SQuAD contexts (default 0: the library default)")
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--replot", action="store_true", help="only redraw the plot of an existing JSON")
@@ -110,7 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [],
     }
     reference: list = []
-    calibration = calibration_batches(tokenizer)  # int4's rounding: as compress(..., quantize_backbone="int4")
+    calibration_texts = squad_contexts(args.data_dir, args.calibration_texts)[: args.calibration_texts] or None
+    if calibration_texts is not None and set(calibration_texts) & set(texts):
+        raise SystemExit("--calibration-texts overlaps the held-out texts: lower it or --texts")
+    payload["calibration"] = (
+        {"source": "SQuAD v1.1 train contexts (first unique ones)", "count": len(calibration_texts)}
+        if calibration_texts
+        else {"source": "wordfreq pseudo-sentences (library default)"}
+    )
+    # int4's rounding: as compress(..., calibration_texts=..., quantize_backbone="int4")
+    calibration = calibration_batches(tokenizer, calibration_texts)
 
     def add(method: str, nbytes: int, **extra: Any) -> None:
         row = {"method": method, "nbytes": nbytes, "ratio_vs_fp32": fp32 / nbytes, "ratio_vs_bf16": fp32 / 2 / nbytes,
@@ -140,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     add(f"GGUF {gguf_file.name} (the file the original is read from)", gguf_file.stat().st_size, **original)
     for ratio in args.ratios:
         start = time.perf_counter()
-        compressed = lt.compress(model, ratio=ratio, tokenizer=tokenizer, progress=False)
+        compressed = lt.compress(model, ratio=ratio, tokenizer=tokenizer, calibration_texts=calibration_texts,
+                                 progress=False)  # fmt: skip
         seconds = time.perf_counter() - start
         for backbone in args.backbones:
             start = time.perf_counter()

@@ -143,8 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--quantize-backbone", choices=BACKBONE_QUANTIZATIONS, default=None,
                       help="whole-model compression: also quantize the backbone's Linear weights (int8: torchao "
                       "weight-only, one scale per output channel; int4: compressed-tensors pack-quantized, one "
-                      "scale per 64 weights, levels rounded by GPTQ on the calibration text; the checkpoint then "
+                      "fp16 scale per 32 weights, levels rounded by GPTQ on the calibration text; the checkpoint then "
                       "needs that library to load; default: keep them)")
+    comp.add_argument("--calibration-texts", metavar="FILE",
+                      help="text file, one text a line, of the kind the model will see: the calibration text of the "
+                      "token matrix's sensitivity metric and of int4's rounding (default: wordfreq "
+                      "pseudo-sentences; real text costs an int4 backbone less)")
     comp.add_argument("--sentences", metavar="FILE",
                       help="text file, one sentence a line, for the end-to-end check "
                       "(default: 120 built-in sentences)")
@@ -213,15 +217,16 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _read_sentences(path: str) -> list[str]:
+def _read_lines(path: str, option: str) -> list[str]:
+    """The non-empty lines of the UTF-8 text file ``path`` given as ``option``."""
     try:
         lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise _UsageError(f"cannot read --sentences {path}: {err}") from None
-    sentences = [line.strip() for line in lines if line.strip()]
-    if not sentences:
-        raise _UsageError(f"--sentences {path} holds no non-empty lines")
-    return sentences
+        raise _UsageError(f"cannot read {option} {path}: {err}") from None
+    texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise _UsageError(f"{option} {path} holds no non-empty lines")
+    return texts
 
 
 def _looks_like_path(name: str) -> bool:
@@ -375,8 +380,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model_dir: Path | None) -> int:
     st_source = _sentence_transformers_source(model_id, model_dir)
+    calibration = _read_lines(args.calibration_texts, "--calibration-texts") if args.calibration_texts else None
     if args.sentences is not None:
-        sentences = _read_sentences(args.sentences)
+        sentences = _read_lines(args.sentences, "--sentences")
     else:
         from .fidelity import builtin_sentences
 
@@ -427,7 +433,8 @@ def _compress_and_save(args: argparse.Namespace, out: Path, model_id: str, model
             ) from None
         _log(f"Compressing, then comparing with the original on {len(sentences)} texts")
         compressed = compress(
-            model, settings, tokenizer=tokenizer, evaluation_texts=sentences, progress=args.progress
+            model, settings, tokenizer=tokenizer, calibration_texts=calibration, evaluation_texts=sentences,
+            progress=args.progress,
         )
         if args.base_model is not None:
             record_base_model(compressed.config.backbone, model_id, args.base_model)

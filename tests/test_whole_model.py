@@ -12,6 +12,7 @@ import textwrap
 import pytest
 import torch
 from conftest import FAST_SCHEDULE
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tiny_models import tiny_bert_config
 
@@ -93,8 +94,8 @@ def test_int4_backbone_packs_every_linear_weight_and_counts_every_byte(pair, int
         assert torch.equal(stored[name], plain_stored[name])
     report = int4.compression_report
     weights = sum(m.in_features * m.out_features for m in linears)
-    # half a byte per weight, a float32 scale per group, each weight's shape (2 int64)
-    assert report.model_parts_after["backbone"] == weights // 2 + 4 * weights // INT4_GROUP_SIZE + 16 * len(linears)
+    # half a byte per weight, an fp16 scale per group, each weight's shape (2 int64)
+    assert report.model_parts_after["backbone"] == weights // 2 + 2 * weights // INT4_GROUP_SIZE + 16 * len(linears)
     assert sum(report.model_parts_after.values()) == report.model_nbytes_after == model_nbytes(fresh)
     assert _file_tensor_bytes(tmp_path / "packed") == report.model_nbytes_after
     ids = torch.randint(0, 3000, (3, 9), generator=torch.Generator().manual_seed(1))
@@ -228,16 +229,24 @@ def test_cli_quantize_backbone_int4_and_its_card(pair, tiny_tokenizer, tmp_path)
 
     from lighttoken_hf.cli import main
 
-    pair[0].save_pretrained(tmp_path / "bert")  # 64 wide: int4 groups of 64 fit
+    pair[0].save_pretrained(tmp_path / "bert")  # 64 wide: int4 groups of 32 fit
     tiny_tokenizer.save_pretrained(tmp_path / "bert")
     out = tmp_path / "out"
     args = ["compress", str(tmp_path / "bert"), "--out", str(out), "--ratio", "4", "--epochs", "1", "--no-progress"]
-    assert main([*args, "--quantize-backbone", "int4"]) == 0
+    texts = tmp_path / "calibration.txt"
+    texts.write_text("the cat sat on the mat\n\na dog ran in the park\nhello world\n", encoding="utf-8")
+    assert main([*args, "--quantize-backbone", "int4", "--calibration-texts", str(texts)]) == 0
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
     assert config["quantization_config"]["quantization_status"] == "compressed"
+    weights = config["quantization_config"]["config_groups"]["group_0"]["weights"]
+    assert weights["group_size"] == 32 and weights["scale_dtype"] == "torch.float16"
+    with safe_open(out / "model.safetensors", "pt") as f:
+        scales = [f.get_slice(k).get_dtype() for k in f.keys() if k.endswith("weight_scale")]  # noqa: SIM118
+    assert scales and set(scales) == {"F16"}  # as the config says, though the layers hold them in fp32
     report = json.loads((out / "lighttoken_report.json").read_text(encoding="utf-8"))
     assert _file_tensor_bytes(out) == report["model_nbytes_after"]
+    assert report["sensitivity"]["calibration"] == "given texts" and report["sensitivity"]["calibration_texts"] == 3
     assert "pip install compressed-tensors" in (out / "README.md").read_text(encoding="utf-8")
 
 
@@ -314,9 +323,14 @@ def test_a_tied_causal_lm_keeps_its_compressed_head_and_generates(tmp_path):
         assert torch.equal(reloaded(ids).logits, model(ids).logits)
 
 
-def test_int4_on_a_backbone_too_narrow_for_its_groups_is_a_clear_error(tiny_bert):
-    with pytest.raises(ValueError, match="multiple of 64.*int8"):  # 32 wide: no Linear could be quantized
-        lt.compress(tiny_bert, 4, quantize_backbone="int4", progress=False, schedule=FAST_SCHEDULE)
+def test_int4_on_a_backbone_too_narrow_for_its_groups_is_a_clear_error():
+    from transformers import BertModel
+
+    from lighttoken_hf.compressor.backbone import INT4_GROUP_SIZE
+
+    narrow = BertModel(tiny_bert_config(hidden_size=16, intermediate_size=24)).eval()  # no Linear input fits a group
+    with pytest.raises(ValueError, match=f"multiple of {INT4_GROUP_SIZE}.*int8"):
+        lt.compress(narrow, 4, quantize_backbone="int4", progress=False, schedule=FAST_SCHEDULE)
 
 
 def test_int4_scales_are_the_least_squares_choice_among_the_shrunk_absmax_scales():
@@ -344,7 +358,13 @@ def _input_metric_error(weight: torch.Tensor, approx: torch.Tensor, hessian: tor
 
 
 def test_gptq_int4_keeps_the_layer_outputs_better_than_nearest_rounding():
-    from lighttoken_hf.compressor.backbone import INT4_GROUP_SIZE, _best_int4_scales, _dequantize, gptq_int4
+    from lighttoken_hf.compressor.backbone import (
+        INT4_GROUP_SIZE,
+        INT4_SCALE_DTYPE,
+        _best_int4_scales,
+        _dequantize,
+        gptq_int4,
+    )
 
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(48, 192, generator=gen)
@@ -355,16 +375,17 @@ def test_gptq_int4_keeps_the_layer_outputs_better_than_nearest_rounding():
     levels, scales = gptq_int4(weight, hessian)
     assert levels.dtype == torch.int8 and levels.shape == weight.shape and levels.min() >= -8 and levels.max() <= 7
     assert scales.shape == (48, 192 // INT4_GROUP_SIZE) and (scales > 0).all()
+    assert torch.equal(scales, scales.to(INT4_SCALE_DTYPE).float())  # exact in the stored dtype
     groups = weight.reshape(48, -1, INT4_GROUP_SIZE)
-    nearest_scales = _best_int4_scales(groups, groups.abs().amax(-1) / 7.5)
+    nearest_scales = _best_int4_scales(groups, groups.abs().amax(-1) / 7.5, INT4_SCALE_DTYPE)
     nearest = (groups / nearest_scales.unsqueeze(-1)).round().clamp(-8, 7) * nearest_scales.unsqueeze(-1)
     gptq_error = _input_metric_error(weight, _dequantize(levels, scales), hessian)
     nearest_error = _input_metric_error(weight, nearest.reshape(weight.shape), hessian)
     assert gptq_error < 0.8 * nearest_error
-    levels, scales = gptq_int4(weight, hessian, group_size=32, scale_dtype=torch.float16)  # another grid
-    assert scales.shape == (48, 192 // 32) and torch.equal(scales, scales.half().float())
+    levels, scales = gptq_int4(weight, hessian, group_size=64, scale_dtype=torch.float32)  # another grid
+    assert scales.shape == (48, 192 // 64)
     assert _input_metric_error(weight, _dequantize(levels, scales), hessian) < nearest_error
-    with pytest.raises(ValueError, match="multiple of 64"):
+    with pytest.raises(ValueError, match=f"multiple of {INT4_GROUP_SIZE}"):
         gptq_int4(weight[:, :100], hessian[:100, :100])
 
 

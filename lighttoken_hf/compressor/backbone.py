@@ -7,7 +7,7 @@ tensors and restores them on load. Quantizing a live model with ``torchao.quanti
 subclasses ``save_pretrained`` cannot write.
 
 ``"int4"``: compressed-tensors' ``pack-quantized`` format (symmetric int4 in groups of
-:data:`INT4_GROUP_SIZE` input columns, one scale per group in the weights' dtype; eight values per int32),
+:data:`INT4_GROUP_SIZE` input columns, one :data:`INT4_SCALE_DTYPE` scale per group; eight values per int32),
 the format vLLM and transformers load. torchao 0.18 has no int4 layout that both runs on a CPU without its
 ``mslk`` kernels and is serializable (its CPU layout, ``Int4OpaqueTensor``, is not in its safetensors
 allow-list), so int4 comes from compressed-tensors. Its levels are chosen by error-compensating rounding on
@@ -39,6 +39,7 @@ from .settings import BACKBONE_LIBRARIES, BACKBONE_QUANTIZATIONS
 
 __all__ = [
     "INT4_GROUP_SIZE",
+    "INT4_SCALE_DTYPE",
     "calibration_batches",
     "check_backbone",
     "gptq_int4",
@@ -47,9 +48,13 @@ __all__ = [
     "quantize_backbone",
 ]
 
-#: Input columns sharing one int4 scale: an fp32 scale (compressed-tensors keeps the weight dtype) per 64
-#: weights adds half a bit, 4.5 bits per weight in all (llama.cpp Q4_0: an fp16 scale per 32).
-INT4_GROUP_SIZE = 64
+#: Input columns sharing one int4 scale, and the scales' stored dtype: an fp16 scale per 32 weights adds half a
+#: bit, 4.5 bits per weight in all, as llama.cpp's Q4_0 (the same bytes as fp32 scales per 64, a finer grid:
+#: ``docs/method.md`` section 8). The quantization config records the dtype; in memory compressed-tensors keeps
+#: the scales in the weights' dtype (their values exact in fp16), and a LightToken model's ``save_pretrained``
+#: writes them in fp16 (``scales_as_stored``).
+INT4_GROUP_SIZE = 32
+INT4_SCALE_DTYPE = torch.float16
 
 
 def check_backbone(model: torch.nn.Module, kind: str) -> None:
@@ -148,7 +153,8 @@ def pack_int4(
     )
     from compressed_tensors.quantization.utils import calculate_qparams
 
-    args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=INT4_GROUP_SIZE)
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=INT4_GROUP_SIZE,
+                            scale_dtype=INT4_SCALE_DTYPE)  # fmt: skip
     keep = _check_int4_widths(model, targets)
     config = QuantizationConfig(
         config_groups={"group_0": QuantizationScheme(targets=list(targets), weights=args)},
@@ -169,7 +175,7 @@ def pack_int4(
                 weight = module.weight.detach().float()
                 groups = weight.reshape(weight.shape[0], -1, INT4_GROUP_SIZE)
                 scale, zero = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
-                scale = _best_int4_scales(groups, scale.reshape(groups.shape[:2]))
+                scale = _best_int4_scales(groups, scale.reshape(groups.shape[:2]), INT4_SCALE_DTYPE)
                 module.weight_scale.copy_(scale.reshape(module.weight_scale.shape))
                 if hasattr(module, "weight_zero_point"):
                     module.weight_zero_point.copy_(zero.reshape(module.weight_zero_point.shape))
@@ -182,15 +188,18 @@ def pack_int4(
 INT4_SCALE_SHRINKS = tuple(1.0 - 0.025 * i for i in range(13))
 
 
-def _best_int4_scales(groups: torch.Tensor, absmax_scale: torch.Tensor) -> torch.Tensor:
+def _best_int4_scales(
+    groups: torch.Tensor, absmax_scale: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Per group (``groups``: rows x groups x size), the scale among :data:`INT4_SCALE_SHRINKS` times
-    ``absmax_scale`` whose int4 rounding (-8..7) reconstructs the group with the least squared error."""
-    best_scale, best_error = absmax_scale.clone(), None
+    ``absmax_scale``, each rounded to ``dtype`` (as it will be stored), whose int4 rounding (-8..7)
+    reconstructs the group with the least squared error. Returned in float32, its values exact in ``dtype``."""
+    best_scale, best_error = None, None
     for shrink in INT4_SCALE_SHRINKS:
-        scale = (absmax_scale * shrink).clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
+        scale = (absmax_scale * shrink).clamp_min(torch.finfo(dtype).tiny).to(dtype).float().unsqueeze(-1)
         error = ((groups / scale).round().clamp(-8, 7) * scale - groups).square().sum(-1)
         if best_error is None:
-            best_error = error
+            best_error, best_scale = error, scale.squeeze(-1)
             continue
         better = error < best_error
         best_error = torch.where(better, error, best_error)
@@ -199,8 +208,8 @@ def _best_int4_scales(groups: torch.Tensor, absmax_scale: torch.Tensor) -> torch
 
 
 #: Calibration texts per batch, and tokens per text, of :func:`calibration_batches`.
-CALIBRATION_BATCH = 16
-CALIBRATION_MAX_LENGTH = 128
+CALIBRATION_BATCH = 8
+CALIBRATION_MAX_LENGTH = 256
 #: Added to a Hessian's diagonal before it is inverted, as a share of its mean diagonal (GPTQ's damping).
 GPTQ_DAMPING = 0.01
 #: Columns :func:`gptq_int4` rounds before it updates the rest of the matrix at once (a multiple of the group size).
@@ -239,8 +248,8 @@ def input_hessians(
             x = inputs[0].detach()
             if mask[0] is not None and x.shape[:-1] == mask[0].shape:
                 x = x[mask[0]]
-            x = x.reshape(-1, x.shape[-1]).double().cpu()
-            sums[name] = sums.get(name, 0) + x.T @ x
+            x = x.reshape(-1, x.shape[-1]).float()
+            sums[name] = sums.get(name, 0) + (x.T @ x).double().cpu()  # one batch in float32, the sum in float64
             counts[name] = counts.get(name, 0) + x.shape[0]
 
         return record
@@ -272,7 +281,7 @@ def gptq_int4(
     *,
     act_order: bool = True,
     group_size: int = INT4_GROUP_SIZE,
-    scale_dtype: torch.dtype = torch.float32,
+    scale_dtype: torch.dtype = INT4_SCALE_DTYPE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Round ``weight`` (out x in) to symmetric int4 in groups of ``group_size`` columns so as to keep
     its outputs on inputs with second moment ``hessian`` (in x in, :func:`input_hessians`): the columns are
@@ -302,7 +311,7 @@ def gptq_int4(
     order = torch.arange(cols)
     if act_order:
         groups = w.reshape(rows, -1, group_size)
-        scales = _best_int4_scales(groups, groups.abs().amax(-1) / 7.5).to(scale_dtype).double()
+        scales = _best_int4_scales(groups, groups.abs().amax(-1) / 7.5, scale_dtype).double()
         order = torch.argsort(h.diagonal(), descending=True, stable=True)
         w, h = w[:, order], h[order][:, order]
     inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
@@ -316,9 +325,9 @@ def gptq_int4(
             group = int(order[start + i]) // group_size
             if not act_order and (start + i) % group_size == 0:
                 weights = block[:, i : i + group_size].unsqueeze(1)
-                best = _best_int4_scales(weights, weights.abs().amax(-1) / 7.5).squeeze(1)
-                scales[:, group] = best.to(scale_dtype).double()
-            scale = scales[:, group].clamp_min(torch.finfo(torch.float32).tiny)
+                best = _best_int4_scales(weights, weights.abs().amax(-1) / 7.5, scale_dtype).squeeze(1)
+                scales[:, group] = best.double()
+            scale = scales[:, group]
             q = (block[:, i] / scale).round().clamp(-8, 7)
             levels[:, order[start + i]] = q.to(torch.int8)
             error = (block[:, i] - q * scale) / inv[i, i]

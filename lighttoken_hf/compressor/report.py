@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.modeling_lighttoken import scales_as_stored
+
 __all__ = [
     "END_TO_END_LABELS",
     "FIDELITY_LABELS",
@@ -103,20 +105,22 @@ def model_parts_nbytes(model: torch.nn.Module) -> dict[str, int]:
             token_modules.update(id(m) for m in module.modules())
     parts = {"token_matrix": 0, "backbone": 0, "rest": 0}
     seen: set[int] = set()
-    for full_name, tensor in model.state_dict(keep_vars=True).items():
-        # an empty tensor stores nothing, and may point into another's storage (one loaded from a file does)
-        if tensor is None or tensor.numel() == 0 or _storage_key(tensor) in seen:
-            continue
-        seen.add(_storage_key(tensor))
-        owner, _, name = full_name.rpartition(".")
-        module = model.get_submodule(owner)
-        if (id(module) in token_modules and not (module is output and name == "bias")) or name == "logit_bias":
-            part = "token_matrix"
-        elif isinstance(module, torch.nn.Linear) and name.startswith("weight"):
-            part = "backbone"  # with a quantized weight's parts (int4 packing: weight_packed, _scale, _shape)
-        else:
-            part = "rest"
-        parts[part] += tensor_nbytes(tensor)
+    with scales_as_stored(model):  # the scales' bytes as the checkpoint stores them
+        state = model.state_dict(keep_vars=True)
+        for full_name, tensor in state.items():
+            # an empty tensor stores nothing, and may point into another's storage (one loaded from a file does)
+            if tensor is None or tensor.numel() == 0 or _storage_key(tensor) in seen:
+                continue
+            seen.add(_storage_key(tensor))
+            owner, _, name = full_name.rpartition(".")
+            module = model.get_submodule(owner)
+            if (id(module) in token_modules and not (module is output and name == "bias")) or name == "logit_bias":
+                part = "token_matrix"
+            elif isinstance(module, torch.nn.Linear) and name.startswith("weight"):
+                part = "backbone"  # with a quantized weight's parts (int4 packing: weight_packed, _scale, _shape)
+            else:
+                part = "rest"
+            parts[part] += tensor_nbytes(tensor)
     return parts
 
 

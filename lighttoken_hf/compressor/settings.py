@@ -133,7 +133,7 @@ class CompressionSettings:
             compressed matrix.
         quantize_backbone: whole-model compression: ``"int8"`` quantizes the weights of every Linear layer of
             the backbone (torchao weight-only int8, one scale per output channel, through transformers'
-            ``TorchAoConfig``), ``"int4"`` to int4 in groups of 64 with a scale each
+            ``TorchAoConfig``), ``"int4"`` to int4 in groups of 32 with an fp16 scale each
             (compressed-tensors' pack-quantized format; the levels rounded by GPTQ on the calibration texts
             when a tokenizer is known); the checkpoint then needs that library to load
             (:data:`BACKBONE_LIBRARIES`). ``None`` (default) keeps them.

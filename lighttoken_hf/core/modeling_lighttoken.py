@@ -13,12 +13,14 @@ logits from the compressed factors; an untied (separate) output layer is kept de
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
 import shutil
 import tempfile
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -362,6 +364,26 @@ def _move_into_place(staging: str, target: str) -> None:
         os.replace(os.path.join(staging, new), os.path.join(target, new))
 
 
+@contextlib.contextmanager
+def scales_as_stored(model: nn.Module) -> Iterator[None]:
+    """Within the block, each quantized layer's ``weight_scale`` is in the dtype its quantization scheme
+    names (``scale_dtype``, e.g. fp16 for lighttoken_hf's int4), as the checkpoint stores it; afterwards in the
+    dtype it had. compressed-tensors makes the scales in the weights' dtype when it loads or packs a layer,
+    and unpacks into the scales' dtype, so the model runs with them as they were."""
+    cast: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for module in model.modules():
+        scale = getattr(module, "weight_scale", None)
+        dtype = getattr(getattr(getattr(module, "quantization_scheme", None), "weights", None), "scale_dtype", None)
+        if isinstance(scale, torch.Tensor) and isinstance(dtype, torch.dtype) and scale.dtype != dtype:
+            cast.append((scale, scale.data))
+            scale.data = scale.data.to(dtype)
+    try:
+        yield
+    finally:
+        for scale, data in cast:
+            scale.data = data
+
+
 def _run_backbone(self: LightTokenPreTrainedModel, *args: Any, **kwargs: Any) -> Any:
     return self._call_backbone(*args, **kwargs)
 
@@ -615,7 +637,8 @@ class LightTokenPreTrainedModel(PreTrainedModel):
             kwargs.setdefault("repo_id", name)
         staging = tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent)
         try:
-            result = super().save_pretrained(staging, *args, **kwargs)
+            with scales_as_stored(self):
+                result = super().save_pretrained(staging, *args, **kwargs)
             _apply_umask(staging)
             _move_into_place(staging, target)
         finally:
