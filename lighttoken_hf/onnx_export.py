@@ -186,7 +186,8 @@ def _requantize(graph: Any, weights: list[_QuantizedWeight]) -> None:
     """Replace each float tensor of ``graph`` (an initializer or a Constant node) that holds one of ``weights``
     dequantized (as it is or transposed) by its stored integers, scales and the standard ops that dequantize
     them: int8 by ``DequantizeLinear`` (per output row); int4 packed two per byte and unpacked with
-    ``BitShift``, ``Sub``, ``Cast`` and ``Mul`` (ops of every opset from 11, every onnxruntime build). The
+    ``BitShift``, ``Sub``, ``Cast`` and ``Mul``, scales exact in fp16 kept in fp16 (ops of every opset from 11,
+    every onnxruntime build). The
     graph's outputs are unchanged; its file holds the quantized backbone at the checkpoint's size."""
     import numpy as np
     from onnx import numpy_helper
@@ -249,7 +250,13 @@ def _dequantize_nodes(graph: Any, name: str, weight: _QuantizedWeight, transpose
         nibbles = (levels.astype(np.int16) + 8).astype(np.uint8).reshape(out, cols // 2, 2)
         packed = constant("packed", nibbles[..., 0] | (nibbles[..., 1] << 4))
         t = f"{prefix}_t"
-        nodes = [
+        scales = weight.scales.numpy()
+        if np.array_equal(scales.astype(np.float16).astype(np.float32), scales):  # fp16 scales, as stored
+            scale = f"{prefix}_scale"
+            nodes = [helper.make_node("Cast", [constant("scale16", scales.astype(np.float16))], [scale], to=1)]
+        else:
+            scale, nodes = constant("scale", scales), []
+        nodes += [
             helper.make_node("BitShift", [packed, constant("four", np.uint8(4))], [f"{t}_high"], direction="RIGHT"),
             helper.make_node("BitShift", [f"{t}_high", f"{prefix}_four"], [f"{t}_high_up"], direction="LEFT"),
             helper.make_node("Sub", [packed, f"{t}_high_up"], [f"{t}_low"]),
@@ -263,9 +270,7 @@ def _dequantize_nodes(graph: Any, name: str, weight: _QuantizedWeight, transpose
                 [f"{t}_signed", constant("groups", np.array([out, cols // weight.group, weight.group], np.int64))],
                 [f"{t}_grouped"],
             ),
-            helper.make_node(
-                "Unsqueeze", [constant("scale", weight.scales.numpy()), f"{prefix}_last"], [f"{t}_scale3"]
-            ),
+            helper.make_node("Unsqueeze", [scale, f"{prefix}_last"], [f"{t}_scale3"]),
             helper.make_node("Mul", [f"{t}_grouped", f"{t}_scale3"], [f"{t}_scaled"]),
             helper.make_node(
                 "Reshape", [f"{t}_scaled", constant("shape", np.array([out, cols], np.int64))], [dense_name]

@@ -282,6 +282,10 @@ def test_a_quantized_backbone_model_exports_to_onnx_with_equal_outputs(pair, int
     graph = onnx.load(str(path))
     ops = {node.op_type for node in graph.graph.node}
     assert ops >= ({"Cast"} if kind == "int8" else {"BitShift", "Cast"})
+    if kind == "int4":  # its scales as the checkpoint stores them, in fp16
+        scales = [t for t in graph.graph.initializer if t.name.endswith("_q_scale16")]
+        assert len(scales) == sum(isinstance(m, torch.nn.Linear) for m in pair[1].backbone.modules())
+        assert {t.data_type for t in scales} == {onnx.TensorProto.FLOAT16}
     float_matrices = [t for t in graph.graph.initializer if t.data_type == 1 and len(t.dims) == 2]
     float_matrices += [n.attribute[0].t for n in graph.graph.node if n.op_type == "Constant"
                        and n.attribute[0].t.data_type == 1 and len(n.attribute[0].t.dims) == 2]  # fmt: skip
