@@ -215,11 +215,19 @@ def render_whole_model(name: str, data: dict) -> str:
     return "\n".join(lines)
 
 
+def _calibration(data: dict) -> str:
+    """The source line's calibration clause, for a run given calibration texts (``--calibration-texts``)."""
+    calibration = data.get("calibration", {})
+    if "count" not in calibration:
+        return ""
+    return f"; calibration text (`calibration_texts`): the first {calibration['count']} unique contexts"
+
+
 def render_whole_model_lm(name: str, data: dict) -> str:
     """A decoder LM's whole-model bytes against perplexity (relative to the original), per method."""
     lines = [
         f"Source: {_source(name, data, None)}; perplexity on the last {data['texts']['count']} unique SQuAD "
-        f"train contexts (up to {data['texts']['max_length']} tokens each).",
+        f"train contexts (up to {data['texts']['max_length']} tokens each){_calibration(data)}.",
         "",
         "| model | stored | vs fp32 | vs bf16 | perplexity | vs original | top-1 agreement |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -446,3 +446,26 @@ def test_int4_backbone_stores_the_calibrated_rounding_and_keeps_outputs_closer(p
     for name in ("backbone.encoder.layer.0.attention.output.dense", "backbone.encoder.layer.0.output.dense"):
         expected = _dequantize(*gptq_int4(dense_backbone.get_submodule(name).weight, hessians[name]))
         assert torch.allclose(calibrated.get_submodule(name).weight, expected, atol=1e-6)
+
+
+def test_an_int4_decoder_saves_and_reloads_in_the_dtype_it_computes_in(tmp_path):
+    """A decoder's first parameter after the (reordered) embedding is its first layer's int4 scale, written in
+    fp16: the checkpoint must still say float32, or ``from_pretrained`` builds the whole model in fp16."""
+    import json
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config).eval()
+    quantized = lt.compress(model, 4, quantize_backbone="int4", progress=False, schedule=FAST_SCHEDULE)
+    assert quantized.dtype == torch.float32
+    quantized.save_pretrained(tmp_path / "int4")
+    assert json.loads((tmp_path / "int4" / "config.json").read_text(encoding="utf-8"))["dtype"] == "float32"
+    fresh = type(quantized).from_pretrained(tmp_path / "int4").eval()
+    ids = torch.randint(0, 300, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = fresh(input_ids=ids).logits
+    assert fresh.dtype == logits.dtype == torch.float32
+    assert {m.weight.dtype for m in fresh.modules() if isinstance(m, torch.nn.Linear)} == {torch.float32}

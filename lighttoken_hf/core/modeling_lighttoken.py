@@ -569,6 +569,16 @@ class LightTokenPreTrainedModel(PreTrainedModel):
     def get_input_embeddings(self) -> LightTokenEmbedding:
         return self.backbone.get_input_embeddings()
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in: that of its first floating-point parameter, quantized layers'
+        scales left out (``save_pretrained`` writes it to ``config.json``, which ``from_pretrained`` follows;
+        while :func:`scales_as_stored` holds the scales in fp16, a decoder whose first layer is quantized would
+        otherwise read as fp16 and load as fp16)."""
+        scales = {id(getattr(module, "weight_scale", None)) for module in self.modules()}
+        floats = (p.dtype for p in self.parameters() if p.is_floating_point() and id(p) not in scales)
+        return next(floats, torch.get_default_dtype())
+
     def set_input_embeddings(self, value: torch.nn.Module) -> None:
         self.backbone.set_input_embeddings(value)
         self._register_embedding_last(value)
