@@ -11,9 +11,8 @@ subclasses ``save_pretrained`` cannot write.
 the format vLLM and transformers load. torchao 0.18 has no int4 layout that both runs on a CPU without its
 ``mslk`` kernels and is serializable (its CPU layout, ``Int4OpaqueTensor``, is not in its safetensors
 allow-list), so int4 comes from compressed-tensors. Its levels are chosen by error-compensating rounding on
-calibration text (:func:`gptq_int4`, GPTQ: each Linear keeps its outputs on its real inputs; all-MiniLM-L6-v2
-at 25x with an int4 backbone: end-to-end cosine 0.944 rounded to nearest, 0.968 calibrated,
-``benchmarks/results/whole_model_minilm.json`` and its previous run), the format and size unchanged.
+calibration text (:func:`gptq_int4`, GPTQ: each Linear keeps its outputs on its real inputs; what each choice
+costs is measured in ``docs/method.md`` section 8), the format and size unchanged.
 transformers loads such a checkpoint with the weights packed and unpacks them on the first forward;
 ``save_pretrained`` of a LightToken model packs them again.
 
