@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 weight = candidate.get_submodule(name).weight
                 if hessians is None:
                     groups = weight.float().reshape(weight.shape[0], -1, group)
-                    scale = backbone._best_int4_scales(groups, groups.abs().amax(-1) / 7.5, dtype).unsqueeze(-1)
+                    scale = backbone._best_int4_scales(groups, dtype).unsqueeze(-1)
                     weight.copy_(((groups / scale).round().clamp(-8, 7) * scale).reshape(weight.shape))
                 else:
                     weight.copy_(backbone._dequantize(*backbone.gptq_int4(weight, hessians[name], **options)))

@@ -150,7 +150,6 @@ def pack_int4(
         QuantizationStatus,
         apply_quantization_config,
     )
-    from compressed_tensors.quantization.utils import calculate_qparams
 
     args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=INT4_GROUP_SIZE,
                             scale_dtype=INT4_SCALE_DTYPE)  # fmt: skip
@@ -167,17 +166,12 @@ def pack_int4(
             if hessians is not None and name in hessians:
                 levels, scale = gptq_int4(module.weight.detach(), hessians[name])
                 module.weight.copy_(_dequantize(levels, scale).to(module.weight.dtype))
-                module.weight_scale.copy_(scale.reshape(module.weight_scale.shape))
-                if hasattr(module, "weight_zero_point"):
-                    module.weight_zero_point.zero_()
-            else:
+            else:  # compressed-tensors rounds each weight to the nearest level of its group's scale
                 weight = module.weight.detach().float()
-                groups = weight.reshape(weight.shape[0], -1, INT4_GROUP_SIZE)
-                scale, zero = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
-                scale = _best_int4_scales(groups, scale.reshape(groups.shape[:2]), INT4_SCALE_DTYPE)
-                module.weight_scale.copy_(scale.reshape(module.weight_scale.shape))
-                if hasattr(module, "weight_zero_point"):
-                    module.weight_zero_point.copy_(zero.reshape(module.weight_zero_point.shape))
+                scale = _best_int4_scales(weight.reshape(weight.shape[0], -1, INT4_GROUP_SIZE), INT4_SCALE_DTYPE)
+            module.weight_scale.copy_(scale.reshape(module.weight_scale.shape))
+            if hasattr(module, "weight_zero_point"):  # symmetric: zero
+                module.weight_zero_point.zero_()
     compressor = ModelCompressor.from_pretrained_model(model, quantization_format="pack-quantized")
     compressor.compress_model(model)
     return compressor
@@ -187,12 +181,12 @@ def pack_int4(
 INT4_SCALE_SHRINKS = tuple(1.0 - 0.025 * i for i in range(13))
 
 
-def _best_int4_scales(
-    groups: torch.Tensor, absmax_scale: torch.Tensor, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """Per group (``groups``: rows x groups x size), the scale among :data:`INT4_SCALE_SHRINKS` times
-    ``absmax_scale``, each rounded to ``dtype`` (as it will be stored), whose int4 rounding (-8..7)
-    reconstructs the group with the least squared error. Returned in float32, its values exact in ``dtype``."""
+def _best_int4_scales(groups: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Per group (``groups``: rows x groups x size), the scale among :data:`INT4_SCALE_SHRINKS` times the
+    absmax scale (largest magnitude over 7.5), each rounded to ``dtype`` (as it will be stored), whose int4
+    rounding (-8..7) reconstructs the group with the least squared error. Returned in float32, its values
+    exact in ``dtype``."""
+    absmax_scale = groups.abs().amax(-1) / 7.5
     best_scale, best_error = None, None
     for shrink in INT4_SCALE_SHRINKS:
         scale = (absmax_scale * shrink).clamp_min(torch.finfo(dtype).tiny).to(dtype).float().unsqueeze(-1)
@@ -310,7 +304,7 @@ def gptq_int4(
     order = torch.arange(cols)
     if act_order:
         groups = w.reshape(rows, -1, group_size)
-        scales = _best_int4_scales(groups, groups.abs().amax(-1) / 7.5, scale_dtype).double()
+        scales = _best_int4_scales(groups, scale_dtype).double()
         order = torch.argsort(h.diagonal(), descending=True, stable=True)
         w, h = w[:, order], h[order][:, order]
     inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
@@ -324,7 +318,7 @@ def gptq_int4(
             group = int(order[start + i]) // group_size
             if not act_order and (start + i) % group_size == 0:
                 weights = block[:, i : i + group_size].unsqueeze(1)
-                best = _best_int4_scales(weights, weights.abs().amax(-1) / 7.5, scale_dtype).squeeze(1)
+                best = _best_int4_scales(weights, scale_dtype).squeeze(1)
                 scales[:, group] = best.double()
             scale = scales[:, group]
             q = (block[:, i] / scale).round().clamp(-8, 7)
