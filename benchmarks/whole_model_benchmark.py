@@ -18,7 +18,6 @@ training pairs). Writes ``benchmarks/results/whole_model_minilm.{json,png}``.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_io import REPO_ROOT, git_info, machine_info, pareto_front, write_json  # noqa: E402
+from whole_model_baselines import int4_everything, int8_everything  # noqa: E402
 
 OUT = REPO_ROOT / "benchmarks" / "results" / "whole_model_minilm.json"
 
@@ -49,30 +49,6 @@ def sts_sample(data_dir: Path, limit: int, seed: int = 0) -> tuple[list[str], li
     rows = np.sort(np.random.default_rng(seed).choice(len(table["label"]), size=limit, replace=False))
     return ([table["sentence1"][i] for i in rows], [table["sentence2"][i] for i in rows],
             [float(table["label"][i]) for i in rows])  # fmt: skip
-
-
-def int8_everything(model: Any) -> Any:
-    """torchao int8 weight-only on every Linear, and int8 with one scale per row on the word embedding."""
-    import torch
-    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, PerAxis, quantize_
-
-    quantized = copy.deepcopy(model)
-    quantize_(quantized, Int8WeightOnlyConfig())
-    embedding = quantized.get_input_embeddings()
-    quantize_(quantized, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
-              filter_fn=lambda module, _: module is embedding)  # fmt: skip
-    return quantized
-
-
-def int4_everything(model: Any, calibration: list) -> Any:
-    """compressed-tensors int4 on every Linear and on the word embedding, packed (unpacked on the first forward);
-    the Linear layers rounded against their inputs on ``calibration`` as ``quantize_backbone="int4"`` does."""
-    from lighttoken_hf.compressor.backbone import input_hessians, pack_int4
-
-    quantized = copy.deepcopy(model)
-    hessians = input_hessians(model, calibration)
-    pack_int4(quantized, targets=("Linear", "Embedding"), hessians=hessians).add_decompress_hook(quantized)
-    return quantized
 
 
 def plot(payload: dict, path: Path) -> None:

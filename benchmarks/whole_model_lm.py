@@ -4,7 +4,10 @@ backbone, against the GGUF file the model ships as (the reference its users alre
     python benchmarks/whole_model_lm.py --model gemma3 --ratios 16 25 --backbones none int4 --texts 100
 
 The "original" is the GGUF file dequantized to float32 (as in ``lm_benchmark.py``): its perplexity is the GGUF
-file's own, so the GGUF row has the original's perplexity and the file's size. Each ratio compresses the token
+file's own, so the GGUF row has the original's perplexity and the file's size. Then one library's quantization
+of everything, the tied token matrix (stored once) with the Linear layers (``whole_model_baselines.py``): torchao
+int8 (one scale per row or output channel), compressed-tensors int4 (``quantize_backbone="int4"``'s format and
+rounding, on the same calibration text). Each ratio compresses the token
 matrix once (library defaults) and scores it with each of ``--backbones`` (``none``: the float32 backbone;
 ``int8``/``int4``: ``quantize_backbone``, as ``compress(..., quantize_backbone=...)`` does). A row gives every
 stored byte (``model_parts_nbytes``: what the state dict holds, packed int4/int8 data with their scales), its
@@ -31,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_io import REPO_ROOT, git_info, machine_info, pareto_front, write_json  # noqa: E402
 from lm_cli_benchmark import gguf_model_file, held_out_texts, squad_contexts  # noqa: E402
+from whole_model_baselines import int4_everything, int8_everything  # noqa: E402
 
 
 def materialized(model: Any) -> Any:
@@ -152,6 +156,14 @@ def main(argv: list[str] | None = None) -> int:
                 "top1_agreement": 1.0, "score_seconds": time.perf_counter() - start}  # fmt: skip
     add("original (float32)", fp32, parts=parts, **original)
     add(f"GGUF {gguf_file.name} (the file the original is read from)", gguf_file.stat().st_size, **original)
+    for method, quantize in (("torchao int8 everything", int8_everything),
+                             ("compressed-tensors int4 everything", lambda m: int4_everything(m, calibration))):
+        start = time.perf_counter()
+        candidate = quantize(model)
+        quantize_seconds = time.perf_counter() - start
+        parts = model_parts_nbytes(candidate)
+        add(method, sum(parts.values()), parts=parts, quantize_seconds=quantize_seconds, **score(candidate))
+        del candidate
     for ratio in args.ratios:
         start = time.perf_counter()
         compressed = lt.compress(model, ratio=ratio, tokenizer=tokenizer, calibration_texts=calibration_texts,
