@@ -7,7 +7,7 @@ The "original" is the GGUF file dequantized to float32 (as in ``lm_benchmark.py`
 file's own, so the GGUF row has the original's perplexity and the file's size. Then one library's quantization
 of everything, the tied token matrix (stored once) with the Linear layers (``whole_model_baselines.py``): torchao
 int8 (one scale per row or output channel), compressed-tensors int4 (``quantize_backbone="int4"``'s format and
-rounding, on the same calibration text). Each ratio compresses the token
+rounding, on the same calibration text; ``--no-everything`` skips them). Each ratio compresses the token
 matrix once (library defaults) and scores it with each of ``--backbones`` (``none``: the float32 backbone;
 ``int8``/``int4``: ``quantize_backbone``, as ``compress(..., quantize_backbone=...)`` does). A row gives every
 stored byte (``model_parts_nbytes``: what the state dict holds, packed int4/int8 data with their scales), its
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--calibration-texts", type=int, default=0, metavar="N",
                         help="calibrate on the first N unique SQuAD contexts (default 0: the library default)")
+    parser.add_argument("--everything", action=argparse.BooleanOptionalAction, default=True,
+                        help="score the int8/int4-everything rows (--no-everything: only the LightToken rows)")
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--replot", action="store_true", help="only redraw the plot of an existing JSON")
@@ -156,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                 "top1_agreement": 1.0, "score_seconds": time.perf_counter() - start}  # fmt: skip
     add("original (float32)", fp32, parts=parts, **original)
     add(f"GGUF {gguf_file.name} (the file the original is read from)", gguf_file.stat().st_size, **original)
-    for method, quantize in (("torchao int8 everything", int8_everything),
-                             ("compressed-tensors int4 everything", lambda m: int4_everything(m, calibration))):
+    everything = (("torchao int8 everything", int8_everything),
+                  ("compressed-tensors int4 everything", lambda m: int4_everything(m, calibration)))
+    for method, quantize in everything if args.everything else ():
         start = time.perf_counter()
         candidate = quantize(model)
         quantize_seconds = time.perf_counter() - start
