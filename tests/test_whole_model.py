@@ -416,6 +416,36 @@ def test_input_hessians_are_each_linear_layers_input_second_moment(tiny_bert_con
         input_hessians(model, [])
 
 
+def test_input_hessians_of_a_decoder_do_not_run_its_head():
+    """A LightToken decoder's head (vocabulary x positions logits) is not a layer to quantize: the calibration
+    forward stops before it, and every Linear's statistics are still those of its inputs."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from lighttoken_hf.compressor.backbone import input_hessians
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)  # fmt: skip
+    model = lt.compress(AutoModelForCausalLM.from_config(config).eval(), 4, progress=False, schedule=FAST_SCHEDULE)
+    ids = torch.randint(0, 300, (2, 7), generator=torch.Generator().manual_seed(1))
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    seen: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda _m, inputs, n=n: seen.setdefault(n, inputs[0].detach()))
+               for n, m in linears.items()]  # fmt: skip
+    with torch.no_grad():
+        model(input_ids=ids)
+    for handle in handles:
+        handle.remove()
+    head_calls: list[int] = []
+    model.get_output_embeddings().register_forward_hook(lambda *_: head_calls.append(1))
+    hessians = input_hessians(model, [{"input_ids": ids}, {"input_ids": ids}])
+    assert head_calls == []
+    assert set(hessians) == set(linears) and len(linears) == 14
+    for name, x in seen.items():
+        x = x.reshape(-1, x.shape[-1]).double()
+        assert torch.allclose(hessians[name], x.T @ x / x.shape[0], atol=1e-6), name
+
+
 def test_int4_backbone_stores_the_calibrated_rounding_and_keeps_outputs_closer(pair, tiny_tokenizer):
     from lighttoken_hf.compressor.backbone import (
         _dequantize,

@@ -24,6 +24,7 @@ does the rest).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -222,6 +223,10 @@ def calibration_batches(
     return list(batches)
 
 
+class _LayerInputsRecorded(Exception):
+    """Stops a calibration forward at the output layer once every layer to quantize has seen its input."""
+
+
 def input_hessians(
     model: torch.nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
@@ -231,13 +236,16 @@ def input_hessians(
 ) -> dict[str, torch.Tensor]:
     """``{name: X^T X / n}`` (float64, on the CPU) of the inputs ``X`` (n x in) each ``targets`` module of
     ``model`` sees when ``model`` runs on ``batches`` (padding positions included only where a batch has no
-    attention mask). The statistics :func:`gptq_int4` rounds a layer's weights against."""
+    attention mask). The statistics :func:`gptq_int4` rounds a layer's weights against. An output layer that is
+    not a target (a decoder's tied or LightToken head) is not run: its logits are not needed."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     mask: list[torch.Tensor | None] = [None]
+    recorded: set[str] = set()  # the layers that saw the current batch
 
     def hook(name: str):
         def record(_module, inputs):
+            recorded.add(name)
             x = inputs[0].detach()
             if mask[0] is not None and x.shape[:-1] == mask[0].shape:
                 x = x[mask[0]]
@@ -247,18 +255,25 @@ def input_hessians(
 
         return record
 
-    handles = [
-        module.register_forward_pre_hook(hook(name))
-        for name, module in model.named_modules()
-        if type(module).__name__ in targets
-    ]
+    layers = [(name, module) for name, module in model.named_modules() if type(module).__name__ in targets]
+    handles = [module.register_forward_pre_hook(hook(name)) for name, module in layers]
+
+    def skip_output(_module, _inputs):  # a decoder's logits (vocabulary x positions) are not needed
+        if len(recorded) == len(layers):
+            raise _LayerInputsRecorded
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is not None and type(output).__name__ not in targets:
+        handles.append(output.register_forward_pre_hook(skip_output))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for batch in tqdm(batches, desc="LightToken: layer inputs for int4", unit="batch", disable=not progress):
                 mask[0] = batch["attention_mask"].bool() if "attention_mask" in batch else None
-                model(**batch)
+                recorded.clear()
+                with contextlib.suppress(_LayerInputsRecorded):
+                    model(**batch)
     finally:
         for handle in handles:
             handle.remove()
