@@ -53,13 +53,16 @@ def plot(payload: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for row in payload["rows"]:
         label = row["method"].split(" (")[0].replace("LightToken ", "LT ").replace(" backbone", "")
+        label = label.replace("torchao ", "").replace("compressed-tensors ", "")
+        gguf = label.startswith("GGUF")  # beside int8 everything: its label goes below the point
         ax.scatter(row["nbytes"] / 1e6, row["perplexity"], s=40)
-        ax.annotate(label, (row["nbytes"] / 1e6, row["perplexity"]), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")  # fmt: skip
+        ax.annotate("GGUF file" if gguf else label, (row["nbytes"] / 1e6, row["perplexity"]), fontsize=7,
+                    xytext=(-30, -12) if gguf else (4, 4), textcoords="offset points")  # fmt: skip
     front = pareto_front(payload["rows"], "ratio_vs_fp32", "perplexity", lower_is_better=True)
     ax.plot([r["nbytes"] / 1e6 for r in front], [r["perplexity"] for r in front], "k--", lw=0.8,
             label="Pareto front")  # fmt: skip
@@ -67,6 +70,8 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     ax.axhline(original * 1.3, color="grey", ls=":", lw=0.8, label="original + 30%")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("whole model, MB (every stored byte)")
     ax.set_ylabel(f"perplexity ({payload['texts']['count']} held-out paragraphs)")
     ax.set_title(f"{payload['model']['name']}: whole-model size vs perplexity ({payload['date'][:10]})")
