@@ -188,6 +188,8 @@ WHOLE_MODEL_LABELS = {
     "original-fp32": "original fp32",
     "torchao-int8-everything": "torchao int8 everything (embeddings too)",
     "compressed-tensors-int4-everything": "compressed-tensors int4 everything (embeddings too)",
+    "lighttoken-4x-int8-backbone": "LightToken 4x, int8 backbone",
+    "lighttoken-4x-int4-backbone": "LightToken 4x, int4 backbone",
     "lighttoken-8x-int8-backbone": "LightToken 8x, int8 backbone",
     "lighttoken-8x-int4-backbone": "LightToken 8x, int4 backbone",
     "lighttoken-25x-fp32-backbone": "LightToken 25x, fp32 backbone",
