@@ -4,13 +4,12 @@ scores it against the original on held-out paragraphs (the last ``--texts`` uniq
 
     python benchmarks/int4_backbone_probe.py --model gemma3 --texts 30
 
-Variants (eight), each at 4.5 bits per weight: two grids (groups of 64 with fp32 scales, the format until 2026-12-07;
-groups of 32 with fp16 scales, today's), nearest level with the searched scale per group (``pack_int4``
-without calibration) or GPTQ in column order or act_order (the default), calibrated on the library's default
-text (wordfreq pseudo-sentences), on text the model wrote itself (32 nucleus samples of 96 tokens), or on
-``--calibration-texts`` real paragraphs (the first unique SQuAD train contexts, never the held-out ones, as
-``compress(..., calibration_texts=...)`` takes them). Writes ``benchmarks/results/int4_backbone_<model>.json``
-after every variant.
+Variants (five), each at 4.5 bits per weight (groups of 32, fp16 scales): nearest level with the searched scale
+per group (``pack_int4`` without calibration) or GPTQ with act_order (the default), calibrated on the library's
+pseudo-sentences (wordfreq), on text the model wrote itself (``--self-written`` nucleus samples of 128 tokens
+started from BOS), on both, or on ``--calibration-texts`` real paragraphs (the first unique SQuAD train
+contexts, never the held-out ones, as ``compress(..., calibration_texts=...)`` takes them). Writes
+``benchmarks/results/int4_backbone_<model>.json`` after every variant.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from bench_io import REPO_ROOT, git_info, machine_info, write_json  # noqa: E402
 from lm_cli_benchmark import gguf_model_file, held_out_texts, squad_contexts  # noqa: E402
 
 
-def self_written_texts(model: Any, tokenizer: Any, count: int = 32, tokens: int = 96, seed: int = 0) -> list[str]:
+def self_written_texts(model: Any, tokenizer: Any, count: int = 128, tokens: int = 128, seed: int = 0) -> list[str]:
     """``count`` nucleus samples (top-p 0.95) of ``tokens`` new tokens each, started from the BOS token."""
     import torch
 
@@ -45,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=30)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--calibration-texts", type=int, default=128, metavar="N")
+    parser.add_argument("--self-written", type=int, default=128, metavar="N")
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -81,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     if set(real_texts) & set(texts):
         raise SystemExit("--calibration-texts overlaps the held-out texts: lower it or --texts")
     payload["calibration_texts"] = {"source": "SQuAD v1.1 train contexts (first unique ones)", "count": len(real_texts)}
-    old_grid = {"group_size": 64, "scale_dtype": torch.float32}
 
     def variant(label: str, calibration: list | None, **options: Any) -> None:
         start = time.perf_counter()
@@ -109,17 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<70} {row['perplexity']:8.2f} {row['perplexity_increase']:+.1%} KL {row['next_token_kl']:.3f}",
               flush=True)  # fmt: skip
 
-    variant("groups of 64, fp32 scales: nearest level", None, **old_grid)
-    variant("groups of 64, fp32 scales: GPTQ, pseudo-sentences, column order", default_calibration, act_order=False,
-            **old_grid)  # fmt: skip
-    self_written = backbone.calibration_batches(tokenizer, self_written_texts(model, tokenizer))
-    variant("groups of 64, fp32 scales: GPTQ, self-written text, act_order", self_written, **old_grid)
-    real = backbone.calibration_batches(tokenizer, real_texts)
-    variant("groups of 64, fp32 scales: GPTQ, real paragraphs, column order", real, act_order=False, **old_grid)
-    variant("groups of 32, fp16 scales: GPTQ, pseudo-sentences, column order", default_calibration, act_order=False)
-    variant("groups of 32, fp16 scales: GPTQ, pseudo-sentences, act_order (default)", default_calibration)
-    variant("groups of 32, fp16 scales: GPTQ, real paragraphs, column order", real, act_order=False)
-    variant("groups of 32, fp16 scales: GPTQ, real paragraphs, act_order (default)", real)
+    variant("nearest level, searched scale per group", None)
+    variant("GPTQ, pseudo-sentences (default)", default_calibration)
+    written = self_written_texts(model, tokenizer, count=args.self_written)
+    payload["self_written"] = {"count": len(written), "tokens": 128, "sample": written[0][:300]}
+    self_written = backbone.calibration_batches(tokenizer, written)
+    variant("GPTQ, text the model wrote itself", self_written)
+    variant("GPTQ, pseudo-sentences and self-written text", default_calibration + self_written)
+    variant("GPTQ, real paragraphs", backbone.calibration_batches(tokenizer, real_texts))
     return 0
 
 
