@@ -6,10 +6,11 @@ scores it against the original on held-out paragraphs (the last ``--texts`` uniq
 
 Variants (five), each at 4.5 bits per weight (groups of 32, fp16 scales): nearest level with the searched scale
 per group (``pack_int4`` without calibration) or GPTQ with act_order (the default), calibrated on the library's
-pseudo-sentences (wordfreq), on text the model wrote itself (``--self-written`` nucleus samples of 128 tokens
-started from BOS), on both, or on ``--calibration-texts`` real paragraphs (the first unique SQuAD train
-contexts, never the held-out ones, as ``compress(..., calibration_texts=...)`` takes them). Writes
-``benchmarks/results/int4_backbone_<model>.json`` after every variant.
+pseudo-sentences (wordfreq), on text the model wrote itself (``calibration.model_written_texts``, as
+``compress`` samples it), on both (``compress``'s default for a causal LM), or on ``--calibration-texts``
+real paragraphs (the first unique SQuAD train contexts, never the held-out ones, as
+``compress(..., calibration_texts=...)`` takes them). Writes ``benchmarks/results/int4_backbone_<model>.json``
+after every variant.
 """
 
 from __future__ import annotations
@@ -27,24 +28,14 @@ from bench_io import REPO_ROOT, git_info, machine_info, write_json  # noqa: E402
 from lm_cli_benchmark import gguf_model_file, held_out_texts, squad_contexts  # noqa: E402
 
 
-def self_written_texts(model: Any, tokenizer: Any, count: int = 128, tokens: int = 128, seed: int = 0) -> list[str]:
-    """``count`` nucleus samples (top-p 0.95) of ``tokens`` new tokens each, started from the BOS token."""
-    import torch
-
-    torch.manual_seed(seed)
-    start = torch.full((count, 1), tokenizer.bos_token_id)
-    out = model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, top_p=0.95,
-                         max_new_tokens=tokens, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    return tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gemma3", help="gemma3, smollm2 or a .gguf file")
     parser.add_argument("--texts", type=int, default=30)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--calibration-texts", type=int, default=128, metavar="N")
-    parser.add_argument("--self-written", type=int, default=128, metavar="N")
+    parser.add_argument("--self-written", type=int, default=None, metavar="N",
+                        help="texts the model writes (default: as compress does, MODEL_WRITTEN_TEXTS)")
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -52,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lighttoken_hf.compressor import backbone
+    from lighttoken_hf.compressor.calibration import (
+        MODEL_WRITTEN_TEXTS,
+        MODEL_WRITTEN_TOKENS,
+        model_written_texts,
+    )
     from lighttoken_hf.compressor.lm_metrics import lm_fidelity
     from lighttoken_hf.gguf import load_gguf
 
@@ -109,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)  # fmt: skip
 
     variant("nearest level, searched scale per group", None)
-    variant("GPTQ, pseudo-sentences (default)", default_calibration)
-    written = self_written_texts(model, tokenizer, count=args.self_written)
-    payload["self_written"] = {"count": len(written), "tokens": 128, "sample": written[0][:300]}
+    variant("GPTQ, pseudo-sentences (an encoder's default)", default_calibration)
+    written = model_written_texts(model, tokenizer, count=args.self_written or MODEL_WRITTEN_TEXTS, progress=True)
+    payload["self_written"] = {"count": len(written), "tokens": MODEL_WRITTEN_TOKENS, "sample": written[0][:300]}
     self_written = backbone.calibration_batches(tokenizer, written)
     variant("GPTQ, text the model wrote itself", self_written)
-    variant("GPTQ, pseudo-sentences and self-written text", default_calibration + self_written)
+    variant("GPTQ, self-written text and pseudo-sentences (a causal LM's default)", self_written + default_calibration)
     variant("GPTQ, real paragraphs", backbone.calibration_batches(tokenizer, real_texts))
     return 0
 

@@ -16,9 +16,9 @@ KL and top-1 agreement against the original on held-out paragraphs (the last ``-
 train contexts, as ``lm_benchmark.py``; no default was chosen on them). ``--calibration-texts N`` passes the
 first N unique contexts (never the held-out ones) as ``calibration_texts``, as ``lighttoken compress
 --calibration-texts FILE`` does: the calibration text of the token matrix's metric and of int4's rounding
-(default 0: the library's wordfreq pseudo-sentences). The compressed token matrix is decoded
-once for scoring (``materialize()``): the numbers are the stored model's, the speed is not measured here.
-Writes ``benchmarks/results/whole_model_<model>.{json,png}`` (the JSON after every row).
+(default 0: the library's, wordfreq pseudo-sentences, and for int4 text the model writes as well). The
+compressed token matrix is decoded once for scoring (``materialize()``): the numbers are the stored model's,
+the speed is not measured here. Writes ``benchmarks/results/whole_model_<model>.{json,png}`` (the JSON after every row).
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import lighttoken_hf as lt
     from lighttoken_hf.compressor.backbone import calibration_batches, quantize_backbone
+    from lighttoken_hf.compressor.calibration import backbone_calibration_texts
     from lighttoken_hf.compressor.lm_metrics import lm_fidelity
     from lighttoken_hf.compressor.report import model_parts_nbytes
     from lighttoken_hf.gguf import load_gguf
@@ -129,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     calibration_texts = squad_contexts(args.data_dir, args.calibration_texts)[: args.calibration_texts] or None
     if calibration_texts is not None and set(calibration_texts) & set(texts):
         raise SystemExit("--calibration-texts overlaps the held-out texts: lower it or --texts")
+    # int4's rounding: as compress(..., calibration_texts=..., quantize_backbone="int4")
+    int4_texts, int4_source = backbone_calibration_texts(model, tokenizer, calibration_texts, progress=True)
     payload["calibration"] = (
         {"source": "SQuAD v1.1 train contexts (first unique ones)", "count": len(calibration_texts)}
         if calibration_texts
-        else {"source": "wordfreq pseudo-sentences (library default)"}
+        else {"source": "library defaults", "int4": int4_source}
     )
-    # int4's rounding: as compress(..., calibration_texts=..., quantize_backbone="int4")
-    calibration = calibration_batches(tokenizer, calibration_texts)
+    calibration = calibration_batches(tokenizer, int4_texts)
 
     def add(method: str, nbytes: int, **extra: Any) -> None:
         row = {"method": method, "nbytes": nbytes, "ratio_vs_fp32": fp32 / nbytes, "ratio_vs_bf16": fp32 / 2 / nbytes,

@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--calibration-texts", metavar="FILE",
                       help="text file, one text a line, of the kind the model will see: the calibration text of the "
                       "token matrix's sensitivity metric and of int4's rounding (default: wordfreq "
-                      "pseudo-sentences; real text costs an int4 backbone less)")
+                      "pseudo-sentences, for int4 on a causal LM with text the model writes itself; real text "
+                      "costs an int4 backbone less)")
     comp.add_argument("--sentences", metavar="FILE",
                       help="text file, one sentence a line, for the end-to-end check "
                       "(default: 120 built-in sentences)")

@@ -18,6 +18,7 @@ from ..core.configuration_lighttoken import LightTokenConfig
 from ..core.modeling_lighttoken import LightTokenForCausalLM, LightTokenPreTrainedModel
 from ..jsonio import to_json
 from .backbone import calibration_batches, check_backbone, quantize_backbone
+from .calibration import backbone_calibration_texts
 from .frequencies import general_text_frequencies, general_text_samples
 from .lm_metrics import is_lm, lm_fidelity
 from .lm_sensitivity import lm_sensitivity, output_logit_bias
@@ -119,17 +120,17 @@ def _lm_metric(
     return metric, weights, info, means
 
 
-def _backbone_calibration(
-    model: Any, tokenizer: Any, texts: Any, settings: CompressionSettings
-) -> list[dict[str, torch.Tensor]] | None:
-    """Inputs for int4's error-compensating rounding (the calibration texts, default wordfreq
-    pseudo-sentences), or ``None`` (int8, or no tokenizer: round to nearest)."""
+def _backbone_calibration_texts(
+    model: Any, tokenizer: Any, texts: list[str] | None, settings: CompressionSettings, progress: bool
+) -> tuple[list[str] | None, str | None]:
+    """The texts int4's error-compensating rounding reads, and where they come from (``None, None``: no int4
+    backbone; ``None, ...``: no tokenizer, round to nearest)."""
     if settings.quantize_backbone != "int4":
-        return None
+        return None, None
     if tokenizer is None:
         logger.warning("no tokenizer given or found: int4 rounds to nearest (pass tokenizer= to calibrate it)")
-        return None
-    return calibration_batches(tokenizer, texts, seed=settings.seed, device=next(model.parameters()).device)
+        return None, "nothing (rounded to nearest: no tokenizer)"
+    return backbone_calibration_texts(model, tokenizer, texts, seed=settings.seed, progress=progress)
 
 
 def compress(
@@ -157,7 +158,8 @@ def compress(
         token_frequencies: your own per-token counts or frequencies (length V) instead.
         calibration_texts: texts on which the model's sensitivity metric (and, with
             ``quantize_backbone="int4"``, the backbone layers' inputs for its rounding) is measured (default:
-            256 pseudo-sentences of words drawn by their general-English frequency; task-agnostic).
+            256 pseudo-sentences of words drawn by their general-English frequency, task-agnostic; an int4
+            backbone of a causal LM reads 128 texts the model writes itself as well, see ``calibration.py``).
         sensitivity: a precomputed d x d metric (:func:`embedding_sensitivity`) instead; the only way
             to use the metric when compressing a bare tensor.
         evaluation_texts: for a model, texts on which the compressed model is compared with the original
@@ -289,6 +291,9 @@ def _compress_model(
     check_tokenizer(tokenizer, v)
     if evaluation_texts is not None and tokenizer is None:
         raise ValueError("evaluation_texts needs the model's tokenizer: pass tokenizer=")
+    backbone_texts, backbone_source = _backbone_calibration_texts(
+        model, tokenizer, calibration_texts, settings, progress
+    )
     freqs, source = None, "none"
     if token_frequencies is not None:
         freqs, source = torch.as_tensor(token_frequencies, dtype=torch.float64), "given"
@@ -412,12 +417,10 @@ def _compress_model(
         output_module.output_dtype = untied.weight.dtype
         wrapped.get_output_embeddings().codec = output_module.to(untied.weight.device)
     if settings.quantize_backbone is not None:
-        wrapped = quantize_backbone(
-            wrapped,
-            settings.quantize_backbone,
-            _backbone_calibration(wrapped, tokenizer, calibration_texts, settings),
-            progress=progress,
-        )
+        device = next(wrapped.parameters()).device
+        calibration = calibration_batches(tokenizer, backbone_texts, device=device) if backbone_texts else None
+        wrapped = quantize_backbone(wrapped, settings.quantize_backbone, calibration, progress=progress)
+        report.backbone_calibration = backbone_source
     report.output_layer = output_layer
     report.model_parts_before, report.model_parts_after = parts_before, model_parts_nbytes(wrapped)
     report.model_nbytes_before = sum(parts_before.values())
