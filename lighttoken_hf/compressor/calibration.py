@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers.generation import BaseStreamer
 
 from ..core.modeling_lighttoken import LightTokenForCausalLM
 from .frequencies import general_text_samples
@@ -30,10 +31,25 @@ __all__ = [
 #: Texts, and new tokens per text, of the default model-written calibration text.
 MODEL_WRITTEN_TEXTS = 128
 MODEL_WRITTEN_TOKENS = 128
-#: Texts sampled at once (one ``generate`` call each; a progress bar step each).
-_GENERATE_BATCH = 16
+#: Texts sampled at once (one ``generate`` call each): large batches keep a CPU busy.
+_GENERATE_BATCH = 64
 #: Nucleus sampling: the smallest set of next tokens with this much probability.
 _TOP_P = 0.95
+
+
+class _TokenSteps(BaseStreamer):
+    """Advances a progress bar once per generated token (``generate`` puts the prompt first)."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar, self.prompt_seen = bar, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt_seen:
+            self.bar.update(1)
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
 
 
 def can_write_calibration_text(model: Any, tokenizer: Any) -> bool:
@@ -73,16 +89,20 @@ def model_written_texts(
     sizes = [min(_GENERATE_BATCH, count - start) for start in range(0, count, _GENERATE_BATCH)]
     was_training = model.training
     model.eval()
+    bar = tqdm(total=len(sizes) * tokens, desc="LightToken: calibration text the model writes", unit="token",
+               disable=not progress)  # fmt: skip
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(seed)
-        for size in tqdm(sizes, desc="LightToken: calibration text the model writes", unit="batch",
-                         disable=not progress):  # fmt: skip
+        for size in sizes:
             start = torch.full((size, 1), tokenizer.bos_token_id, device=device)
             out = model.generate(
                 start, attention_mask=torch.ones_like(start), do_sample=True, top_p=_TOP_P, top_k=0,
-                temperature=1.0, max_new_tokens=tokens, pad_token_id=pad,
+                temperature=1.0, max_new_tokens=tokens, pad_token_id=pad, streamer=_TokenSteps(bar),
             )  # fmt: skip
             texts.extend(tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True))
+            bar.n = bar.total * len(texts) // count  # a batch the model ended early
+            bar.refresh()
+    bar.close()
     model.train(was_training)
     return texts
 
