@@ -27,6 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_io import REPO_ROOT, git_info, machine_info, write_json  # noqa: E402
 from lm_cli_benchmark import gguf_model_file, held_out_texts, squad_contexts  # noqa: E402
 
+#: The variants, by their ``--variants`` name.
+VARIANTS = ("nearest", "pseudo", "written", "both", "real")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -36,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-texts", type=int, default=128, metavar="N")
     parser.add_argument("--self-written", type=int, default=None, metavar="N",
                         help="texts the model writes (default: as compress does, MODEL_WRITTEN_TEXTS)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="which variants to run (default: all)")
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -104,14 +109,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<70} {row['perplexity']:8.2f} {row['perplexity_increase']:+.1%} KL {row['next_token_kl']:.3f}",
               flush=True)  # fmt: skip
 
-    variant("nearest level, searched scale per group", None)
-    variant("GPTQ, pseudo-sentences (an encoder's default)", default_calibration)
-    written = model_written_texts(model, tokenizer, count=args.self_written or MODEL_WRITTEN_TEXTS, progress=True)
-    payload["self_written"] = {"count": len(written), "tokens": MODEL_WRITTEN_TOKENS, "sample": written[0][:300]}
-    self_written = backbone.calibration_batches(tokenizer, written)
-    variant("GPTQ, text the model wrote itself", self_written)
-    variant("GPTQ, self-written text and pseudo-sentences (a causal LM's default)", self_written + default_calibration)
-    variant("GPTQ, real paragraphs", backbone.calibration_batches(tokenizer, real_texts))
+    chosen = set(args.variants)
+    if "nearest" in chosen:
+        variant("nearest level, searched scale per group", None)
+    if "pseudo" in chosen:
+        variant("GPTQ, pseudo-sentences (an encoder's default)", default_calibration)
+    if chosen & {"written", "both"}:
+        written = model_written_texts(model, tokenizer, count=args.self_written or MODEL_WRITTEN_TEXTS, progress=True)
+        payload["self_written"] = {"count": len(written), "tokens": MODEL_WRITTEN_TOKENS, "sample": written[0][:300]}
+        self_written = backbone.calibration_batches(tokenizer, written)
+        if "written" in chosen:
+            variant("GPTQ, text the model wrote itself", self_written)
+        if "both" in chosen:
+            variant("GPTQ, self-written text and pseudo-sentences (a causal LM's default)",
+                    self_written + default_calibration)  # fmt: skip
+    if "real" in chosen:
+        variant("GPTQ, real paragraphs", backbone.calibration_batches(tokenizer, real_texts))
     return 0
 
 
