@@ -108,6 +108,8 @@ def _whole_model_rows(report: Mapping, quantization: str | None) -> list[tuple[s
     backbone = f"{quantization} weights ({BACKBONE_LIBRARIES[quantization]} weight-only)" if quantization else (
         "as in the base model")  # fmt: skip
     rows.append(("backbone Linear layers", backbone))
+    if report.get("backbone_rounding"):
+        rows.append(("int4 rounding", report["backbone_rounding"]))
     return rows
 
 

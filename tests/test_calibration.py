@@ -10,6 +10,7 @@ from tiny_models import IdTokenizer, tiny_bert_config
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 import lighttoken_hf as lt
+from lighttoken_hf.cards import card_facts
 from lighttoken_hf.compressor.calibration import model_written_texts
 from lighttoken_hf.compressor.frequencies import general_text_samples
 
@@ -63,9 +64,11 @@ def test_an_int4_decoder_is_calibrated_on_text_it_wrote_by_default():
     written = model_written_texts(_llama(), tok) + general_text_samples()
     given = lt.compress(_llama(), 4, calibration_texts=written, **options)
     pseudo = lt.compress(_llama(), 4, calibration_texts=general_text_samples(), **options)
-    assert "texts the model wrote" in default.compression_report.backbone_calibration
+    assert default.compression_report.backbone_rounding.startswith("GPTQ on 128 texts the model wrote")
     assert "int4 backbone rounding" in default.compression_report.summary()
-    assert given.compression_report.backbone_calibration == f"{len(written)} given texts"
+    rows = dict(card_facts(default)["sections"]["size"])
+    assert rows["int4 rounding"] == default.compression_report.backbone_rounding
+    assert given.compression_report.backbone_rounding == f"GPTQ on {len(written)} given texts"
     states = [m.state_dict() for m in (default, given, pseudo)]
     packed = [k for k in states[0] if k.endswith("weight_packed")]
     assert packed and all(torch.equal(states[0][k], states[1][k]) for k in packed)
@@ -79,4 +82,4 @@ def test_an_int4_encoder_is_calibrated_on_pseudo_sentences(tiny_tokenizer):
     model = BertModel(tiny_bert_config(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128))
     compressed = lt.compress(model.eval(), 4, quantize_backbone="int4", sensitivity_weighted=False,
                              tokenizer=tiny_tokenizer, schedule=FAST_SCHEDULE, progress=False)  # fmt: skip
-    assert compressed.compression_report.backbone_calibration == "256 wordfreq pseudo-sentences"
+    assert compressed.compression_report.backbone_rounding == "GPTQ on 256 wordfreq pseudo-sentences"

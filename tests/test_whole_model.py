@@ -93,7 +93,7 @@ def test_int4_backbone_packs_every_linear_weight_and_counts_every_byte(pair, int
     for name in ("codes_0", "decoder_0_qweight"):  # the compressed token matrix keeps its own format
         assert torch.equal(stored[name], plain_stored[name])
     report = int4.compression_report
-    assert report.backbone_calibration == "nothing (rounded to nearest: no tokenizer)"
+    assert report.backbone_rounding == "nearest level (no tokenizer to calibrate with)"
     weights = sum(m.in_features * m.out_features for m in linears)
     # half a byte per weight, an fp16 scale per group, each weight's shape (2 int64)
     assert report.model_parts_after["backbone"] == weights // 2 + 2 * weights // INT4_GROUP_SIZE + 16 * len(linears)

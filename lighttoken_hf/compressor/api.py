@@ -123,14 +123,15 @@ def _lm_metric(
 def _backbone_calibration_texts(
     model: Any, tokenizer: Any, texts: list[str] | None, settings: CompressionSettings, progress: bool
 ) -> tuple[list[str] | None, str | None]:
-    """The texts int4's error-compensating rounding reads, and where they come from (``None, None``: no int4
-    backbone; ``None, ...``: no tokenizer, round to nearest)."""
+    """The texts int4's error-compensating rounding reads and how the levels are chosen, in words
+    (``None, None``: no int4 backbone; ``None, ...``: no tokenizer, nearest level)."""
     if settings.quantize_backbone != "int4":
         return None, None
     if tokenizer is None:
         logger.warning("no tokenizer given or found: int4 rounds to nearest (pass tokenizer= to calibrate it)")
-        return None, "nothing (rounded to nearest: no tokenizer)"
-    return backbone_calibration_texts(model, tokenizer, texts, seed=settings.seed, progress=progress)
+        return None, "nearest level (no tokenizer to calibrate with)"
+    texts, source = backbone_calibration_texts(model, tokenizer, texts, seed=settings.seed, progress=progress)
+    return texts, f"GPTQ on {source}"
 
 
 def compress(
@@ -420,7 +421,7 @@ def _compress_model(
         device = next(wrapped.parameters()).device
         calibration = calibration_batches(tokenizer, backbone_texts, device=device) if backbone_texts else None
         wrapped = quantize_backbone(wrapped, settings.quantize_backbone, calibration, progress=progress)
-        report.backbone_calibration = backbone_source
+        report.backbone_rounding = backbone_source
     report.output_layer = output_layer
     report.model_parts_before, report.model_parts_after = parts_before, model_parts_nbytes(wrapped)
     report.model_nbytes_before = sum(parts_before.values())

@@ -93,14 +93,14 @@ def model_written_texts(
                disable=not progress)  # fmt: skip
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(seed)
-        for size in sizes:
+        for done, size in enumerate(sizes, start=1):
             start = torch.full((size, 1), tokenizer.bos_token_id, device=device)
             out = model.generate(
                 start, attention_mask=torch.ones_like(start), do_sample=True, top_p=_TOP_P, top_k=0,
                 temperature=1.0, max_new_tokens=tokens, pad_token_id=pad, streamer=_TokenSteps(bar),
             )  # fmt: skip
             texts.extend(tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True))
-            bar.n = bar.total * len(texts) // count  # a batch the model ended early
+            bar.n = done * tokens  # a batch every text of which the model ended early
             bar.refresh()
     bar.close()
     model.train(was_training)

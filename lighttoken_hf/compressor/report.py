@@ -158,8 +158,8 @@ class CompressionReport:
     output_fidelity: dict = field(default_factory=dict)
     #: a tied output layer's logit bias stored beside the codes (``CompressionSettings.output_bias``)
     output_bias_nbytes: int | None = None
-    #: the text an int4 backbone's rounding was calibrated on (``None``: no int4 backbone)
-    backbone_calibration: str | None = None
+    #: how an int4 backbone's levels were chosen, and on which calibration text (``None``: no int4 backbone)
+    backbone_rounding: str | None = None
 
     @property
     def ratio(self) -> float:
@@ -215,8 +215,8 @@ class CompressionReport:
                 f"  {'joint refinement':<27}{self.joint['iterations']} rounds, weighted error "
                 f"{first['weighted_rel_error']:.4f} -> {last['weighted_rel_error']:.4f}"
             )
-        if self.backbone_calibration:
-            lines.append(f"  {'int4 backbone rounding':<27}GPTQ on {self.backbone_calibration}")
+        if self.backbone_rounding:
+            lines.append(f"  {'int4 backbone rounding':<27}{self.backbone_rounding}")
         lines.append(f"  {'compression time':<27}{self.seconds:.1f} s")
         if self.output_layer:
             lines.append(f"  {'output layer':<27}{self.output_layer}")
