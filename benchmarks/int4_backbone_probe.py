@@ -2,7 +2,7 @@
 untouched): each variant rounds every Linear weight of the original model but the output layer to int4 and
 scores it against the original on held-out paragraphs (the last ``--texts`` unique SQuAD train contexts).
 
-    python benchmarks/int4_backbone_probe.py --model gemma3 --texts 30
+    python benchmarks/int4_backbone_probe.py --model gemma3 --texts 100
 
 Variants (five), each at 4.5 bits per weight (groups of 32, fp16 scales): nearest level with the searched scale
 per group (``pack_int4`` without calibration) or GPTQ with act_order (the default), calibrated on the library's
@@ -83,12 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--calibration-texts overlaps the held-out texts: lower it or --texts")
     payload["calibration_texts"] = {"source": "SQuAD v1.1 train contexts (first unique ones)", "count": len(real_texts)}
 
-    def variant(label: str, calibration: list | None, **options: Any) -> None:
+    def variant(label: str, calibration: list | None) -> None:
         start = time.perf_counter()
         candidate = copy.deepcopy(model)
         hessians = backbone.input_hessians(model, calibration) if calibration is not None else None
-        group = options.get("group_size", backbone.INT4_GROUP_SIZE)
-        dtype = options.get("scale_dtype", backbone.INT4_SCALE_DTYPE)
+        group, dtype = backbone.INT4_GROUP_SIZE, backbone.INT4_SCALE_DTYPE
         with torch.no_grad():
             for name in linears:
                 weight = candidate.get_submodule(name).weight
@@ -97,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
                     scale = backbone._best_int4_scales(groups, dtype).unsqueeze(-1)
                     weight.copy_(((groups / scale).round().clamp(-8, 7) * scale).reshape(weight.shape))
                 else:
-                    weight.copy_(backbone._dequantize(*backbone.gptq_int4(weight, hessians[name], **options)))
+                    weight.copy_(backbone._dequantize(*backbone.gptq_int4(weight, hessians[name])))
         result = lm_fidelity(model, candidate, tokenizer, texts, max_length=args.max_length, batch_size=1,
                              reference=reference, prompt=None)  # fmt: skip
-        row = {"variant": label, "options": {k: str(v) for k, v in options.items()},
-               "perplexity": result["perplexity_compressed"], "perplexity_increase": result["perplexity_increase"],
+        row = {"variant": label, "perplexity": result["perplexity_compressed"],
+               "perplexity_increase": result["perplexity_increase"],
                "next_token_kl": result["next_token_kl"], "top1_agreement": result["top1_agreement"],
                "seconds": time.perf_counter() - start}  # fmt: skip
         payload["rows"].append(row)
