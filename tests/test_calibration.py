@@ -64,7 +64,7 @@ def test_an_int4_decoder_is_calibrated_on_text_it_wrote_by_default():
     written = model_written_texts(_llama(), tok) + general_text_samples()
     given = lt.compress(_llama(), 4, calibration_texts=written, **options)
     pseudo = lt.compress(_llama(), 4, calibration_texts=general_text_samples(), **options)
-    assert default.compression_report.backbone_rounding.startswith("GPTQ on 256 texts the model wrote")
+    assert default.compression_report.backbone_rounding.startswith("GPTQ on 128 texts the model wrote")
     assert "int4 backbone rounding" in default.compression_report.summary()
     rows = dict(card_facts(default)["sections"]["size"])
     assert rows["int4 rounding"] == default.compression_report.backbone_rounding

@@ -160,7 +160,7 @@ def compress(
         calibration_texts: texts on which the model's sensitivity metric (and, with
             ``quantize_backbone="int4"``, the backbone layers' inputs for its rounding) is measured (default:
             256 pseudo-sentences of words drawn by their general-English frequency, task-agnostic; an int4
-            backbone of a causal LM reads 256 texts the model writes itself as well, see ``calibration.py``).
+            backbone of a causal LM reads 128 texts the model writes itself as well, see ``calibration.py``).
         sensitivity: a precomputed d x d metric (:func:`embedding_sensitivity`) instead; the only way
             to use the metric when compressing a bare tensor.
         evaluation_texts: for a model, texts on which the compressed model is compared with the original

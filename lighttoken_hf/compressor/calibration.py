@@ -29,13 +29,12 @@ __all__ = [
 ]
 
 #: Texts, and new tokens per text, of the default model-written calibration text.
-MODEL_WRITTEN_TEXTS = 256
+MODEL_WRITTEN_TEXTS = 128
 MODEL_WRITTEN_TOKENS = 128
-#: Texts sampled at once (one ``generate`` call each).
+#: Texts sampled at once (one ``generate`` call each): large batches keep a CPU busy.
 _GENERATE_BATCH = 64
-#: Each token is drawn from this many most likely ones (top-k sampling, as in Gemma's own generation config):
-#: nucleus sampling would sort the whole vocabulary (262,144 entries for Gemma-3) for every text at every step.
-_TOP_K = 64
+#: Nucleus sampling: the smallest set of next tokens with this much probability.
+_TOP_P = 0.95
 
 
 class _TokenSteps(BaseStreamer):
@@ -75,7 +74,7 @@ def model_written_texts(
     progress: bool = False,
 ) -> list[str]:
     """``count`` texts of up to ``tokens`` new tokens each (fewer where the model ends one) that ``model``
-    samples (temperature 1, top-k 64) from its BOS token. Same model and seed, same texts; the
+    samples (temperature 1, nucleus top-p 0.95) from its BOS token. Same model and seed, same texts; the
     global random state is left as it was."""
     if count < 1 or tokens < 1:
         raise ValueError(f"count and tokens must be >= 1, got {count} and {tokens}")
@@ -97,7 +96,7 @@ def model_written_texts(
         for done, size in enumerate(sizes, start=1):
             start = torch.full((size, 1), tokenizer.bos_token_id, device=device)
             out = model.generate(
-                start, attention_mask=torch.ones_like(start), do_sample=True, top_k=_TOP_K, top_p=1.0,
+                start, attention_mask=torch.ones_like(start), do_sample=True, top_p=_TOP_P, top_k=0,
                 temperature=1.0, max_new_tokens=tokens, pad_token_id=pad, streamer=_TokenSteps(bar),
             )  # fmt: skip
             texts.extend(tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True))
