@@ -1,11 +1,12 @@
-"""Write the README's results tables from the benchmark result files: no number in them is typed by hand.
+"""Write the results tables of README.md and benchmarks/README.md from the benchmark result files: no
+number in them is typed by hand.
 
-    python benchmarks/update_readme.py           # rewrite every results block of README.md
+    python benchmarks/update_readme.py           # rewrite every results block of both files
     python benchmarks/update_readme.py --check   # exit 1 if a block differs from its result file (the suite runs this)
 
 Each block sits between ``<!-- RESULTS:<name> -->`` and ``<!-- /RESULTS:<name> -->``; :data:`BLOCKS` names its
-result file (in ``benchmarks/results/``) and how it is rendered. The full tables, with every metric and
-alternative, are the ``.md`` files the benchmarks write beside the JSON (see benchmarks/README.md).
+result file (in ``benchmarks/results/``) and how it is rendered, :data:`DOCUMENTS` which file holds it. The full
+tables, with every metric and alternative, are the ``.md`` files the benchmarks write beside the JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
+BENCHMARKS_README = ROOT / "benchmarks" / "README.md"
 
 #: Downstream method -> label in the README (methods missing here are not shown).
 DOWNSTREAM_LABELS = {
@@ -255,6 +257,14 @@ BLOCKS: dict[str, tuple[str | tuple[str, ...], Callable[[str, dict], str]]] = {
 }
 
 
+#: document -> the blocks it holds (every block of :data:`BLOCKS` in one of them): the guide keeps the headline
+#: results, benchmarks/README.md the rest.
+DOCUMENTS: dict[Path, tuple[str, ...]] = {
+    README: ("commands", "minilm", "whole_model", "whole_model_gemma3"),
+    BENCHMARKS_README: ("mpnet", "gemma3", "smollm2_alternatives", "downstream", "scaling"),
+}
+
+
 def render_block(name: str) -> str:
     files, renderer = BLOCKS[name]
     if isinstance(files, str):
@@ -267,13 +277,13 @@ def render_block(name: str) -> str:
     return renderer(" + ".join(files), data)
 
 
-def updated(content: str) -> str:
-    """``content`` (a README) with every results block rendered anew from its result file."""
-    for name in BLOCKS:
+def updated(content: str, names: tuple[str, ...] | None = None) -> str:
+    """``content`` (a README) with its results blocks (``names``, default all) rendered anew from their files."""
+    for name in BLOCKS if names is None else names:
         start, end = f"<!-- RESULTS:{name} -->", f"<!-- /RESULTS:{name} -->"
         pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), flags=re.S)
         if not pattern.search(content):
-            raise ValueError(f"README.md has no block {start} ... {end}")
+            raise ValueError(f"the document has no block {start} ... {end}")
         match = pattern.search(content)
         content = content[: match.start()] + f"{start}\n{render_block(name)}\n{end}" + content[match.end() :]
     return content
@@ -281,16 +291,19 @@ def updated(content: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="only report whether README.md is up to date")
+    parser.add_argument("--check", action="store_true", help="only report whether the documents are up to date")
     args = parser.parse_args(argv)
-    content = README.read_text(encoding="utf-8")
-    new = updated(content)
-    if args.check:
+    stale = []
+    for document, names in DOCUMENTS.items():
+        content = document.read_text(encoding="utf-8")
+        new = updated(content, names)
         if new != content:
-            print("README.md results are out of date: run python benchmarks/update_readme.py", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(new, encoding="utf-8")
+            stale.append(document.relative_to(ROOT).as_posix())
+            if not args.check:
+                document.write_text(new, encoding="utf-8")
+    if args.check and stale:
+        print(f"results out of date in {', '.join(stale)}: run python benchmarks/update_readme.py", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -204,6 +204,8 @@ def test_update_readme_renders_every_block_from_its_result_file():
     assert "/work" not in out and "commit" not in out  # no machine paths or commit hashes in the README
     with pytest.raises(ValueError, match="has no block"):
         update_readme.updated("no blocks")
+    placed = [name for names in update_readme.DOCUMENTS.values() for name in names]
+    assert sorted(placed) == sorted(update_readme.BLOCKS)  # every block in exactly one document
 
 
 def test_readme_results_are_those_of_the_result_files():
