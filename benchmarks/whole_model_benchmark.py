@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         score(f"lighttoken-{ratio:g}x-fp32-backbone", compressed.eval(), compress_seconds=seconds)
         for kind in ("int8", "int4"):
-            score(f"lighttoken-{ratio:g}x-{kind}-backbone", quantize_backbone(compressed, kind, calibration).eval())
+            reference = model.get_input_embeddings()  # as compress does: aimed at the original model's outputs
+            quantized = quantize_backbone(compressed, kind, calibration, reference_embedding=reference)
+            score(f"lighttoken-{ratio:g}x-{kind}-backbone", quantized.eval())
         del compressed
     plot(payload, args.output.with_suffix(".png"))
     return 0
