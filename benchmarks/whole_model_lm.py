@@ -181,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         for backbone in args.backbones:
             start = time.perf_counter()
-            candidate = compressed if backbone == "none" else quantize_backbone(
-                compressed, backbone, calibration, reference_embedding=model.get_input_embeddings()
-            )  # as compress does
+            candidate = compressed if backbone == "none" else quantize_backbone(compressed, backbone, calibration)
             quantize_seconds = time.perf_counter() - start
             parts = model_parts_nbytes(candidate)
             add(f"LightToken {ratio:g}x + {'float32' if backbone == 'none' else backbone} backbone",

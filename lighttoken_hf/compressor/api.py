@@ -420,8 +420,7 @@ def _compress_model(
     if settings.quantize_backbone is not None:
         device = next(wrapped.parameters()).device
         calibration = calibration_batches(tokenizer, backbone_texts, device=device) if backbone_texts else None
-        wrapped = quantize_backbone(wrapped, settings.quantize_backbone, calibration, reference_embedding=embedding,
-                                    progress=progress)  # fmt: skip
+        wrapped = quantize_backbone(wrapped, settings.quantize_backbone, calibration, progress=progress)
         report.backbone_rounding = backbone_source
     report.output_layer = output_layer
     report.model_parts_before, report.model_parts_after = parts_before, model_parts_nbytes(wrapped)

@@ -86,21 +86,14 @@ def _check_int4_widths(model: torch.nn.Module, targets: tuple[str, ...]) -> list
 
 
 def quantize_backbone(
-    model: Any,
-    kind: str,
-    calibration: Iterable[dict[str, torch.Tensor]] | None = None,
-    *,
-    reference_embedding: torch.nn.Module | None = None,
-    progress: bool = False,
+    model: Any, kind: str, calibration: Iterable[dict[str, torch.Tensor]] | None = None, *, progress: bool = False
 ) -> Any:
     """``model`` (a LightToken model) with its backbone's Linear weights quantized to ``kind``, saved and
     loaded again through transformers (see the module docstring). The returned model is a new object.
 
     ``calibration``: model inputs (tokenized batches) for int4's error-compensating rounding (:func:`gptq_int4`,
     from each Linear's input statistics on them); without it, int4 rounds each weight to its nearest level.
-    ``reference_embedding``: the original input embedding (the dense token matrix) whose model's outputs int4's
-    rounding aims at (:func:`gptq_round`); without it, the outputs of ``model`` itself. int8 (one scale per
-    output channel) rounds to nearest either way."""
+    int8 (one scale per output channel) rounds to nearest either way."""
     if kind not in BACKBONE_QUANTIZATIONS:
         raise ValueError(f"quantize_backbone must be one of {list(BACKBONE_QUANTIZATIONS)} or None, got {kind!r}")
     check_backbone(model, kind)
@@ -112,17 +105,13 @@ def quantize_backbone(
             model.save_pretrained(folder)
             quantized = type(model).from_pretrained(folder, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
         else:
-            _save_int4(model, folder, calibration, reference_embedding, progress)
+            _save_int4(model, folder, calibration, progress)
             quantized = type(model).from_pretrained(folder)
     return quantized.train(model.training)
 
 
 def _save_int4(
-    model: Any,
-    folder: str,
-    calibration: Iterable[dict[str, torch.Tensor]] | None = None,
-    reference_embedding: torch.nn.Module | None = None,
-    progress: bool = False,
+    model: Any, folder: str, calibration: Iterable[dict[str, torch.Tensor]] | None = None, progress: bool = False
 ) -> None:
     """Write ``model`` to ``folder`` with its Linear weights in compressed-tensors' int4 pack-quantized form,
     rounded by :func:`gptq_round` on ``calibration`` where it is given.
@@ -132,9 +121,7 @@ def _save_int4(
     with tempfile.TemporaryDirectory(prefix="lighttoken-quantize-dense-") as dense:
         model.save_pretrained(dense)
         copy = type(model).from_pretrained(dense)
-    rounded = None
-    if calibration is not None:
-        rounded = gptq_round(copy, calibration, reference_embedding=reference_embedding, progress=progress)
+    rounded = gptq_round(copy, calibration, progress=progress) if calibration is not None else None
     compressor = pack_int4(copy, rounded=rounded, progress=progress)
     copy.save_pretrained(folder)
     compressor.update_config(folder)
@@ -244,31 +231,23 @@ class _LayerInputsRecorded(Exception):
 
 class _InputMoments:
     """Sums ``X^T X`` (float64, on the CPU) and counts the rows of the inputs ``X`` each hooked module sees;
-    positions where :attr:`mask` (the batch's attention mask, while set) is false are left out. Where
-    :attr:`targets` holds a module's input on another path for the same batch (``X~``), ``X~^T X`` too."""
+    positions where :attr:`mask` (the batch's attention mask, while set) is false are left out."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.cross: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self.mask: torch.Tensor | None = None
-        self.targets: dict[str, torch.Tensor] = {}
         self.seen: set[str] = set()
-
-    def rows(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
-        if self.mask is not None and x.shape[:-1] == self.mask.shape:
-            x = x[self.mask]
-        return x.reshape(-1, x.shape[-1]).float()
 
     def hook(self, name: str, module: torch.nn.Module) -> Any:
         def record(_module, inputs):
             self.seen.add(name)
-            x = self.rows(inputs[0])
+            x = inputs[0].detach()
+            if self.mask is not None and x.shape[:-1] == self.mask.shape:
+                x = x[self.mask]
+            x = x.reshape(-1, x.shape[-1]).float()
             self.sums[name] = self.sums.get(name, 0) + (x.T @ x).double().cpu()  # a batch in float32, sum in float64
             self.counts[name] = self.counts.get(name, 0) + x.shape[0]
-            if name in self.targets:
-                self.cross[name] = self.cross.get(name, 0) + (self.rows(self.targets[name]).T @ x).double().cpu()
 
         return module.register_forward_pre_hook(record)
 
@@ -276,10 +255,6 @@ class _InputMoments:
         if not self.counts:
             raise ValueError("the calibration batches gave no input to any layer to quantize (no batch, or none ran)")
         return {name: self.sums[name] / self.counts[name] for name in self.sums}
-
-    def cross_moments(self) -> dict[str, torch.Tensor]:
-        """``{name: X~^T X / n}`` of the modules whose :attr:`targets` were given."""
-        return {name: self.cross[name] / self.counts[name] for name in self.cross}
 
 
 def input_hessians(
@@ -327,22 +302,18 @@ def gptq_round(
     batches: Iterable[dict[str, torch.Tensor]],
     *,
     names: Collection[str] | None = None,
-    reference_embedding: torch.nn.Module | None = None,
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Round ``model``'s Linear weights (those wide enough for int4's groups; of those, the ones in ``names``
-    where given) to int4 in place by :func:`gptq_int4` against their inputs when ``model`` runs on ``batches``,
-    and return ``{name: scales}`` (each weight then holds its levels times its scales, as :func:`pack_int4`
-    stores them).
+    where given) to int4 in place by
+    :func:`gptq_int4`, each against its inputs when ``model`` runs on ``batches``, and return
+    ``{name: scales}`` (each weight then holds its levels times its scales, as :func:`pack_int4` stores them).
 
-    GPTQ's sequential order: the model's repeated blocks (its longest list of layers holding Linear layers, each
-    block's output the next one's input) one after another, each block's layers against the inputs ``x`` the
-    rounded blocks before it give, and aimed at the outputs ``W x~`` of the unrounded path (``x~``: the inputs
-    the unrounded blocks give, from ``reference_embedding``'s output where given, e.g. the original token
-    matrix): the weights are first moved to the least-squares ``W' = W (C + d I)(H + d I)^-1`` (``H = E[x x^T]``,
-    ``C = E[x~ x^T]``, ``d`` GPTQ's damping) and then rounded against ``H``, so the rounding also makes up for
-    what is already wrong in the inputs (the asymmetric calibration of GPTAQ, Li et al. 2025). Every other
-    Linear, and every one where the blocks do not chain, is rounded against its inputs in one forward."""
+    GPTQ's order: the model's repeated blocks (its longest list of layers, each holding Linear layers, each
+    block's output the next one's input) one after another, the layers of each block against the inputs the
+    blocks before it give once rounded, so each block makes up for the rounding before it; then every other
+    Linear against its inputs in the model so rounded. Where the blocks are not chained that way, every Linear
+    is rounded against its inputs in the unrounded model."""
     batches = list(batches)
     narrow = set(_check_int4_widths(model, ("Linear",)))
     linears = {name: m for name, m in model.named_modules()
@@ -351,13 +322,10 @@ def gptq_round(
     model.eval()
     scales: dict[str, torch.Tensor] = {}
 
-    def round_layers(hessians: dict[str, torch.Tensor], cross: Mapping[str, torch.Tensor] | None = None) -> None:
+    def round_layers(hessians: dict[str, torch.Tensor]) -> None:
         for name, hessian in hessians.items():
             weight = linears[name].weight
-            aimed = weight.detach()
-            if cross is not None and name in cross:
-                aimed = _least_squares_target(aimed, hessian, cross[name])
-            levels, scales[name] = gptq_int4(aimed, hessian)
+            levels, scales[name] = gptq_int4(weight.detach(), hessian)
             weight.copy_(_dequantize(levels, scales[name]).to(weight.device, weight.dtype))
 
     try:
@@ -365,67 +333,23 @@ def gptq_round(
             chain = _block_chain(model, linears, batches)
             if chain is not None:
                 blocks, hidden, calls = chain
-                target = hidden if reference_embedding is None else _first_block_inputs(
-                    model, reference_embedding, blocks[0][1], batches
-                )  # fmt: skip
                 bar = tqdm(blocks, desc="LightToken: int4 backbone", unit="block", disable=not progress)
                 for index, (prefix, block) in enumerate(bar):
-                    inside = {n: m for n, m in linears.items() if n.startswith(prefix + ".")}
-                    moments, next_target = _InputMoments(), []
-                    for batch, x, t, (args, kwargs) in zip(batches, hidden, target, calls[index], strict=True):
-                        moments.targets = {}
-                        handles = [m.register_forward_pre_hook(lambda _m, inputs, n=n, seen=moments.targets:
-                                                               seen.__setitem__(n, inputs[0]))
-                                   for n, m in inside.items()]  # fmt: skip
-                        next_target.append(_first(block(t, *args, **kwargs)))  # the unrounded path
-                        for handle in handles:
-                            handle.remove()
-                        handles = [moments.hook(n, m) for n, m in inside.items()]
+                    moments = _InputMoments()
+                    handles = [moments.hook(n, m) for n, m in linears.items() if n.startswith(prefix + ".")]
+                    for batch, x, (args, kwargs) in zip(batches, hidden, calls[index], strict=True):
                         moments.mask = batch["attention_mask"].bool() if "attention_mask" in batch else None
-                        block(x, *args, **kwargs)  # the rounded path, this block not yet rounded
-                        for handle in handles:
-                            handle.remove()
-                    round_layers(moments.hessians(), moments.cross_moments())
+                        block(x, *args, **kwargs)
+                    for handle in handles:
+                        handle.remove()
+                    round_layers(moments.hessians())
                     hidden = [_first(block(x, *args, **kwargs)) for x, (args, kwargs) in zip(hidden, calls[index])]
-                    target = next_target
             rest = [name for name in linears if name not in scales]
             if rest:
                 round_layers(input_hessians(model, batches, names=rest, progress=progress))
     finally:
         model.train(was_training)
     return scales
-
-
-def _least_squares_target(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
-    """``W (C + d I)(H + d I)^-1`` (float64): the weights whose outputs on inputs with second moment ``H`` are
-    closest to ``W``'s on the inputs ``x~`` (``C = E[x~ x^T]``), pulled toward ``W`` by GPTQ's damping ``d``."""
-    h, c = hessian.double().cpu(), cross.double().cpu()
-    damping = GPTQ_DAMPING * float(h.diagonal().mean())
-    eye = torch.eye(h.shape[0], dtype=torch.float64)
-    return torch.linalg.solve(h + damping * eye, (c + damping * eye).T @ weight.double().cpu().T).T
-
-
-def _first_block_inputs(
-    model: torch.nn.Module, embedding: torch.nn.Module, first: torch.nn.Module, batches: list[dict[str, torch.Tensor]]
-) -> list[torch.Tensor]:
-    """Each batch's input to ``first`` (the first block) with ``embedding`` as ``model``'s input embedding."""
-    inputs: list[torch.Tensor] = []
-
-    def record(_module, args):
-        inputs.append(args[0])
-        raise _LayerInputsRecorded
-
-    own = model.get_input_embeddings()
-    model.set_input_embeddings(embedding)
-    handle = first.register_forward_pre_hook(record)
-    try:
-        for batch in batches:
-            with contextlib.suppress(_LayerInputsRecorded):
-                model(**batch)
-    finally:
-        handle.remove()
-        model.set_input_embeddings(own)
-    return inputs
 
 
 def _first(output: Any) -> torch.Tensor:
