@@ -5,8 +5,8 @@ scores it against the original on held-out paragraphs (the last ``--texts`` uniq
     python benchmarks/int4_backbone_probe.py --model gemma3 --texts 100
 
 Variants (five), each at 4.5 bits per weight (groups of 32, fp16 scales): nearest level with the searched scale
-per group (``pack_int4`` without calibration) or GPTQ as ``compress`` rounds (``gptq_round``), calibrated on the
-library's pseudo-sentences (wordfreq), on text the model wrote itself (``calibration.model_written_texts``, as
+per group (``pack_int4`` without calibration) or GPTQ with act_order (the default), calibrated on the library's
+pseudo-sentences (wordfreq), on text the model wrote itself (``calibration.model_written_texts``, as
 ``compress`` samples it), on both (``compress``'s default for a causal LM), or on ``--calibration-texts``
 real paragraphs (the first unique SQuAD train contexts, never the held-out ones, as
 ``compress(..., calibration_texts=...)`` takes them). Writes ``benchmarks/results/int4_backbone_<model>.json``
@@ -86,16 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     def variant(label: str, calibration: list | None) -> None:
         start = time.perf_counter()
         candidate = copy.deepcopy(model)
-        if calibration is None:
-            group, dtype = backbone.INT4_GROUP_SIZE, backbone.INT4_SCALE_DTYPE
-            with torch.no_grad():
-                for name in linears:
-                    weight = candidate.get_submodule(name).weight
+        hessians = backbone.input_hessians(model, calibration) if calibration is not None else None
+        group, dtype = backbone.INT4_GROUP_SIZE, backbone.INT4_SCALE_DTYPE
+        with torch.no_grad():
+            for name in linears:
+                weight = candidate.get_submodule(name).weight
+                if hessians is None:
                     groups = weight.float().reshape(weight.shape[0], -1, group)
                     scale = backbone._best_int4_scales(groups, dtype).unsqueeze(-1)
                     weight.copy_(((groups / scale).round().clamp(-8, 7) * scale).reshape(weight.shape))
-        else:  # as compress rounds a LightToken model's backbone (the output layer is not a Linear there)
-            backbone.gptq_round(candidate, calibration, names=linears, progress=True)
+                else:
+                    weight.copy_(backbone._dequantize(*backbone.gptq_int4(weight, hessians[name])))
         result = lm_fidelity(model, candidate, tokenizer, texts, max_length=args.max_length, batch_size=1,
                              reference=reference, prompt=None)  # fmt: skip
         row = {"variant": label, "perplexity": result["perplexity_compressed"],

@@ -61,10 +61,10 @@ def int4_everything(model: Any, calibration: list) -> Any:
     """A copy of ``model``: compressed-tensors int4 on every Linear and on the input embedding (a tied output
     layer included, stored once), packed (unpacked on the first forward); the Linear layers rounded against
     their inputs on ``calibration`` as ``quantize_backbone="int4"`` does."""
-    from lighttoken_hf.compressor.backbone import gptq_round, pack_int4
+    from lighttoken_hf.compressor.backbone import input_hessians, pack_int4
 
     quantized = untie_output(copy.deepcopy(model))
-    rounded = gptq_round(quantized, calibration)
+    hessians = input_hessians(quantized, calibration)
     targets = ("Linear", type(quantized.get_input_embeddings()).__name__)
-    pack_int4(quantized, targets=targets, rounded=rounded).add_decompress_hook(quantized)
+    pack_int4(quantized, targets=targets, hessians=hessians).add_decompress_hook(quantized)
     return quantized

@@ -447,36 +447,6 @@ def test_input_hessians_of_a_decoder_do_not_run_its_head():
         assert torch.allclose(hessians[name], x.T @ x / x.shape[0], atol=1e-6), name
 
 
-def test_gptq_round_rounds_each_block_against_the_rounded_blocks_before_it():
-    """GPTQ's order: a later block's layers are rounded against the inputs the rounded earlier blocks give, not
-    the dense model's (which of the two keeps a model closer is measured on real ones: docs/method.md section 8);
-    a layer left out (here the output layer) keeps its weights."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from lighttoken_hf.compressor.backbone import _dequantize, gptq_int4, gptq_round, input_hessians
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)  # fmt: skip
-    dense = AutoModelForCausalLM.from_config(config).eval()
-    generator = torch.Generator().manual_seed(1)
-    batches = [{"input_ids": torch.randint(0, 300, (4, 12), generator=generator)} for _ in range(3)]
-    batches[0]["attention_mask"] = torch.ones(4, 12, dtype=torch.long)
-    batches[0]["attention_mask"][1, 8:] = 0
-    head = dense.get_output_embeddings()
-    linears = {n for n, m in dense.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
-    rounded = AutoModelForCausalLM.from_config(config).eval()
-    rounded.load_state_dict(dense.state_dict())
-    scales = gptq_round(rounded, batches, names=linears)
-    assert set(scales) == linears and torch.equal(rounded.lm_head.weight, dense.lm_head.weight)
-    after = input_hessians(rounded, batches)  # a block's first layers see what the rounded blocks before give
-    before = input_hessians(dense, batches)
-    for name in ("model.layers.1.self_attn.q_proj", "model.layers.2.self_attn.k_proj"):
-        weight, stored = dense.get_submodule(name).weight, rounded.get_submodule(name).weight
-        assert torch.allclose(stored, _dequantize(*gptq_int4(weight, after[name])), atol=1e-6)
-        assert not torch.allclose(stored, _dequantize(*gptq_int4(weight, before[name])))
-
-
 def test_int4_backbone_stores_the_calibrated_rounding_and_keeps_outputs_closer(pair, tiny_tokenizer):
     from lighttoken_hf.compressor.backbone import (
         _dequantize,

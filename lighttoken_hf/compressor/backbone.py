@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import tempfile
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -43,7 +43,6 @@ __all__ = [
     "calibration_batches",
     "check_backbone",
     "gptq_int4",
-    "gptq_round",
     "input_hessians",
     "pack_int4",
     "quantize_backbone",
@@ -105,24 +104,23 @@ def quantize_backbone(
             model.save_pretrained(folder)
             quantized = type(model).from_pretrained(folder, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
         else:
-            _save_int4(model, folder, calibration, progress)
+            hessians = input_hessians(model, calibration, progress=progress) if calibration is not None else None
+            _save_int4(model, folder, hessians, progress)
             quantized = type(model).from_pretrained(folder)
     return quantized.train(model.training)
 
 
 def _save_int4(
-    model: Any, folder: str, calibration: Iterable[dict[str, torch.Tensor]] | None = None, progress: bool = False
+    model: Any, folder: str, hessians: dict[str, torch.Tensor] | None = None, progress: bool = False
 ) -> None:
-    """Write ``model`` to ``folder`` with its Linear weights in compressed-tensors' int4 pack-quantized form,
-    rounded by :func:`gptq_round` on ``calibration`` where it is given.
+    """Write ``model`` to ``folder`` with its Linear weights in compressed-tensors' int4 pack-quantized form.
 
     A copy is quantized (read back from a plain save): ``model`` itself is left as it was.
     """
     with tempfile.TemporaryDirectory(prefix="lighttoken-quantize-dense-") as dense:
         model.save_pretrained(dense)
         copy = type(model).from_pretrained(dense)
-    rounded = gptq_round(copy, calibration, progress=progress) if calibration is not None else None
-    compressor = pack_int4(copy, rounded=rounded, progress=progress)
+    compressor = pack_int4(copy, hessians=hessians, progress=progress)
     copy.save_pretrained(folder)
     compressor.update_config(folder)
 
@@ -131,7 +129,7 @@ def pack_int4(
     model: torch.nn.Module,
     targets: tuple[str, ...] = ("Linear",),
     *,
-    rounded: Mapping[str, torch.Tensor] | None = None,
+    hessians: dict[str, torch.Tensor] | None = None,
     progress: bool = False,
 ) -> Any:
     """Quantize ``model``'s ``targets`` modules (class names) to int4 in place, packed the way compressed-tensors
@@ -142,9 +140,8 @@ def pack_int4(
     Each group of :data:`INT4_GROUP_SIZE` columns gets the scale with the least squared rounding error
     among :data:`INT4_SCALE_SHRINKS` times its largest magnitude over 7.5 (compressed-tensors' symmetric int4
     range is -8..7; a smaller scale clips the largest values and rounds the rest finer, as llama.cpp's
-    quantizers search too). A module named in ``rounded`` (``{name: scales}`` from :func:`gptq_round`) already
-    holds int4 levels times those scales and keeps them. A module whose width is not a multiple of the group
-    size keeps its weights.
+    quantizers search too). A module named in ``hessians`` (:func:`input_hessians`) is rounded by
+    :func:`gptq_int4` instead. A module whose width is not a multiple of the group size keeps its weights.
     """
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (
@@ -167,8 +164,9 @@ def pack_int4(
     with torch.no_grad():
         modules = [(name, m) for name, m in model.named_modules() if hasattr(m, "weight_scale")]
         for name, module in tqdm(modules, desc="LightToken: int4 backbone", unit="layer", disable=not progress):
-            if rounded is not None and name in rounded:
-                scale = rounded[name]
+            if hessians is not None and name in hessians:
+                levels, scale = gptq_int4(module.weight.detach(), hessians[name])
+                module.weight.copy_(_dequantize(levels, scale).to(module.weight.dtype))
             else:  # compressed-tensors rounds each weight to the nearest level of its group's scale
                 weight = module.weight.detach().float()
                 scale = _best_int4_scales(weight.reshape(weight.shape[0], -1, INT4_GROUP_SIZE), INT4_SCALE_DTYPE)
@@ -226,35 +224,7 @@ def calibration_batches(
 
 
 class _LayerInputsRecorded(Exception):
-    """Stops a calibration forward once every layer it is run for has seen its input."""
-
-
-class _InputMoments:
-    """Sums ``X^T X`` (float64, on the CPU) and counts the rows of the inputs ``X`` each hooked module sees;
-    positions where :attr:`mask` (the batch's attention mask, while set) is false are left out."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-        self.mask: torch.Tensor | None = None
-        self.seen: set[str] = set()
-
-    def hook(self, name: str, module: torch.nn.Module) -> Any:
-        def record(_module, inputs):
-            self.seen.add(name)
-            x = inputs[0].detach()
-            if self.mask is not None and x.shape[:-1] == self.mask.shape:
-                x = x[self.mask]
-            x = x.reshape(-1, x.shape[-1]).float()
-            self.sums[name] = self.sums.get(name, 0) + (x.T @ x).double().cpu()  # a batch in float32, sum in float64
-            self.counts[name] = self.counts.get(name, 0) + x.shape[0]
-
-        return module.register_forward_pre_hook(record)
-
-    def hessians(self) -> dict[str, torch.Tensor]:
-        if not self.counts:
-            raise ValueError("the calibration batches gave no input to any layer to quantize (no batch, or none ran)")
-        return {name: self.sums[name] / self.counts[name] for name in self.sums}
+    """Stops a calibration forward at the output layer once every layer to quantize has seen its input."""
 
 
 def input_hessians(
@@ -262,20 +232,34 @@ def input_hessians(
     batches: Iterable[dict[str, torch.Tensor]],
     targets: tuple[str, ...] = ("Linear",),
     *,
-    names: Collection[str] | None = None,
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """``{name: X^T X / n}`` (float64, on the CPU) of the inputs ``X`` (n x in) each ``targets`` module of
-    ``model`` (those in ``names`` where given) sees when ``model`` runs on ``batches`` (padding positions
-    included only where a batch has no attention mask), all in one forward per batch. An output layer that is
+    ``model`` sees when ``model`` runs on ``batches`` (padding positions included only where a batch has no
+    attention mask). The statistics :func:`gptq_int4` rounds a layer's weights against. An output layer that is
     not a target (a decoder's tied or LightToken head) is not run: its logits are not needed."""
-    layers = [(name, module) for name, module in model.named_modules()
-              if type(module).__name__ in targets and (names is None or name in names)]  # fmt: skip
-    moments = _InputMoments()
-    handles = [moments.hook(name, module) for name, module in layers]
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    mask: list[torch.Tensor | None] = [None]
+    recorded: set[str] = set()  # the layers that saw the current batch
+
+    def hook(name: str):
+        def record(_module, inputs):
+            recorded.add(name)
+            x = inputs[0].detach()
+            if mask[0] is not None and x.shape[:-1] == mask[0].shape:
+                x = x[mask[0]]
+            x = x.reshape(-1, x.shape[-1]).float()
+            sums[name] = sums.get(name, 0) + (x.T @ x).double().cpu()  # one batch in float32, the sum in float64
+            counts[name] = counts.get(name, 0) + x.shape[0]
+
+        return record
+
+    layers = [(name, module) for name, module in model.named_modules() if type(module).__name__ in targets]
+    handles = [module.register_forward_pre_hook(hook(name)) for name, module in layers]
 
     def skip_output(_module, _inputs):  # a decoder's logits (vocabulary x positions) are not needed
-        if len(moments.seen) == len(layers):
+        if len(recorded) == len(layers):
             raise _LayerInputsRecorded
 
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -286,133 +270,17 @@ def input_hessians(
     try:
         with torch.no_grad():
             for batch in tqdm(batches, desc="LightToken: layer inputs for int4", unit="batch", disable=not progress):
-                moments.mask = batch["attention_mask"].bool() if "attention_mask" in batch else None
-                moments.seen.clear()
+                mask[0] = batch["attention_mask"].bool() if "attention_mask" in batch else None
+                recorded.clear()
                 with contextlib.suppress(_LayerInputsRecorded):
                     model(**batch)
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return moments.hessians()
-
-
-def gptq_round(
-    model: torch.nn.Module,
-    batches: Iterable[dict[str, torch.Tensor]],
-    *,
-    names: Collection[str] | None = None,
-    progress: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Round ``model``'s Linear weights (those wide enough for int4's groups; of those, the ones in ``names``
-    where given) to int4 in place by
-    :func:`gptq_int4`, each against its inputs when ``model`` runs on ``batches``, and return
-    ``{name: scales}`` (each weight then holds its levels times its scales, as :func:`pack_int4` stores them).
-
-    GPTQ's order: the model's repeated blocks (its longest list of layers, each holding Linear layers, each
-    block's output the next one's input) one after another, the layers of each block against the inputs the
-    blocks before it give once rounded, so each block makes up for the rounding before it; then every other
-    Linear against its inputs in the model so rounded. Where the blocks are not chained that way, every Linear
-    is rounded against its inputs in the unrounded model."""
-    batches = list(batches)
-    narrow = set(_check_int4_widths(model, ("Linear",)))
-    linears = {name: m for name, m in model.named_modules()
-               if type(m).__name__ == "Linear" and name not in narrow and (names is None or name in names)}  # fmt: skip
-    was_training = model.training
-    model.eval()
-    scales: dict[str, torch.Tensor] = {}
-
-    def round_layers(hessians: dict[str, torch.Tensor]) -> None:
-        for name, hessian in hessians.items():
-            weight = linears[name].weight
-            levels, scales[name] = gptq_int4(weight.detach(), hessian)
-            weight.copy_(_dequantize(levels, scales[name]).to(weight.device, weight.dtype))
-
-    try:
-        with torch.no_grad():
-            chain = _block_chain(model, linears, batches)
-            if chain is not None:
-                blocks, hidden, calls = chain
-                bar = tqdm(blocks, desc="LightToken: int4 backbone", unit="block", disable=not progress)
-                for index, (prefix, block) in enumerate(bar):
-                    moments = _InputMoments()
-                    handles = [moments.hook(n, m) for n, m in linears.items() if n.startswith(prefix + ".")]
-                    for batch, x, (args, kwargs) in zip(batches, hidden, calls[index], strict=True):
-                        moments.mask = batch["attention_mask"].bool() if "attention_mask" in batch else None
-                        block(x, *args, **kwargs)
-                    for handle in handles:
-                        handle.remove()
-                    round_layers(moments.hessians())
-                    hidden = [_first(block(x, *args, **kwargs)) for x, (args, kwargs) in zip(hidden, calls[index])]
-            rest = [name for name in linears if name not in scales]
-            if rest:
-                round_layers(input_hessians(model, batches, names=rest, progress=progress))
-    finally:
-        model.train(was_training)
-    return scales
-
-
-def _first(output: Any) -> torch.Tensor:
-    """A layer's hidden states, whether it returns them alone or first in a tuple."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _block_chain(
-    model: torch.nn.Module, linears: Mapping[str, torch.nn.Module], batches: list[dict[str, torch.Tensor]]
-) -> tuple[list[tuple[str, torch.nn.Module]], list[torch.Tensor], list[list[tuple[tuple, dict]]]] | None:
-    """``model``'s repeated blocks (``(name, block)``, in order), each batch's input to the first one, and
-    each block's other arguments per batch (a KV cache left out), from one forward per batch that stops after
-    the last block; ``None`` where there are no such blocks or one's input is not the block before it's output."""
-    from transformers.cache_utils import Cache
-
-    blocks: list[tuple[str, torch.nn.Module]] = []
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > len(blocks):
-            entries = [(f"{name}.{i}", block) for i, block in enumerate(module)]
-            if all(any(n.startswith(prefix + ".") for n in linears) for prefix, _ in entries):
-                blocks = entries
-    if not blocks:
-        return None
-    hidden: list[torch.Tensor] = []
-    calls: list[list[tuple[tuple, dict]]] = [[] for _ in blocks]
-    last_output: list[Any] = [None]
-    chained = [True]
-
-    def before(index: int):
-        def hook(_module, args, kwargs):
-            if not args or (index > 0 and args[0] is not last_output[0]):
-                chained[0] = False
-                raise _LayerInputsRecorded
-            if index == 0:
-                hidden.append(args[0])
-            kwargs = {k: None if isinstance(v, Cache) else v for k, v in kwargs.items()}
-            calls[index].append((args[1:], kwargs))
-
-        return hook
-
-    def after(index: int):
-        def hook(_module, _args, output):
-            last_output[0] = _first(output)
-            if index == len(blocks) - 1:
-                raise _LayerInputsRecorded
-
-        return hook
-
-    handles = []
-    for index, (_, block) in enumerate(blocks):
-        handles.append(block.register_forward_pre_hook(before(index), with_kwargs=True))
-        handles.append(block.register_forward_hook(after(index)))
-    try:
-        for batch in batches:
-            last_output[0] = None
-            with contextlib.suppress(_LayerInputsRecorded):
-                model(**batch)
-            if not chained[0] or len(calls[-1]) != len(hidden):
-                return None
-    finally:
-        for handle in handles:
-            handle.remove()
-    return blocks, hidden, calls
+    if not counts:
+        raise ValueError("the calibration batches gave no input to any layer to quantize (no batch, or none ran)")
+    return {name: sums[name] / counts[name] for name in sums}
 
 
 def gptq_int4(
