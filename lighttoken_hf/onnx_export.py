@@ -105,10 +105,12 @@ class OnnxLightTokenEmbedding(nn.Module):
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` (1-D int64) as (N, d) float32, as :meth:`LightTokenEmbedding.decode_rows`."""
-        out = torch.zeros(ids.shape[0], self.embedding_dim, dtype=torch.float32)
+        # the sum starts from its first term, not from zeros: zeros of a static shape (``decode_all``) would be
+        # traced as a dense N x d constant in the file
+        out: torch.Tensor | None = None
         if self.svd_rank:
             left = self.lowrank_left.index_select(0, ids).float()
-            out = out + left @ self.lowrank_right.float()
+            out = left @ self.lowrank_right.float()
         for s, bits in enumerate(self.stage_bits):
             if self.full[s]:
                 inside, row = None, ids
@@ -117,7 +119,10 @@ class OnnxLightTokenEmbedding(nn.Module):
             codes = getattr(self, f"codes_{s}").index_select(0, row).long()
             signs = nn.functional.embedding(codes, self.sign_table).flatten(1)[:, :bits]
             part = signs @ self._decoder_weight(s) + getattr(self, f"decoder_{s}_bias").float()
-            out = out + (part if inside is None else part * inside.unsqueeze(1))
+            part = part if inside is None else part * inside.unsqueeze(1)
+            out = part if out is None else out + part
+        if out is None:  # no low-rank part and no stage: every row is zero
+            out = torch.zeros(ids.shape[0], self.embedding_dim, dtype=torch.float32)
         if self.padding_idx is not None:
             is_pad = (ids == self.padding_idx).unsqueeze(1)
             out = torch.where(is_pad, self.padding_row.float().unsqueeze(0), out)
