@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import onnxruntime as ort
     import torch
-    from safetensors import safe_open
+    from safetensors.torch import load_file
 
     import lighttoken_hf as lt
     from lighttoken_hf.gguf import load_gguf
@@ -66,12 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lighttoken-onnx-lm-") as folder:
         checkpoint = Path(folder) / "checkpoint"
         compressed.save_pretrained(checkpoint)
-        tensor_bytes = 0
-        for file in checkpoint.glob("*.safetensors"):
-            with safe_open(str(file), framework="pt") as handle:
-                for key in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
-                    tensor = handle.get_tensor(key)
-                    tensor_bytes += tensor.numel() * tensor.element_size()
+        tensor_bytes = sum(t.numel() * t.element_size() for file in checkpoint.glob("*.safetensors")
+                           for t in load_file(file).values())  # fmt: skip
         start = time.perf_counter()
         path = export_onnx(checkpoint, Path(folder) / "model.onnx")
         export_seconds = time.perf_counter() - start
