@@ -4,6 +4,9 @@ scores it against the original on held-out paragraphs (the last ``--texts`` uniq
 
     python benchmarks/int4_backbone_probe.py --model gemma3 --texts 100
 
+``--int8 REGEX``: each variant again with the Linears whose name matches REGEX rounded to int8 (mixed precision,
+as llama.cpp's Q4_K_M gives some tensors more bits).
+
 Variants (five), each at 4.5 bits per weight (groups of 32, fp16 scales): nearest level with the searched scale
 per group (``pack_int4`` without calibration) or GPTQ with act_order (the default), calibrated on the library's
 pseudo-sentences (wordfreq), on text the model wrote itself (``calibration.model_written_texts``, as
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+import re
 import sys
 import time
 from pathlib import Path
@@ -41,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="texts the model writes (default: as compress does, MODEL_WRITTEN_TEXTS)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                         help="which variants to run (default: all)")
+    parser.add_argument("--int8", nargs="+", default=[], metavar="REGEX",
+                        help="for each REGEX, one more run of the variants with the Linears whose name matches it "
+                             "rounded to int8 (nearest, one scale per output row) instead of int4")
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -84,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     payload["calibration_texts"] = {"source": "SQuAD v1.1 train contexts (first unique ones)", "count": len(real_texts)}
 
     def variant(label: str, calibration: list | None) -> None:
+        for pattern in [None, *args.int8]:
+            one_variant(label if pattern is None else f"{label}; int8 for /{pattern}/", calibration, pattern)
+
+    def one_variant(label: str, calibration: list | None, int8: str | None) -> None:
         start = time.perf_counter()
         candidate = copy.deepcopy(model)
         hessians = backbone.input_hessians(model, calibration) if calibration is not None else None
@@ -91,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             for name in linears:
                 weight = candidate.get_submodule(name).weight
-                if hessians is None:
+                if int8 is not None and re.search(int8, name):
+                    scale = weight.float().abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127
+                    weight.copy_((weight.float() / scale).round().clamp(-127, 127) * scale)
+                elif hessians is None:
                     groups = weight.float().reshape(weight.shape[0], -1, group)
                     scale = backbone._best_int4_scales(groups, dtype).unsqueeze(-1)
                     weight.copy_(((groups / scale).round().clamp(-8, 7) * scale).reshape(weight.shape))
@@ -99,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                     weight.copy_(backbone._dequantize(*backbone.gptq_int4(weight, hessians[name])))
         result = lm_fidelity(model, candidate, tokenizer, texts, max_length=args.max_length, batch_size=1,
                              reference=reference, prompt=None)  # fmt: skip
-        row = {"variant": label, "perplexity": result["perplexity_compressed"],
+        row = {"variant": label, "int8_linears": sum(bool(int8 and re.search(int8, n)) for n in linears),
+               "perplexity": result["perplexity_compressed"],
                "perplexity_increase": result["perplexity_increase"],
                "next_token_kl": result["next_token_kl"], "top1_agreement": result["top1_agreement"],
                "seconds": time.perf_counter() - start}  # fmt: skip
