@@ -8,10 +8,11 @@ lookups (a 256 x 8 table of +-1 signs per code byte, and 2048-entry tables for a
 and its in-byte prefix count), which every onnxruntime build supports.
 
 Heads: the base model (hidden states), sequence / token classification, question answering and masked
-or causal LMs (without the KV cache: ``use_cache=False``, one full forward per call). A tied output
-layer (:class:`~.core.modeling_lighttoken.LightTokenLMHead`) is exported by decoding the *full* V x d
-matrix inside the graph on every call (the file stays small; the runtime memory holds the decoded
-matrix during a call). An untied output layer stays a dense Linear, as in the checkpoint.
+or causal LMs (without the KV cache: ``use_cache=False``, one full forward per call). A compressed output
+layer (:class:`~.core.modeling_lighttoken.LightTokenLMHead`: tied, or an untied one with its own compressed
+matrix) is exported by decoding the *full* V x d matrix inside the graph on every call (the file stays
+small; the runtime memory holds the decoded matrix during a call). An output layer kept dense
+(``output_layer="dense"``) stays a dense Linear, as in the checkpoint.
 
 A quantized backbone stays quantized in the file: each Linear weight the tracer writes as floats is replaced by
 the checkpoint's integers and scales and the standard ops that dequantize them (torchao int8: int8 levels and
@@ -139,12 +140,16 @@ class OnnxLightTokenEmbedding(nn.Module):
         return rows.reshape(*input_ids.shape, self.embedding_dim)
 
 
-class _OnnxTiedHead(nn.Module):
-    """A tied output layer for export: ``hidden @ decode_all()^T (+ biases)``, the full matrix decoded in-graph."""
+class _OnnxHead(nn.Module):
+    """A compressed output layer for export: ``hidden @ decode_all()^T (+ biases)``, the full matrix decoded
+    in-graph: the input embedding's (tied) or its own (an untied output matrix compressed on its own)."""
 
-    def __init__(self, embedding: OnnxLightTokenEmbedding, biases: list[torch.Tensor]) -> None:
+    def __init__(self, embedding: OnnxLightTokenEmbedding, biases: list[torch.Tensor], own: bool) -> None:
         super().__init__()
-        self.__dict__["embedding"] = embedding  # its tensors are the input embedding's
+        if own:
+            self.embedding = embedding
+        else:
+            self.__dict__["embedding"] = embedding  # its tensors are the input embedding's
         self.biases = nn.ParameterList(biases)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -327,7 +332,7 @@ def _load(checkpoint: str | os.PathLike) -> LightTokenPreTrainedModel:
 
 @contextlib.contextmanager
 def _export_view(model: LightTokenPreTrainedModel) -> Iterator[None]:
-    """Swap the input embedding (and a tied head) for their export views; restore them afterwards."""
+    """Swap the input embedding (and a compressed head) for their export views; restore them afterwards."""
     backbone = model.backbone
     embedding = backbone.get_input_embeddings()
     view = OnnxLightTokenEmbedding(embedding)
@@ -343,7 +348,9 @@ def _export_view(model: LightTokenPreTrainedModel) -> Iterator[None]:
     if head_name is not None:
         parent, _, head_attr = head_name.rpartition(".")
         biases = [b for b in (head.bias, head.logit_bias) if b is not None]
-        setattr(backbone.get_submodule(parent), head_attr, _OnnxTiedHead(view, biases))
+        own = not head.tied
+        head_view = OnnxLightTokenEmbedding(head.embedding) if own else view
+        setattr(backbone.get_submodule(parent), head_attr, _OnnxHead(head_view, biases, own))
     try:
         yield
     finally:

@@ -125,6 +125,23 @@ def test_tied_causal_lm_exports_without_cache(tmp_path, single_thread):
     assert (300, 32) not in stored and (32, 300) not in stored, stored
 
 
+def test_untied_causal_lm_exports_its_own_compressed_head(tmp_path, single_thread):
+    """An untied output matrix compressed on its own is decoded from its own codes in the graph, not from the
+    input embedding's (the export's logits were the input matrix's before 2026-12-07)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config).eval()
+    compressed = compress(model, 8, schedule={"max_epochs": 2}, progress=False).eval()
+    head = compressed.backbone.get_output_embeddings()
+    assert type(head).__name__ == "LightTokenLMHead" and not head.tied
+    _assert_equal_outputs(compressed, export_onnx(compressed, tmp_path / "lm.onnx"), 300)
+
+
 def test_embedding_view_matches_the_codec_in_onnxruntime(tmp_path):
     """A frequency tier (coverage mask), fp16 decoders, a padding row and an output scale."""
     from lighttoken_hf import LightTokenEmbedding
