@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .compressor.backbone import int_levels
 from .core.lighttoken_codec import LightTokenEmbedding
 from .core.modeling_lighttoken import LightTokenLMHead, LightTokenPreTrainedModel
 
@@ -162,12 +163,14 @@ class _OnnxHead(nn.Module):
 class _QuantizedWeight(NamedTuple):
     """A quantized Linear weight as the checkpoint stores it: integer levels (out x in), their scales (int8:
     one per output row, shape (out,), or ``None`` where the graph applies them after the matmul; int4: one
-    per group of ``group`` columns, shape (out, in / group)) and the float32 matrix the traced graph holds."""
+    per group of ``group`` columns, shape (out, in / group)), the float32 matrix the traced graph holds and
+    the levels' bits (grouped weights: 4, or 6 for an int4 backbone's value projections)."""
 
     levels: torch.Tensor
     scales: torch.Tensor | None
     group: int | None
     dense: torch.Tensor
+    bits: int = 8
 
 
 def _quantized_linears(model: nn.Module) -> list[_QuantizedWeight]:
@@ -187,8 +190,10 @@ def _quantized_linears(model: nn.Module) -> list[_QuantizedWeight]:
             scales = module.weight_scale.detach().float()
             group = weight.shape[1] // scales.shape[1]
             dense = weight.detach().float()
-            levels = (dense / scales.repeat_interleave(group, dim=1)).round().clamp(-8, 7).to(torch.int8)
-            found.append(_QuantizedWeight(levels, scales, group, dense))
+            bits = module.quantization_scheme.weights.num_bits
+            low, high = int_levels(bits)
+            levels = (dense / scales.repeat_interleave(group, dim=1)).round().clamp(low, high).to(torch.int8)
+            found.append(_QuantizedWeight(levels, scales, group, dense, bits))
     return found
 
 
@@ -256,9 +261,7 @@ def _dequantize_nodes(graph: Any, name: str, weight: _QuantizedWeight, transpose
                 axis=0,
             )
         ]
-    else:  # int4 in -8..7, stored + 8 as two nibbles per byte (low nibble: the even column)
-        nibbles = (levels.astype(np.int16) + 8).astype(np.uint8).reshape(out, cols // 2, 2)
-        packed = constant("packed", nibbles[..., 0] | (nibbles[..., 1] << 4))
+    else:  # levels in groups of `group` columns, each group with its scale
         t = f"{prefix}_t"
         scales = weight.scales.numpy()
         if np.array_equal(scales.astype(np.float16).astype(np.float32), scales):  # fp16 scales, as stored
@@ -266,21 +269,29 @@ def _dequantize_nodes(graph: Any, name: str, weight: _QuantizedWeight, transpose
             nodes = [helper.make_node("Cast", [constant("scale16", scales.astype(np.float16))], [scale], to=1)]
         else:
             scale, nodes = constant("scale", scales), []
+        last = constant("last", np.array([2], np.int64))
+        if weight.bits == 4:  # int4 in -8..7, stored + 8 as two nibbles per byte (low nibble: the even column)
+            nibbles = (levels.astype(np.int16) + 8).astype(np.uint8).reshape(out, cols // 2, 2)
+            packed = constant("packed", nibbles[..., 0] | (nibbles[..., 1] << 4))
+            nodes += [
+                helper.make_node("BitShift", [packed, constant("four", np.uint8(4))], [f"{t}_high"], direction="RIGHT"),
+                helper.make_node("BitShift", [f"{t}_high", f"{prefix}_four"], [f"{t}_high_up"], direction="LEFT"),
+                helper.make_node("Sub", [packed, f"{t}_high_up"], [f"{t}_low"]),
+                helper.make_node("Unsqueeze", [f"{t}_low", last], [f"{t}_low3"]),
+                helper.make_node("Unsqueeze", [f"{t}_high", last], [f"{t}_high3"]),
+                helper.make_node("Concat", [f"{t}_low3", f"{t}_high3"], [f"{t}_pairs"], axis=2),
+                helper.make_node("Cast", [f"{t}_pairs"], [f"{t}_float"], to=1),
+                helper.make_node("Sub", [f"{t}_float", constant("eight", np.float32(8))], [f"{t}_signed"]),
+            ]
+        else:  # wider levels (an int4 backbone's int6 value projections): one int8 each
+            nodes.append(helper.make_node("Cast", [constant("levels", levels)], [f"{t}_signed"], to=1))
         nodes += [
-            helper.make_node("BitShift", [packed, constant("four", np.uint8(4))], [f"{t}_high"], direction="RIGHT"),
-            helper.make_node("BitShift", [f"{t}_high", f"{prefix}_four"], [f"{t}_high_up"], direction="LEFT"),
-            helper.make_node("Sub", [packed, f"{t}_high_up"], [f"{t}_low"]),
-            helper.make_node("Unsqueeze", [f"{t}_low", constant("last", np.array([2], np.int64))], [f"{t}_low3"]),
-            helper.make_node("Unsqueeze", [f"{t}_high", f"{prefix}_last"], [f"{t}_high3"]),
-            helper.make_node("Concat", [f"{t}_low3", f"{t}_high3"], [f"{t}_pairs"], axis=2),
-            helper.make_node("Cast", [f"{t}_pairs"], [f"{t}_float"], to=1),
-            helper.make_node("Sub", [f"{t}_float", constant("eight", np.float32(8))], [f"{t}_signed"]),
             helper.make_node(
                 "Reshape",
                 [f"{t}_signed", constant("groups", np.array([out, cols // weight.group, weight.group], np.int64))],
                 [f"{t}_grouped"],
             ),
-            helper.make_node("Unsqueeze", [scale, f"{prefix}_last"], [f"{t}_scale3"]),
+            helper.make_node("Unsqueeze", [scale, last], [f"{t}_scale3"]),
             helper.make_node("Mul", [f"{t}_grouped", f"{t}_scale3"], [f"{t}_scaled"]),
             helper.make_node(
                 "Reshape", [f"{t}_scaled", constant("shape", np.array([out, cols], np.int64))], [dense_name]

@@ -500,3 +500,65 @@ def test_an_int4_decoder_saves_and_reloads_in_the_dtype_it_computes_in(tmp_path)
         logits = fresh(input_ids=ids).logits
     assert fresh.dtype == logits.dtype == torch.float32
     assert {m.weight.dtype for m in fresh.modules() if isinstance(m, torch.nn.Linear)} == {torch.float32}
+
+
+def test_an_int4_decoder_stores_its_grouped_query_value_projections_in_int6(int4, tmp_path, caplog):
+    """Grouped-query attention's value projections (fewer outputs than inputs) get 6 bits on int4's groups; the
+    other Linears stay int4, an encoder's square ``value`` layers too; the bytes reported are the file's."""
+    import json
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from lighttoken_hf.compressor.backbone import INT4_GROUP_SIZE, INT4_VALUE_BITS, value_projections
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config).eval()
+    quantized = lt.compress(model, 4, quantize_backbone="int4", progress=False, schedule=FAST_SCHEDULE).eval()
+    names = value_projections(quantized)
+    assert len(names) == 2 and all(n.endswith("self_attn.v_proj") for n in names)
+    quantized.save_pretrained(tmp_path / "int4")
+    groups = json.loads((tmp_path / "int4" / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert sorted(g["weights"]["num_bits"] for g in groups.values()) == [4, INT4_VALUE_BITS]
+    fresh = type(quantized).from_pretrained(tmp_path / "int4").eval()
+    assert "Could not match" not in caplog.text  # compressed-tensors warns of a config target that matched nothing
+    linears = {n: m for n, m in fresh.named_modules() if isinstance(m, torch.nn.Linear) and hasattr(m, "weight_packed")}
+    for name, module in linears.items():  # 32 values per `bits` int32 words
+        bits = INT4_VALUE_BITS if name in names else 4
+        assert module.weight_packed.shape[-1] == module.in_features * bits // 32, name
+    report = quantized.compression_report
+    weights = {n: m.in_features * m.out_features for n, m in linears.items()}
+    packed = sum(w * (INT4_VALUE_BITS if n in names else 4) // 8 for n, w in weights.items())
+    scales = 2 * sum(weights.values()) // INT4_GROUP_SIZE
+    assert report.model_parts_after["backbone"] == packed + scales + 16 * len(linears)
+    assert _file_tensor_bytes(tmp_path / "int4") == report.model_nbytes_after
+    ids = torch.randint(0, 300, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(fresh(input_ids=ids).logits, quantized(input_ids=ids).logits, atol=1e-5)
+    for name in names:  # levels beyond int4's -8..7 in groups of INT4_GROUP_SIZE, within int6's -32..31
+        weight = fresh.get_submodule(name).weight.detach()
+        scale = fresh.get_submodule(name).weight_scale.detach().float().repeat_interleave(INT4_GROUP_SIZE, dim=1)
+        levels = weight.float() / scale
+        assert torch.allclose(levels, levels.round(), atol=1e-3)
+        assert levels.abs().max() > 8 and levels.min() >= -32 and levels.max() <= 31
+    assert value_projections(int4) == []  # square value layers: no grouped-query attention
+    # ONNX: int6 levels one per byte (int8), the rest packed two per byte; logits as in PyTorch
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from lighttoken_hf.onnx_export import export_onnx
+
+    path = export_onnx(tmp_path / "int4", tmp_path / "int4.onnx")
+    graph = onnx.load(str(path)).graph
+    int8_levels = [t for t in graph.initializer if t.name.endswith("_q_levels")]
+    assert [tuple(t.dims) for t in int8_levels] == [(32, 64)] * 2
+    assert {t.data_type for t in int8_levels} == {onnx.TensorProto.INT8}
+    assert len([t for t in graph.initializer if t.name.endswith("_q_packed")]) == len(linears) - 2
+    assert not [t.name for t in graph.initializer if t.data_type == 1 and tuple(t.dims) in ((32, 64), (64, 32))]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy())}
+    got = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
+    with torch.no_grad():
+        assert np.abs(got - fresh(input_ids=ids).logits.numpy()).max() <= 1e-4

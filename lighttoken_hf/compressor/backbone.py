@@ -12,7 +12,8 @@ the format vLLM and transformers load. torchao 0.18 has no int4 layout that both
 ``mslk`` kernels and is serializable (its CPU layout, ``Int4OpaqueTensor``, is not in its safetensors
 allow-list), so int4 comes from compressed-tensors. Its levels are chosen by error-compensating rounding on
 calibration text (:func:`gptq_int4`, GPTQ: each Linear keeps its outputs on its real inputs; what each choice
-costs is measured in ``docs/method.md`` section 8), the format and size unchanged.
+costs is measured in ``docs/method.md`` section 8), the format and size unchanged. The value projections of
+grouped-query attention get int6 on the same groups (:data:`INT4_VALUE_BITS`, as llama.cpp's Q4_K_M).
 transformers loads such a checkpoint with the weights packed and unpacks them on the first forward;
 ``save_pretrained`` of a LightToken model packs them again.
 
@@ -40,12 +41,16 @@ from .settings import BACKBONE_LIBRARIES, BACKBONE_QUANTIZATIONS
 __all__ = [
     "INT4_GROUP_SIZE",
     "INT4_SCALE_DTYPE",
+    "INT4_VALUE_BITS",
+    "VALUE_PROJECTIONS",
     "calibration_batches",
     "check_backbone",
     "gptq_int4",
     "input_hessians",
+    "int_levels",
     "pack_int4",
     "quantize_backbone",
+    "value_projections",
 ]
 
 #: Input columns sharing one int4 scale, and the scales' stored dtype: an fp16 scale per 32 weights adds half a
@@ -55,6 +60,13 @@ __all__ = [
 #: writes them in fp16 (``scales_as_stored``).
 INT4_GROUP_SIZE = 32
 INT4_SCALE_DTYPE = torch.float16
+#: Bits of the value projections of grouped-query attention in an int4 backbone (same groups and scales: 6.5 bits
+#: per weight), as llama.cpp's Q4_K_M gives its value projections 6 bits: one value head serves several query
+#: heads, so its error reaches all of them, and it is a small matrix (its output narrower than its input).
+#: What it does for Gemma-3-270M: ``docs/method.md`` section 8.
+INT4_VALUE_BITS = 6
+#: Names of value projections (the last part of a Linear's module name) across transformers' architectures.
+VALUE_PROJECTIONS = ("v_proj", "value", "v_lin", "v")
 
 
 def check_backbone(model: torch.nn.Module, kind: str) -> None:
@@ -82,6 +94,20 @@ def _check_int4_widths(model: torch.nn.Module, targets: tuple[str, ...]) -> list
             "quantized; use quantize_backbone='int8'"
         )
     return narrow
+
+
+def value_projections(model: torch.nn.Module, targets: tuple[str, ...] = ("Linear",)) -> list[str]:
+    """The names of ``model``'s ``targets`` modules that :func:`pack_int4` rounds to :data:`INT4_VALUE_BITS`:
+    value projections (:data:`VALUE_PROJECTIONS`) of grouped-query attention (fewer outputs than inputs), of a
+    width int4's groups divide."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if type(module).__name__ in targets
+        and name.rsplit(".", 1)[-1] in VALUE_PROJECTIONS
+        and module.out_features < module.in_features
+        and module.in_features % INT4_GROUP_SIZE == 0
+    ]
 
 
 def quantize_backbone(
@@ -142,6 +168,8 @@ def pack_int4(
     range is -8..7; a smaller scale clips the largest values and rounds the rest finer, as llama.cpp's
     quantizers search too). A module named in ``hessians`` (:func:`input_hessians`) is rounded by
     :func:`gptq_int4` instead. A module whose width is not a multiple of the group size keeps its weights.
+    Value projections of grouped-query attention (:func:`value_projections`) get :data:`INT4_VALUE_BITS` bits
+    on the same groups (a second config group: compressed-tensors packs any width up to 8 bits).
     """
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (
@@ -152,11 +180,18 @@ def pack_int4(
         apply_quantization_config,
     )
 
-    args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=INT4_GROUP_SIZE,
-                            scale_dtype=INT4_SCALE_DTYPE)  # fmt: skip
+    def grid(bits: int) -> QuantizationArgs:
+        return QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="group",
+                                group_size=INT4_GROUP_SIZE, scale_dtype=INT4_SCALE_DTYPE)  # fmt: skip
+
     keep = _check_int4_widths(model, targets)
+    # compressed-tensors gives a module the scheme of its most specific target (a name before a class name), but
+    # tries the targets in order to warn of one no module matched: the named value projections come first
+    wider = value_projections(model, targets)
+    groups = {"group_0": QuantizationScheme(targets=wider, weights=grid(INT4_VALUE_BITS))} if wider else {}
+    groups[f"group_{len(groups)}"] = QuantizationScheme(targets=list(targets), weights=grid(4))
     config = QuantizationConfig(
-        config_groups={"group_0": QuantizationScheme(targets=list(targets), weights=args)},
+        config_groups=groups,
         quantization_status=QuantizationStatus.INITIALIZED,
         ignore=keep,
     )
@@ -164,16 +199,21 @@ def pack_int4(
     with torch.no_grad():
         modules = [(name, m) for name, m in model.named_modules() if hasattr(m, "weight_scale")]
         for name, module in tqdm(modules, desc="LightToken: int4 backbone", unit="layer", disable=not progress):
+            bits = module.quantization_scheme.weights.num_bits
             if hessians is not None and name in hessians:
-                levels, scale = gptq_int4(module.weight.detach(), hessians[name])
+                levels, scale = gptq_int4(module.weight.detach(), hessians[name], bits=bits)
                 module.weight.copy_(_dequantize(levels, scale).to(module.weight.dtype))
             else:  # compressed-tensors rounds each weight to the nearest level of its group's scale
                 weight = module.weight.detach().float()
-                scale = _best_int4_scales(weight.reshape(weight.shape[0], -1, INT4_GROUP_SIZE), INT4_SCALE_DTYPE)
+                groups = weight.reshape(weight.shape[0], -1, INT4_GROUP_SIZE)
+                scale = _best_int4_scales(groups, INT4_SCALE_DTYPE, bits=bits)
             module.weight_scale.copy_(scale.reshape(module.weight_scale.shape))
             if hasattr(module, "weight_zero_point"):  # symmetric: zero
                 module.weight_zero_point.zero_()
     compressor = ModelCompressor.from_pretrained_model(model, quantization_format="pack-quantized")
+    saved = compressor.quantization_config  # its groups in the order of each one's first module; config.json
+    schemes = sorted(saved.config_groups.values(), key=lambda scheme: scheme.targets == list(targets))
+    saved.config_groups = {f"group_{i}": scheme for i, scheme in enumerate(schemes)}  # sorts them by name
     compressor.compress_model(model)
     return compressor
 
@@ -182,16 +222,17 @@ def pack_int4(
 INT4_SCALE_SHRINKS = tuple(1.0 - 0.025 * i for i in range(13))
 
 
-def _best_int4_scales(groups: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _best_int4_scales(groups: torch.Tensor, dtype: torch.dtype = torch.float32, bits: int = 4) -> torch.Tensor:
     """Per group (``groups``: rows x groups x size), the scale among :data:`INT4_SCALE_SHRINKS` times the
     absmax scale (largest magnitude over 7.5), each rounded to ``dtype`` (as it will be stored), whose int4
     rounding (-8..7) reconstructs the group with the least squared error. Returned in float32, its values
-    exact in ``dtype``."""
-    absmax_scale = groups.abs().amax(-1) / 7.5
+    exact in ``dtype``. ``bits``: another width's symmetric range (int6: -32..31, magnitude over 31.5)."""
+    low, high = int_levels(bits)
+    absmax_scale = groups.abs().amax(-1) / (high + 0.5)
     best_scale, best_error = None, None
     for shrink in INT4_SCALE_SHRINKS:
         scale = (absmax_scale * shrink).clamp_min(torch.finfo(dtype).tiny).to(dtype).float().unsqueeze(-1)
-        error = ((groups / scale).round().clamp(-8, 7) * scale - groups).square().sum(-1)
+        error = ((groups / scale).round().clamp(low, high) * scale - groups).square().sum(-1)
         if best_error is None:
             best_error, best_scale = error, scale.squeeze(-1)
             continue
@@ -199,6 +240,12 @@ def _best_int4_scales(groups: torch.Tensor, dtype: torch.dtype = torch.float32) 
         best_error = torch.where(better, error, best_error)
         best_scale = torch.where(better, scale.squeeze(-1), best_scale)
     return best_scale
+
+
+def int_levels(bits: int) -> tuple[int, int]:
+    """The lowest and highest level of symmetric ``bits``-bit integers as compressed-tensors stores them
+    (int4: -8 and 7)."""
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
 #: Calibration texts per batch, and tokens per text, of :func:`calibration_batches`.
@@ -290,6 +337,7 @@ def gptq_int4(
     act_order: bool = True,
     group_size: int = INT4_GROUP_SIZE,
     scale_dtype: torch.dtype = INT4_SCALE_DTYPE,
+    bits: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Round ``weight`` (out x in) to symmetric int4 in groups of ``group_size`` columns so as to keep
     its outputs on inputs with second moment ``hessian`` (in x in, :func:`input_hessians`): the columns are
@@ -299,9 +347,10 @@ def gptq_int4(
     compensated weights when its first column comes.
 
     ``group_size`` and ``scale_dtype`` (the scales are rounded to it before any weight is) give other grids
-    than the stored format's, for comparisons (``benchmarks/int4_backbone_probe.py``).
+    than the stored format's, for comparisons (``benchmarks/int4_backbone_probe.py``); ``bits`` another width
+    (:data:`INT4_VALUE_BITS` for value projections).
 
-    Returns ``(levels (out x in, int8 in -8..7), scales (out x in / group, float32))``.
+    Returns ``(levels (out x in, int8 in -8..7 for int4), scales (out x in / group, float32))``.
     """
     w = weight.detach().double().cpu().clone()
     rows, cols = w.shape
@@ -317,9 +366,10 @@ def gptq_int4(
     h.diagonal().add_(GPTQ_DAMPING * float(h.diagonal().mean()))
     scales = torch.empty(rows, cols // group_size, dtype=torch.float64)
     order = torch.arange(cols)
+    low, high = int_levels(bits)
     if act_order:
         groups = w.reshape(rows, -1, group_size)
-        scales = _best_int4_scales(groups, scale_dtype).double()
+        scales = _best_int4_scales(groups, scale_dtype, bits).double()
         order = torch.argsort(h.diagonal(), descending=True, stable=True)
         w, h = w[:, order], h[order][:, order]
     inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
@@ -333,10 +383,10 @@ def gptq_int4(
             group = int(order[start + i]) // group_size
             if not act_order and (start + i) % group_size == 0:
                 weights = block[:, i : i + group_size].unsqueeze(1)
-                best = _best_int4_scales(weights, scale_dtype).squeeze(1)
+                best = _best_int4_scales(weights, scale_dtype, bits).squeeze(1)
                 scales[:, group] = best.double()
             scale = scales[:, group]
-            q = (block[:, i] / scale).round().clamp(-8, 7)
+            q = (block[:, i] / scale).round().clamp(low, high)
             levels[:, order[start + i]] = q.to(torch.int8)
             error = (block[:, i] - q * scale) / inv[i, i]
             block[:, i:] -= error.unsqueeze(1) * inv[i, i:].unsqueeze(0)
