@@ -4,8 +4,8 @@ cache by ``export_onnx`` (decode inside the graph, ``onnx.checker`` run), and ru
 held-out paragraphs (the last ``--texts`` unique SQuAD train contexts, up to ``--max-length`` tokens).
 
 Writes ``benchmarks/results/onnx_<model>.json``: the ONNX file's size against the checkpoint's tensor bytes,
-the export time, the max abs difference of onnxruntime's logits to PyTorch's and their top-1 agreement, and
-onnxruntime's median latency of one forward per paragraph.
+the export time and the resident memory it adds at its peak, the max abs difference of onnxruntime's logits
+to PyTorch's and their top-1 agreement, and onnxruntime's median latency of one forward per paragraph.
 
     python benchmarks/onnx_lm.py --model gemma3 --ratio 16 --texts 4 --max-length 64
 """
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import load_file
 
     import lighttoken_hf as lt
+    from lighttoken_hf.compressor.resources import PeakResidentMemory
     from lighttoken_hf.gguf import load_gguf
     from lighttoken_hf.onnx_export import export_onnx
 
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         tensor_bytes = sum(t.numel() * t.element_size() for file in checkpoint.glob("*.safetensors")
                            for t in load_file(file).values())  # fmt: skip
         start = time.perf_counter()
-        path = export_onnx(checkpoint, Path(folder) / "model.onnx")
+        with PeakResidentMemory() as export_memory:
+            path = export_onnx(checkpoint, Path(folder) / "model.onnx")
         export_seconds = time.perf_counter() - start
         onnx_bytes = sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         "onnx_bytes": onnx_bytes,
         "onnx_vs_checkpoint": onnx_bytes / tensor_bytes,
         "export_seconds": export_seconds,
+        "export_peak_memory_growth_bytes": export_memory.growth,
+        "export_peak_memory_exact": export_memory.exact,
         "max_abs_logit_diff": max(diffs),
         "top1_agreement_onnx_vs_pytorch": statistics.mean(agreements),
         "latency_ms_median_per_text": statistics.median(latencies),
