@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--quantize-backbone", choices=BACKBONE_QUANTIZATIONS, default=None,
                       help="whole-model compression: also quantize the backbone's Linear weights (int8: torchao "
                       "weight-only, one scale per output channel; int4: compressed-tensors pack-quantized, one "
-                      "fp16 scale per 32 weights, levels rounded by GPTQ on the calibration text; the checkpoint then "
-                      "needs that library to load; default: keep them)")
+                      "fp16 scale per 32 weights, levels rounded by GPTQ on the calibration text, grouped-query value "
+                      "projections in int6; the checkpoint then needs that library to load; default: keep them)")
     comp.add_argument("--calibration-texts", metavar="FILE",
                       help="text file, one text a line, of the kind the model will see: the calibration text of the "
                       "token matrix's sensitivity metric and of int4's rounding (default: wordfreq "

@@ -17,7 +17,13 @@ import torch
 from ..core.configuration_lighttoken import LightTokenConfig
 from ..core.modeling_lighttoken import LightTokenForCausalLM, LightTokenPreTrainedModel
 from ..jsonio import to_json
-from .backbone import calibration_batches, check_backbone, quantize_backbone
+from .backbone import (
+    INT4_VALUE_BITS,
+    calibration_batches,
+    check_backbone,
+    quantize_backbone,
+    value_projections,
+)
 from .calibration import backbone_calibration_texts
 from .frequencies import general_text_frequencies, general_text_samples
 from .lm_metrics import is_lm, lm_fidelity
@@ -422,6 +428,9 @@ def _compress_model(
         calibration = calibration_batches(tokenizer, backbone_texts, device=device) if backbone_texts else None
         wrapped = quantize_backbone(wrapped, settings.quantize_backbone, calibration, progress=progress)
         report.backbone_rounding = backbone_source
+        wider = value_projections(wrapped) if settings.quantize_backbone == "int4" else []
+        if wider:
+            report.backbone_rounding += f"; {len(wider)} grouped-query value projections in int{INT4_VALUE_BITS}"
     report.output_layer = output_layer
     report.model_parts_before, report.model_parts_after = parts_before, model_parts_nbytes(wrapped)
     report.model_nbytes_before = sum(parts_before.values())

@@ -135,8 +135,8 @@ class CompressionSettings:
             the backbone (torchao weight-only int8, one scale per output channel, through transformers'
             ``TorchAoConfig``), ``"int4"`` to int4 in groups of 32 with an fp16 scale each
             (compressed-tensors' pack-quantized format; the levels rounded by GPTQ on the calibration texts
-            when a tokenizer is known); the checkpoint then needs that library to load
-            (:data:`BACKBONE_LIBRARIES`). ``None`` (default) keeps them.
+            when a tokenizer is known; value projections of grouped-query attention in int6); the checkpoint
+            then needs that library to load (:data:`BACKBONE_LIBRARIES`). ``None`` (default) keeps them.
         schedule: training schedule of each hashing stage.
         device: where the heavy steps run: ``"auto"`` (default: a CUDA GPU when torch sees one, else
             the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. The compressed module is built on the CPU
