@@ -223,7 +223,8 @@ def _calibration(data: dict) -> str:
     """The source line's calibration clause, for a run given calibration texts (``--calibration-texts``)."""
     calibration = data.get("calibration", {})
     if "count" not in calibration:
-        return ""
+        int4 = calibration.get("int4")
+        return f"; calibration text: the library's default ({int4})" if int4 else ""
     return f"; calibration text (`calibration_texts`): the first {calibration['count']} unique contexts"
 
 
@@ -254,14 +255,15 @@ BLOCKS: dict[str, tuple[str | tuple[str, ...], Callable[[str, dict], str]]] = {
     "scaling": ("scaling.json", render_scaling),
     "whole_model": ("whole_model_minilm.json", render_whole_model),
     "whole_model_gemma3": ("whole_model_gemma3.json", render_whole_model_lm),
+    "whole_model_gemma3_defaults": ("whole_model_gemma3_default_calibration.json", render_whole_model_lm),
 }
 
 
 #: document -> the blocks it holds (every block of :data:`BLOCKS` in one of them): the guide keeps the headline
 #: results, benchmarks/README.md the rest.
 DOCUMENTS: dict[Path, tuple[str, ...]] = {
-    README: ("commands", "minilm", "whole_model", "whole_model_gemma3"),
-    BENCHMARKS_README: ("mpnet", "gemma3", "smollm2_alternatives", "downstream", "scaling"),
+    README: ("commands", "minilm", "whole_model", "whole_model_gemma3_defaults"),
+    BENCHMARKS_README: ("mpnet", "gemma3", "smollm2_alternatives", "downstream", "scaling", "whole_model_gemma3"),
 }
 
 
