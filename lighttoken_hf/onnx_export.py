@@ -12,7 +12,11 @@ or causal LMs (without the KV cache: ``use_cache=False``, one full forward per c
 layer (:class:`~.core.modeling_lighttoken.LightTokenLMHead`: tied, or an untied one with its own compressed
 matrix) is exported by decoding the *full* V x d matrix inside the graph on every call (the file stays
 small; the runtime memory holds the decoded matrix during a call). An output layer kept dense
-(``output_layer="dense"``) stays a dense Linear, as in the checkpoint.
+(``output_layer="dense"``) stays a dense Linear, as in the checkpoint. onnxruntime's constant folding decodes
+such a head's whole matrix (it reads initializers only) once, when a session starts; for Gemma-3-270M's 262,144
+rows that session ran out of a 24 GB machine's memory. For a large vocabulary create the session with
+``disabled_optimizers=["ConstantFolding"]``: each call then decodes the matrix again (time and memory for
+Gemma-3-270M: ``benchmarks/onnx_lm.py``).
 
 A quantized backbone stays quantized in the file: each Linear weight the tracer writes as floats is replaced by
 the checkpoint's integers and scales and the standard ops that dequantize them (torchao int8: int8 levels and
