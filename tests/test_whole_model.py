@@ -518,7 +518,7 @@ def test_an_int4_decoder_stores_its_grouped_query_value_projections_in_int6(int4
     quantized = lt.compress(model, 4, quantize_backbone="int4", progress=False, schedule=FAST_SCHEDULE).eval()
     names = value_projections(quantized)
     assert len(names) == 2 and all(n.endswith("self_attn.v_proj") for n in names)
-    assert quantized.compression_report.backbone_rounding.endswith("; 2 grouped-query value projections in int6")
+    assert quantized.compression_report.backbone_rounding.endswith("; grouped-query value projections in int6: 2")
     quantized.save_pretrained(tmp_path / "int4")
     groups = json.loads((tmp_path / "int4" / "config.json").read_text())["quantization_config"]["config_groups"]
     assert sorted(g["weights"]["num_bits"] for g in groups.values()) == [4, INT4_VALUE_BITS]

@@ -430,7 +430,7 @@ def _compress_model(
         report.backbone_rounding = backbone_source
         wider = value_projections(wrapped) if settings.quantize_backbone == "int4" else []
         if wider:
-            report.backbone_rounding += f"; {len(wider)} grouped-query value projections in int{INT4_VALUE_BITS}"
+            report.backbone_rounding += f"; grouped-query value projections in int{INT4_VALUE_BITS}: {len(wider)}"
     report.output_layer = output_layer
     report.model_parts_before, report.model_parts_after = parts_before, model_parts_nbytes(wrapped)
     report.model_nbytes_before = sum(parts_before.values())
